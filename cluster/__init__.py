@@ -1,0 +1,1 @@
+"""The top layer: the `ssb` command line, job submission and cluster configs."""

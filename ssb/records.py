@@ -1,0 +1,80 @@
+"""The record types that travel from the problem file to the trained student.
+
+One vocabulary end to end (../shared/DESIGN.md, "Records"): a Problem is sampled into
+Rollouts, a selection picks one correct and one incorrect Rollout, and the teacher's
+answer becomes a CuratedExample in the logit store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    answer: str
+    source: str = ""
+
+
+class Verdict(str, Enum):
+    CORRECT = "correct"
+    INCORRECT = "incorrect"
+    NO_ANSWER = "no_answer"  # nothing extractable: an incorrect rollout without a final answer
+    TIMEOUT = "timeout"  # the verifier gave up: counted as incorrect, never as correct
+
+    @property
+    def is_correct(self) -> bool:
+        return self is Verdict.CORRECT
+
+
+@dataclass
+class Rollout:
+    problem_id: str
+    index: int
+    text: str
+    token_ids: list[int]
+    final_answer: str | None = None
+    verdict: Verdict = Verdict.NO_ANSWER
+
+
+class SkipReason(str, Enum):
+    NO_CORRECT = "no_correct_rollout"
+    NO_INCORRECT = "no_incorrect_rollout"
+    TEACHER_WRONG = "teacher_answer_wrong"
+    TEACHER_NO_ANSWER = "teacher_no_answer"
+    TEACHER_MENTIONS_HINTS = "teacher_mentions_hints"
+    TEACHER_TRUNCATED = "teacher_truncated"
+    PROMPT_TOO_LONG = "prompt_too_long"
+
+
+@dataclass
+class CuratedExample:
+    """One accepted problem: what the student is trained on.
+
+    `response_ids` are the ids the teacher generated, ending with its end-of-turn token;
+    row t of `topk_ids`/`topk_logprobs` is the teacher's temperature-1 distribution over the
+    token at response position t, sorted by descending log-prob, and `tail_logprob[t]` is the
+    log of the probability mass outside those ids.
+    """
+
+    problem_id: str
+    question: str
+    answer: str
+    student_prompt_ids: list[int]
+    teacher_prompt_ids: list[int]
+    response_ids: list[int]
+    response_text: str
+    topk_ids: list[list[int]]
+    topk_logprobs: list[list[float]]
+    tail_logprob: list[float]
+    correct_rollout: str
+    incorrect_rollout: str
+    incorrect_answer: str | None
+    model: str
+    tokenizer: str
+    config_hash: str
+    seed: int
+    meta: dict[str, str] = field(default_factory=dict)

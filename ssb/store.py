@@ -1,0 +1,376 @@
+"""The logit store: curated examples as Parquet shards, committed through a JSON manifest.
+
+A run's store is one directory (a local path, file://, s3://, gs://, or a path inside a
+given pyarrow filesystem) holding `shard-00000.parquet`, ... and `manifest.json`. The
+manifest is the commit point: a shard exists for readers only once the manifest names it,
+with its row count, byte size and sha256. Files the manifest does not name (a writer killed
+mid-commit) are ignored by readers and deleted by the next `create_or_resume`.
+
+Only one writer per store is supported (the curation driver): two writers would each
+rewrite the manifest from their own copy and lose the other's shards. Readers may run at
+any time.
+
+Problems rejected during curation are recorded with their reason, so a resumed run skips
+them too. A commit holding only skips writes no Parquet file: its manifest entry has
+`"name": null` (rows 0, bytes 0, sha256 null).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ssb.records import CuratedExample
+
+FORMAT = "ssb-logit-store/1"
+MANIFEST = "manifest.json"
+_SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")
+_TMP_PREFIX = ".tmp-"
+
+
+class StoreError(Exception):
+    pass
+
+
+class ChecksumError(StoreError):
+    pass
+
+
+def _list(value_type: pa.DataType) -> pa.DataType:
+    # "element" is the item name Parquet's compliant nested type reads back: schemas compare equal.
+    return pa.list_(pa.field("element", value_type, nullable=False))
+
+
+_STR, _INTS = pa.string(), _list(pa.int32())
+SCHEMA = pa.schema(
+    [pa.field(name, dtype, nullable=name == "incorrect_answer") for name, dtype in [
+        ("problem_id", _STR), ("question", _STR), ("answer", _STR),
+        ("student_prompt_ids", _INTS), ("teacher_prompt_ids", _INTS), ("response_ids", _INTS),
+        ("response_text", _STR), ("num_tokens", pa.int32()),
+        ("topk_ids", _INTS),  # [T*k], row-major
+        # float16 halves the bytes; its rounding (<= 2^-11 relative, |delta p| < 2e-4) is
+        # below the noise between two engines' log-probs for the same text.
+        ("topk_logprobs", _list(pa.float16())), ("tail_logprob", _list(pa.float32())),
+        ("correct_rollout", _STR), ("incorrect_rollout", _STR), ("incorrect_answer", _STR),
+        ("model", _STR), ("tokenizer", _STR), ("config_hash", _STR), ("seed", pa.int64()),
+        ("meta", _STR),  # JSON object
+    ]],
+    metadata={"ssb.format": FORMAT},
+)
+# Columns computed from a CuratedExample's fields rather than copied from one.
+_DERIVED = ("num_tokens", "topk_ids", "topk_logprobs", "tail_logprob", "meta")
+
+# Measured on Zipf-like synthetic data (T=200, k=20): ~72-79 bytes per response token in the
+# whole file, against ~93 with Arrow's defaults. Ids repeat across positions, so a dictionary
+# beats plain/delta; log-probs have no repeats but their exponent bytes do, which
+# byte-stream-split exposes to zstd. Nested columns must be named by their leaf path.
+_WRITE_OPTIONS: dict[str, Any] = dict(
+    compression="zstd",
+    compression_level=3,
+    use_dictionary=["topk_ids.list.element", "response_ids.list.element", "model", "tokenizer",
+                    "config_hash", "meta", "incorrect_answer"],
+    column_encoding={"topk_logprobs.list.element": "BYTE_STREAM_SPLIT",
+                     "tail_logprob.list.element": "BYTE_STREAM_SPLIT"},
+    write_statistics=False,  # min/max of token ids and log-probs prune nothing
+)
+
+
+def example_arrays(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(topk_ids [T,k] int64, topk_logprobs [T,k] float32, tail [T] float32) of a table row."""
+    num_tokens = int(row["num_tokens"])
+    ids = np.asarray(row["topk_ids"], dtype=np.int64)
+    if num_tokens <= 0 or ids.size % num_tokens:
+        raise ValueError(f"row {row.get('problem_id')!r}: {ids.size} top-k ids for {num_tokens} tokens")
+    k = ids.size // num_tokens
+    logprobs = np.asarray(row["topk_logprobs"], dtype=np.float32).reshape(num_tokens, k)
+    tail = np.asarray(row["tail_logprob"], dtype=np.float32).reshape(num_tokens)
+    return ids.reshape(num_tokens, k), logprobs, tail
+
+
+def _list_column(chunks: Sequence[Any], field: pa.Field) -> pa.Array:
+    dtype = field.type.value_type.to_pandas_dtype()
+    arrays = [np.asarray(chunk, dtype=dtype) for chunk in chunks]
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])])
+    if offsets[-1] > np.iinfo(np.int32).max:
+        raise StoreError(f"{field.name}: too many values for one shard; append fewer examples at a time")
+    values = pa.array(np.concatenate(arrays) if arrays else np.zeros(0, dtype))
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values, type=field.type)
+
+
+class LogitStore:
+    """A run's curated examples; build with `create_or_resume` (writer) or `open` (reader)."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, uri: str, manifest: dict[str, Any], writable: bool):
+        self.filesystem = fs
+        self.root = root  # the directory's path inside `filesystem`
+        self.uri = uri
+        self.manifest = manifest
+        self._writable = writable
+
+    # -- construction ---------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve(uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str, str]:
+        if filesystem is not None:
+            return filesystem, uri.rstrip("/"), uri.rstrip("/")
+        if "://" not in uri:
+            path = os.path.abspath(uri)  # from_uri rejects relative paths
+            return pafs.LocalFileSystem(), path, path
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, path.rstrip("/"), uri.rstrip("/")
+
+    @classmethod
+    def create_or_resume(
+        cls, uri: str, *, config_hash: str, model: str, tokenizer: str, top_k: int,
+        filesystem: pafs.FileSystem | None = None,
+    ) -> LogitStore:
+        """Open `uri` for writing: a new store, or the same run's store to resume.
+
+        Raises StoreError when the directory holds a store of another run (config hash,
+        model, tokenizer or top-k differ). Deletes orphan files left by a killed writer.
+        """
+        fs, root, norm_uri = cls._resolve(uri, filesystem)
+        wanted = {"config_hash": config_hash, "model": model, "tokenizer": tokenizer, "top_k": int(top_k)}
+        manifest = cls._read_manifest(fs, root)
+        if manifest is None:
+            fs.create_dir(root, recursive=True)
+            manifest = {"format": FORMAT, **wanted,
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "shards": []}
+            store = cls(fs, root, norm_uri, manifest, writable=True)
+            store._write_manifest()
+        else:
+            diffs = [f"{key}: store has {manifest.get(key)!r}, this run has {value!r}"
+                     for key, value in wanted.items() if manifest.get(key) != value]
+            if diffs:
+                raise StoreError(f"store at {norm_uri} belongs to another run ({'; '.join(diffs)}); "
+                                 "use another run directory, or the original config to resume")
+            store = cls(fs, root, norm_uri, manifest, writable=True)
+        store._remove_orphans()
+        return store
+
+    @classmethod
+    def open(
+        cls, uri: str, *, filesystem: pafs.FileSystem | None = None, allow_empty: bool = False
+    ) -> LogitStore:
+        """Open a store read-only. StoreError if there is none, or if it has no rows
+        (unless `allow_empty`): training on nothing is always a mistake upstream."""
+        fs, root, norm_uri = cls._resolve(uri, filesystem)
+        manifest = cls._read_manifest(fs, root)
+        if manifest is None:
+            raise StoreError(f"no store at {norm_uri} (no {MANIFEST})")
+        store = cls(fs, root, norm_uri, manifest, writable=False)
+        if not allow_empty and not store.kept_ids():
+            raise StoreError(f"store at {norm_uri} is empty: no examples committed "
+                             f"({len(store.done_ids())} problems skipped)")
+        return store
+
+    @staticmethod
+    def _read_manifest(fs: pafs.FileSystem, root: str) -> dict[str, Any] | None:
+        path = f"{root}/{MANIFEST}"
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        with fs.open_input_stream(path) as f:
+            manifest = json.loads(f.read())
+        if manifest.get("format") != FORMAT:
+            raise StoreError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        return manifest
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def _fsync(self, path: str) -> None:
+        # Only a local disk can lose a renamed-but-unflushed file on power loss; object
+        # stores make a PUT durable before they acknowledge it.
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _write_atomic(self, name: str, data: bytes) -> None:
+        tmp = self._path(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+        with self.filesystem.open_output_stream(tmp) as f:
+            f.write(data)
+        self._fsync(tmp)
+        self.filesystem.move(tmp, self._path(name))
+        self._fsync(self.root)
+
+    def _write_manifest(self) -> None:
+        self._write_atomic(MANIFEST, json.dumps(self.manifest, indent=1).encode())
+
+    def _remove_orphans(self) -> None:
+        named = {entry["name"] for entry in self.manifest["shards"] if entry["name"]}
+        for info in self.filesystem.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)):
+            name = posixpath.basename(info.path)
+            if info.type == pafs.FileType.File and (
+                name.startswith(_TMP_PREFIX) or (_SHARD_NAME.fullmatch(name) and name not in named)
+            ):
+                self.filesystem.delete_file(info.path)
+
+    def _check(self, ex: CuratedExample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        for key in ("config_hash", "model", "tokenizer"):
+            if getattr(ex, key) != self.manifest[key]:
+                raise ValueError(
+                    f"{ex.problem_id}: {key} {getattr(ex, key)!r} != store's {self.manifest[key]!r}"
+                )
+        ids = np.asarray(ex.topk_ids, dtype=np.int64)
+        logprobs = np.asarray(ex.topk_logprobs, dtype=np.float32)
+        tail = np.asarray(ex.tail_logprob, dtype=np.float32)
+        shape = (len(ex.response_ids), self.manifest["top_k"])
+        if shape[0] == 0 or ids.shape != shape or logprobs.shape != shape or tail.shape != shape[:1]:
+            raise ValueError(f"{ex.problem_id}: topk_ids {ids.shape}, topk_logprobs {logprobs.shape}, "
+                             f"tail {tail.shape}; expected [T, k] = {shape} with T = len(response_ids) > 0")
+        if ids.min() < 0 or ids.max() > np.iinfo(np.int32).max:
+            raise ValueError(f"{ex.problem_id}: top-k ids must be int32 and >= 0")
+        return ids.reshape(-1), logprobs.reshape(-1), tail  # _list_column casts to the column types
+
+    def _to_table(self, examples: Sequence[CuratedExample]) -> pa.Table:
+        checked = [self._check(ex) for ex in examples]
+        derived: dict[str, list[Any]] = {
+            "num_tokens": [len(ex.response_ids) for ex in examples],
+            "topk_ids": [c[0] for c in checked],
+            "topk_logprobs": [c[1] for c in checked],
+            "tail_logprob": [c[2] for c in checked],
+            "meta": [json.dumps(ex.meta, sort_keys=True) for ex in examples],
+        }
+        columns = []
+        for field in SCHEMA:
+            if field.name in derived:
+                values = derived[field.name]
+            else:
+                values = [getattr(ex, field.name) for ex in examples]
+            is_list = pa.types.is_list(field.type)
+            columns.append(_list_column(values, field) if is_list else pa.array(values, field.type))
+        # The top-k in the file's own metadata lets a lone shard be read without the manifest.
+        schema = SCHEMA.with_metadata({**SCHEMA.metadata, b"ssb.top_k": str(self.manifest["top_k"]).encode()})
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    def append(
+        self, examples: Sequence[CuratedExample], skipped: Mapping[str, str] | None = None
+    ) -> dict | None:
+        """Commit one shard of accepted examples plus skipped problems {id: reason}.
+
+        Problems already done (kept or skipped in a committed shard) are dropped, as are
+        repeats inside `examples`. Returns the new manifest entry, or None if nothing new.
+        Write order: Parquet to a temp name, move to its final name, then the manifest via
+        temp + move, so a crash at any point leaves the previous manifest valid.
+        """
+        if not self._writable:
+            raise StoreError(f"store at {self.uri} was opened read-only")
+        done = self.done_ids()
+        kept: dict[str, CuratedExample] = {}
+        for ex in examples:
+            if ex.problem_id not in done and ex.problem_id not in kept:
+                kept[ex.problem_id] = ex
+        skips = {pid: reason.value if isinstance(reason, Enum) else str(reason)
+                 for pid, reason in (skipped or {}).items() if pid not in done}
+        if both := sorted(set(kept) & set(skips)):
+            raise ValueError(f"problems both kept and skipped in one append: {both[:5]}")
+        if not kept and not skips:
+            return None
+        entry: dict[str, Any] = {"name": None, "rows": 0, "tokens": 0, "bytes": 0, "sha256": None,
+                                 "problem_ids": list(kept), "skipped": skips}
+        if kept:
+            buf = pa.BufferOutputStream()
+            pq.write_table(self._to_table(list(kept.values())), buf, **_WRITE_OPTIONS)
+            data = buf.getvalue().to_pybytes()
+            name = f"shard-{len(self.shard_uris()):05d}.parquet"
+            self._write_atomic(name, data)
+            entry.update(name=name, rows=len(kept), bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+            entry["tokens"] = sum(len(ex.response_ids) for ex in kept.values())
+        self.manifest["shards"].append(entry)
+        try:
+            self._write_manifest()
+        except BaseException:
+            self.manifest["shards"].pop()  # not committed: keep memory in step with the disk
+            raise
+        return entry
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _files(self) -> list[dict[str, Any]]:
+        return [entry for entry in self.manifest["shards"] if entry["name"]]
+
+    def kept_ids(self) -> set[str]:
+        return {pid for entry in self.manifest["shards"] for pid in entry["problem_ids"]}
+
+    def done_ids(self) -> set[str]:
+        return self.kept_ids() | {pid for entry in self.manifest["shards"] for pid in entry["skipped"]}
+
+    def shard_uris(self) -> list[str]:
+        """Committed shard files in commit order (paths inside `filesystem` when one was given)."""
+        return [f"{self.uri}/{entry['name']}" for entry in self._files()]
+
+    def shard_paths(self) -> list[str]:
+        """The same shards as paths inside `self.filesystem` (for pq / Ray Data `filesystem=`)."""
+        return [self._path(entry["name"]) for entry in self._files()]
+
+    def _read_shard(self, entry: dict[str, Any], verify: bool) -> bytes:
+        name, path = entry["name"], self._path(entry["name"])
+        try:
+            with self.filesystem.open_input_stream(path) as f:
+                data = f.read()
+        except FileNotFoundError as e:
+            raise ChecksumError(f"shard {name} is missing from {self.uri}") from e
+        if verify:
+            if len(data) != entry["bytes"]:
+                raise ChecksumError(
+                    f"shard {name}: {len(data)} bytes, manifest says {entry['bytes']} (truncated?)"
+                )
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise ChecksumError(f"shard {name}: sha256 differs from the manifest (corrupted)")
+            rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
+            if rows != entry["rows"]:
+                raise ChecksumError(f"shard {name}: {rows} rows, manifest says {entry['rows']}")
+        return data
+
+    def verify(self) -> None:
+        """Re-hash every committed shard; ChecksumError names the first missing/bad one."""
+        for entry in self._files():
+            self._read_shard(entry, verify=True)
+
+    def _tables(self, verify: bool) -> Iterator[pa.Table]:
+        for entry in self._files():
+            yield pq.read_table(pa.BufferReader(self._read_shard(entry, verify)))
+
+    def read_table(self, verify: bool = True) -> pa.Table:
+        """All committed rows; with `verify`, a ChecksumError before anything bad is read."""
+        tables = list(self._tables(verify))
+        return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+    def iter_examples(self) -> Iterator[CuratedExample]:
+        """Every committed example (verified), one shard in memory at a time."""
+        for table in self._tables(verify=True):
+            for row in table.to_pylist():
+                ids, logprobs, tail = example_arrays(row)
+                yield CuratedExample(
+                    **{key: value for key, value in row.items() if key not in _DERIVED},
+                    topk_ids=ids.tolist(), topk_logprobs=logprobs.tolist(), tail_logprob=tail.tolist(),
+                    meta=json.loads(row["meta"]),
+                )
+
+    def summary(self) -> dict[str, Any]:
+        files = self._files()
+        tokens = sum(entry["tokens"] for entry in files)
+        size = sum(entry["bytes"] for entry in files)
+        reasons = Counter(reason for entry in self.manifest["shards"] for reason in entry["skipped"].values())
+        return {"rows": sum(entry["rows"] for entry in files), "shards": len(files), "tokens": tokens,
+                "bytes": size, "bytes_per_token": size / tokens if tokens else None,
+                "skipped": dict(reasons)}
