@@ -1,6 +1,7 @@
 """`ssb`: the composition root. Every command takes `--config FILE` and `a.b=c` overrides.
 
     ssb curate --config configs/default.yaml curate.rollout.n=8
+    ssb train --run-dir runs/demo train.num_workers=2
     ssb doctor
 """
 
@@ -18,7 +19,8 @@ from ssb.store import StoreError
 
 def _config(args: argparse.Namespace) -> RunConfig:
     overrides = list(args.overrides)
-    for flag, key in (("model", "model.name"), ("data", "data.source"), ("run_dir", "run_dir"), ("name", "name")):
+    for flag, key in (("model", "model.name"), ("data", "data.source"), ("run_dir", "run_dir"), ("name", "name"),
+                      ("store", "train.store")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -32,6 +34,15 @@ def cmd_curate(args: argparse.Namespace) -> int:
     summary = run_curation(cfg, progress=not args.quiet)
     print(summary.table())
     print(f"store: {cfg.store_dir}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.distill import run_distillation
+
+    cfg = _config(args)
+    summary = run_distillation(cfg, resume=args.resume)
+    print(summary.table())
     return 0
 
 
@@ -54,6 +65,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "curate": (cmd_curate, "sample, verify, select and teach; write the top-k logit store"),
+    "train": (cmd_train, "distill a LoRA student from the store with Ray Train; save the adapter"),
     "doctor": (cmd_doctor, "print versions, the engine and device that will run, and where the model is"),
 }
 
@@ -67,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         if name == "doctor":
             p.add_argument("--no-convert", action="store_true", help="do not convert the default model if missing")
+        if name == "train":
+            p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
+            p.add_argument("--store", help="logit store to train on (default: <run-dir>/curated)")
         p.set_defaults(fn=fn)
     return parser
 

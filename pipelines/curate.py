@@ -148,7 +148,7 @@ class CurationSummary:
         lines += [
             f"tokens            {self.rollout_tokens} rollout + {self.teacher_tokens} teacher ({tok_s:.0f} tok/s)",
             f"stored            {self.store.get('rows', 0)} rows, {self.store.get('bytes', 0)} bytes, "
-            f"{self.store.get('bytes_per_token', 0.0):.1f} bytes/token",
+            f"{self.store.get('bytes_per_token') or 0.0:.1f} bytes/token",
             f"wall time         {self.wall_seconds:.1f} s",
         ]
         return "\n".join(lines)
@@ -158,7 +158,7 @@ def to_example(row: Row, cfg: RunConfig, model: str, tokenizer: str) -> CuratedE
     import numpy as np
 
     k = cfg.curate.top_k
-    t = row["num_tokens"]
+    t = len(row["response_ids"])
     return CuratedExample(
         problem_id=row["id"], question=row["question"], answer=row["answer"],
         student_prompt_ids=row["student_prompt_ids"], teacher_prompt_ids=row["teacher_prompt_ids"],
@@ -172,6 +172,7 @@ def to_example(row: Row, cfg: RunConfig, model: str, tokenizer: str) -> CuratedE
         meta={
             "source": row["source"] or "",
             "teacher_answer": row["teacher_answer"] or "",
+            "teacher_tokens_sampled": str(row["teacher_tokens"]),
             "rollout_verdicts": json.dumps(row["rollout_verdicts"]),
             "rollout_answers": json.dumps(row["rollout_answers"]),
         },
@@ -247,7 +248,7 @@ def _consume(batches: Iterable[pa.Table], cfg: RunConfig, store: LogitStore, sum
                 summary.processed += 1
                 summary.rollout_tokens += row["rollout_tokens"] or 0
                 summary.rollout_engine_seconds += row["rollout_seconds"] or 0.0
-                summary.teacher_tokens += row["num_tokens"] or 0
+                summary.teacher_tokens += row["teacher_tokens"] or 0
                 if row["status"]:
                     skipped[row["id"]] = row["status"]
                     reasons[row["status"]] += 1

