@@ -124,7 +124,8 @@ class LogitStore:
     # -- construction ---------------------------------------------------------------------
 
     @staticmethod
-    def _resolve(uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str, str]:
+    def _resolve(uri: str | os.PathLike[str], filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str, str]:
+        uri = os.fspath(uri)
         if filesystem is not None:
             return filesystem, uri.rstrip("/"), uri.rstrip("/")
         if "://" not in uri:

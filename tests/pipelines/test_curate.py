@@ -61,6 +61,7 @@ def test_stored_teacher_distributions_are_well_formed(curated_run, model_path):
     tok = AutoTokenizer.from_pretrained(model_path)
     table = LogitStore.open(cfg.store_dir).read_table()
     assert table.num_rows > 0
+    hits = total = 0
     for row in table.to_pylist():
         ids, logprobs, tail = example_arrays(row)
         t = len(row["response_ids"])
@@ -72,12 +73,14 @@ def test_stored_teacher_distributions_are_well_formed(curated_run, model_path):
         assert (np.diff(logprobs.astype(np.float64), axis=1) <= 1e-3).all(), "top-k not sorted"
         mass = np.exp(logprobs.astype(np.float64)).sum(axis=1) + np.exp(tail.astype(np.float64))
         np.testing.assert_allclose(mass, 1.0, atol=2e-2)
-        # the generated token is almost always among the teacher's top-k at T=0.4
-        hits = np.mean([r in set(row_ids) for r, row_ids in zip(row["response_ids"], ids.tolist())])
-        assert hits > 0.9
+        # alignment: row t of the top-k describes the position where response token t was drawn
+        hits += sum(r in set(row_ids) for r, row_ids in zip(row["response_ids"], ids.tolist()))
+        total += t
         assert "\\boxed{" in row["response_text"]
         tok_prompt = tok.decode(row["student_prompt_ids"])
         assert row["question"] in tok_prompt and "Right solution" not in tok_prompt
+    # at T=0.4 the drawn token is nearly always among the top-20 (misaligned rows would give ~0)
+    assert hits / total > 0.9
 
 
 def test_curation_runs_on_gsm8k(tmp_path, model_path, ray_session):
@@ -103,28 +106,28 @@ def _committed(store_dir: Path) -> int:
 
 
 def test_a_killed_run_resumes_and_stores_each_problem_once(tmp_path, model_path):
-    overrides = tiny_curation_overrides(tmp_path, n=24) + ["engine.batch_size=4", "curate.shard_rows=1"]
+    overrides = tiny_curation_overrides(tmp_path, n=12) + ["engine.batch_size=3", "curate.shard_rows=1"]
     cmd = [sys.executable, "-m", "cluster.cli", "curate", "-q", *overrides]
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store_dir = tmp_path / "curated"
     deadline = time.monotonic() + 600
-    while _committed(store_dir) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while _committed(store_dir) < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(1)
     assert proc.poll() is None, "the run finished before it could be killed: make it longer"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = LogitStore.open(store_dir, allow_empty=True)
     done_before = first.done_ids()
-    assert 0 < len(done_before) < 24
+    assert 0 < len(done_before) < 12
 
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"({len(done_before)} already in the store)" in again.stdout
     store = LogitStore.open(store_dir, allow_empty=True)
     store.verify()
-    assert store.done_ids() == {f"synth-add1-train-0-{i}" for i in range(24)}
+    assert store.done_ids() == {f"synth-add1-train-0-{i}" for i in range(12)}
     kept = [pid for shard in store.manifest["shards"] for pid in shard.get("problem_ids", [])]
     assert len(kept) == len(set(kept)), "a problem was stored twice"
     if kept:
