@@ -112,11 +112,12 @@ def build_curation_dataset(cfg: RunConfig, problems: list[dict[str, Any]], model
     ds = ray.data.from_items(problems, override_num_blocks=blocks)
     args = {"cfg_json": cfg.model_dump_json(), "model_path": model_path}
     common = dict(batch_size=e.batch_size, batch_format="pyarrow", fn_constructor_kwargs=args)
+    pool = ray.data.ActorPoolStrategy
     if e.colocate:
-        return ds.map_batches(CurationWorker, concurrency=e.replicas, **_engine_resources(cfg), **common)
-    ds = ds.map_batches(RolloutWorker, concurrency=e.replicas, **_engine_resources(cfg), **common)
-    ds = ds.map_batches(SelectWorker, concurrency=cfg.verify.workers, num_cpus=0.5, **common)
-    return ds.map_batches(TeacherWorker, concurrency=e.teacher_replicas, **_engine_resources(cfg), **common)
+        return ds.map_batches(CurationWorker, compute=pool(size=e.replicas), **_engine_resources(cfg), **common)
+    ds = ds.map_batches(RolloutWorker, compute=pool(size=e.replicas), **_engine_resources(cfg), **common)
+    ds = ds.map_batches(SelectWorker, compute=pool(size=cfg.verify.workers), num_cpus=0.5, **common)
+    return ds.map_batches(TeacherWorker, compute=pool(size=e.teacher_replicas), **_engine_resources(cfg), **common)
 
 
 @dataclass

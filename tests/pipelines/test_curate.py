@@ -132,3 +132,17 @@ def test_a_killed_run_resumes_and_stores_each_problem_once(tmp_path, model_path)
     assert len(kept) == len(set(kept)), "a problem was stored twice"
     if kept:
         assert sorted(store.read_table().column("problem_id").to_pylist()) == sorted(kept)
+
+
+def test_split_stages_write_the_same_kind_of_store(tmp_path, model_path, ray_session):
+    """engine.colocate=false: rollouts, verification and the teacher as separate Ray Data stages."""
+    from pipelines.curate import run_curation
+
+    cfg = load_config(None, tiny_curation_overrides(tmp_path, n=8) + ["engine.colocate=false", "engine.batch_size=4"])
+    summary = run_curation(cfg, progress=False)
+    assert summary.processed == 8 and summary.kept + sum(summary.skipped.values()) == 8
+    store = LogitStore.open(cfg.store_dir, allow_empty=True)
+    assert len(store.done_ids()) == 8
+    for row in store.read_table().to_pylist():
+        ids, _, tail = example_arrays(row)
+        assert ids.shape == (len(row["response_ids"]), cfg.curate.top_k) and tail.shape == ids.shape[:1]
