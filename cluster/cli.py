@@ -2,6 +2,9 @@
 
     ssb curate --config configs/default.yaml curate.rollout.n=8
     ssb train --run-dir runs/demo train.num_workers=2
+    ssb eval --run-dir runs/demo --adapter runs/demo/adapter --with-base eval.limit=50
+    ssb run --config configs/default.yaml --rounds 2
+    ssb report --run-dir runs/demo
     ssb doctor
 """
 
@@ -24,6 +27,9 @@ def _config(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
+    benchmarks = getattr(args, "benchmarks", None)
+    if benchmarks:
+        overrides.append("eval.benchmarks=" + json.dumps([b.strip() for b in benchmarks.split(",") if b.strip()]))
     return load_config(args.config, overrides)
 
 
@@ -43,6 +49,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     summary = run_distillation(cfg, resume=args.resume)
     print(summary.table())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipelines.evaluate import run_evaluation
+
+    cfg = _config(args)
+    adapter = args.adapter or cfg.eval.adapter
+    label = args.label or cfg.eval.label or ("ssb" if adapter else "base")
+    adapters: dict[str, str | None] = {label: adapter}
+    if args.with_base and adapter:
+        adapters = {"base": None, **adapters}
+    summary = run_evaluation(cfg, adapters, progress=not args.quiet)
+    print(summary.table())
+    print(f"outputs: {cfg.output_dir}/eval/")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.run import run_pipeline
+
+    cfg = _config(args)
+    report = run_pipeline(cfg, rounds=args.rounds, progress=not args.quiet, skip_base=args.skip_base)
+    from ssb.report import render_table
+
+    print(render_table(report))
+    print(f"report: {cfg.output_dir}/report.md")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ssb.report import render_table, write_report
+
+    cfg = _config(args)
+    print(render_table(write_report(cfg.output_dir)))
+    print(f"report: {cfg.output_dir}/report.md")
     return 0
 
 
@@ -66,6 +108,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "curate": (cmd_curate, "sample, verify, select and teach; write the top-k logit store"),
     "train": (cmd_train, "distill a LoRA student from the store with Ray Train; save the adapter"),
+    "eval": (cmd_eval, "evaluate the base model or a LoRA adapter on benchmarks (greedy, pass@1, maj@k)"),
+    "run": (cmd_run, "curate, train, evaluate base and student, write the report: the whole method"),
+    "report": (cmd_report, "(re)write <run-dir>/report.md, report.json and plots from a run's outputs"),
     "doctor": (cmd_doctor, "print versions, the engine and device that will run, and where the model is"),
 }
 
@@ -82,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
             p.add_argument("--store", help="logit store to train on (default: <run-dir>/curated)")
+        if name == "eval":
+            p.add_argument("--adapter", help="LoRA adapter directory (default: the base model)")
+            p.add_argument("--label", help="name the results are filed under (default: ssb with an adapter, else base)")
+            p.add_argument("--with-base", dest="with_base", action="store_true",
+                           help="evaluate the base model too, in the same job")
+        if name == "run":
+            p.add_argument("--rounds", type=int, default=1, help="bootstrapping rounds (round r+1 curates with "
+                                                                 "round r's student)")
+            p.add_argument("--skip-base", dest="skip_base", action="store_true",
+                           help="reuse the base model's results already in <run-dir>/eval/base")
+        if name in ("eval", "run"):
+            p.add_argument("--benchmarks", help="comma-separated, e.g. synthetic-heldout,gsm8k-test")
         p.set_defaults(fn=fn)
     return parser
 

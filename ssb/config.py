@@ -25,6 +25,9 @@ class ModelConfig(_Strict):
     name: str = "default"
     dtype: str = "bfloat16"
     max_model_len: int = 2048
+    # A LoRA adapter (peft directory) applied for rollouts and teacher: bootstrapping round
+    # r+1 curates with round r's student.
+    adapter: str | None = None
 
 
 class SyntheticConfig(_Strict):
@@ -142,12 +145,25 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    # Names (gsm8k-test, math500, aime24, synthetic-heldout; see pipelines/evaluate.py) or
+    # any local path / hub dataset name (read with split "test").
     benchmarks: list[str] = Field(default_factory=lambda: ["synthetic-heldout"])
-    limit: int | None = 100
-    n: int = 4
+    limit: int | None = 100  # problems per benchmark
+    n: int = 4  # samples per problem at `temperature` (pass@1, maj@n); 0 → greedy only
     temperature: float = 0.6
+    top_p: float = 1.0
     max_tokens: int = 384
-    greedy: bool = True
+    greedy: bool = True  # one temperature-0 sample per problem as well
+    # Where the named benchmarks' local copies live; None → ../shared/data when it exists,
+    # else the hub datasets.
+    data_root: str | None = None
+    # synthetic-heldout: the held-out templates, drawn with a seed other than curation's.
+    heldout_seed: int = 1000
+    heldout_difficulty: str | None = None  # None → data.synthetic.difficulty
+    # `ssb eval`: the LoRA adapter to evaluate (None → the base model) and the label its
+    # results are filed under (None → "ssb" with an adapter, "base" without).
+    adapter: str | None = None
+    label: str | None = None
 
 
 class RayConfig(_Strict):
@@ -187,8 +203,20 @@ class RunConfig(_Strict):
             "curate": self.curate.model_dump(exclude={"shard_rows"}),
             "engine_seed": self.engine.seed,
         }
+        if self.model.adapter:
+            keys["adapter_digest"] = _digest_dir(self.model.adapter)
         blob = json.dumps(keys, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _digest_dir(path: str) -> str:
+    """Content hash of an adapter directory: a retrained adapter at the same path is another model."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _join(base: str, name: str) -> str:

@@ -1,0 +1,358 @@
+"""Evaluation job: benchmarks → vLLM engine actors (base model and/or LoRA adapters) → verdicts → scores.
+
+    ssb eval --run-dir runs/demo                                   # the base model
+    ssb eval --run-dir runs/demo --adapter runs/demo/adapter --with-base eval.limit=50
+
+1. Each benchmark name becomes a problem source (`resolve_benchmark`): a local copy under
+   `eval.data_root` (default ../shared/data when it exists) or the hub dataset, or the
+   synthetic held-out templates, or any path / hub name given directly.
+2. One Ray Data job streams (model label, problem) rows through `engine.replicas` vLLM actors.
+   An actor holds one engine; with adapters it is built with LoRA enabled and each request
+   names its adapter (`LoRARequest`) or none (the base model), so base and student are
+   evaluated by one engine load. Every problem gets the student prompt (`student_messages`:
+   the prompt the student was trained on), `eval.n` samples at `eval.temperature` and, with
+   `eval.greedy`, one temperature-0 sample, all in one `generate` call per batch.
+3. The actor verifies every sample with the project's Verifier and takes the majority answer
+   (equivalence by the verifier). The driver writes every problem's outputs and verdicts to
+   <run_dir>/eval/<label>/<benchmark>.jsonl, scores them (ssb.scoring) and merges the
+   results into <run_dir>/eval/results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ssb.config import DataConfig, RunConfig, SyntheticConfig
+from ssb.data import load_problems
+from ssb.default_model import resolve_model
+from ssb.records import Verdict
+from ssb.scoring import BenchmarkResult, ProblemOutcome, majority_vote, score
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    local: str  # path under the data root
+    local_split: str
+    hub: str
+    hub_split: str
+    hub_subset: str | None = None
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "gsm8k-test": Benchmark("gsm8k", "test", "openai/gsm8k", "test", "main"),
+    "math500": Benchmark("math500/test.jsonl", "test", "HuggingFaceH4/MATH-500", "test"),
+    "aime24": Benchmark("aime24/test.jsonl", "test", "HuggingFaceH4/aime_2024", "train"),
+}
+SYNTHETIC_HELDOUT = "synthetic-heldout"
+# Where the synthetic held-out set gets its size when eval.limit is None.
+SYNTHETIC_DEFAULT_N = 100
+
+
+def default_data_root() -> Path | None:
+    for candidate in (Path.cwd().parent / "shared" / "data", REPO.parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def resolve_benchmark(name: str, cfg: RunConfig) -> DataConfig:
+    """The problem source behind a benchmark name (see the module doc)."""
+    ev = cfg.eval
+    if name == SYNTHETIC_HELDOUT:
+        syn = SyntheticConfig(n=ev.limit or SYNTHETIC_DEFAULT_N, seed=ev.heldout_seed,
+                              difficulty=ev.heldout_difficulty or cfg.data.synthetic.difficulty)
+        return DataConfig(source="synthetic", split="test", limit=ev.limit, synthetic=syn)
+    if name in BENCHMARKS:
+        b = BENCHMARKS[name]
+        root = Path(ev.data_root) if ev.data_root else default_data_root()
+        if root is not None and (root / b.local).exists():
+            return DataConfig(source=str(root / b.local), split=b.local_split, limit=ev.limit)
+        return DataConfig(source=b.hub, split=b.hub_split, subset=b.hub_subset, limit=ev.limit)
+    return DataConfig(source=name, split="test", limit=ev.limit)
+
+
+def benchmark_key(name: str) -> str:
+    """A file-name-safe key: named benchmarks keep their name, paths their stem."""
+    if name in BENCHMARKS or name == SYNTHETIC_HELDOUT:
+        return name
+    stem = Path(name).stem if Path(name).suffix else name.rstrip("/").replace("/", "_")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "benchmark"
+
+
+OUT_SCHEMA = pa.schema([
+    ("benchmark", pa.string()), ("label", pa.string()), ("id", pa.string()), ("question", pa.string()),
+    ("answer", pa.string()), ("status", pa.string()), ("prompt_tokens", pa.int64()),
+    ("sample_texts", pa.list_(pa.string())), ("sample_answers", pa.list_(pa.string())),
+    ("sample_verdicts", pa.list_(pa.string())), ("sample_finish", pa.list_(pa.string())),
+    ("sample_tokens", pa.int64()),
+    ("greedy_text", pa.string()), ("greedy_answer", pa.string()), ("greedy_verdict", pa.string()),
+    ("greedy_finish", pa.string()), ("greedy_tokens", pa.int64()),
+    ("maj_answer", pa.string()), ("maj_correct", pa.bool_()),
+    # The batch's generate() time shared out over its rows, and the actor's engine start-up
+    # (on the first row it produced only): lets a benchmark separate engine time from overhead.
+    ("generate_seconds", pa.float64()), ("engine_load_seconds", pa.float64()),
+])
+
+
+class EvalWorker:
+    """A Ray Data actor: one vLLM engine (LoRA-enabled when adapters are given) and a Verifier."""
+
+    def __init__(self, cfg_json: str, model_path: str, adapters: dict[str, str | None]):
+        import os
+
+        from transformers import AutoTokenizer
+
+        from pipelines.engine import build_llm
+        from ssb.prompts import Prompts
+        from ssb.verify import Verifier
+
+        start = time.perf_counter()
+        self.cfg = cfg = RunConfig.model_validate_json(cfg_json)
+        lora = any(adapters.values())
+        self.llm = build_llm(model_path, cfg.model, cfg.engine, max_logprobs=1, enable_lora=lora,
+                             seed_offset=os.getpid())
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.prompts = Prompts.from_config(cfg.prompts)
+        self.verifier = Verifier(timeout_s=cfg.verify.timeout_s, fallbacks=cfg.verify.fallbacks)
+        self.lora: dict[str, Any] = {}
+        if lora:
+            from vllm.lora.request import LoRARequest
+
+            ids = iter(range(1, len(adapters) + 1))
+            self.lora = {label: LoRARequest(label, next(ids), path) if path else None
+                         for label, path in adapters.items()}
+        import vllm
+
+        ev = cfg.eval
+        self.sample_params = (vllm.SamplingParams(n=ev.n, temperature=ev.temperature, top_p=ev.top_p,
+                                                  max_tokens=ev.max_tokens) if ev.n > 0 else None)
+        self.greedy_params = (vllm.SamplingParams(n=1, temperature=0.0, max_tokens=ev.max_tokens)
+                              if ev.greedy else None)
+        self._tokens_prompt = vllm.inputs.TokensPrompt
+        self.load_seconds: float | None = time.perf_counter() - start
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from ssb.prompts import render_ids, student_messages
+
+        rows = batch.to_pylist()
+        out = [self._empty(r) for r in rows]
+        prompts, params, loras, slots = [], [], [], []  # slot: (row index, "samples" | "greedy")
+        limit = self.cfg.model.max_model_len - self.cfg.eval.max_tokens
+        for i, row in enumerate(rows):
+            ids = render_ids(self.tokenizer, student_messages(row["question"], self.prompts))
+            out[i]["prompt_tokens"] = len(ids)
+            if len(ids) > limit:
+                out[i]["status"] = "prompt_too_long"  # scored as unanswered, never dropped
+                continue
+            for kind, p in (("samples", self.sample_params), ("greedy", self.greedy_params)):
+                if p is not None:
+                    prompts.append(self._tokens_prompt(prompt_token_ids=ids))
+                    params.append(p)
+                    loras.append(self.lora.get(row["label"]))
+                    slots.append((i, kind))
+        start = time.perf_counter()
+        results = (self.llm.generate(prompts, params, lora_request=loras if self.lora else None, use_tqdm=False)
+                   if prompts else [])
+        seconds = time.perf_counter() - start
+        texts: list[tuple[str, str]] = []
+        for (i, kind), res in zip(slots, results):
+            o = out[i]
+            if kind == "samples":
+                o["sample_texts"] = [c.text for c in res.outputs]
+                o["sample_finish"] = [str(c.finish_reason) for c in res.outputs]
+                o["sample_tokens"] = sum(len(c.token_ids) for c in res.outputs)
+            else:
+                c = res.outputs[0]
+                o["greedy_text"], o["greedy_finish"], o["greedy_tokens"] = c.text, str(c.finish_reason), len(c.token_ids)
+        for i, o in enumerate(out):
+            texts += [(t, o["answer"]) for t in o["sample_texts"]]
+            if o["greedy_text"] is not None:
+                texts.append((o["greedy_text"], o["answer"]))
+        checks = iter(self.verifier.check_many(texts))
+        for o in out:
+            verdicts = [next(checks) for _ in o["sample_texts"]]
+            o["sample_answers"] = [a for a, _ in verdicts]
+            o["sample_verdicts"] = [Verdict(v).value for _, v in verdicts]
+            if o["greedy_text"] is not None:
+                a, v = next(checks)
+                o["greedy_answer"], o["greedy_verdict"] = a, Verdict(v).value
+            elif self.greedy_params is not None:
+                o["greedy_verdict"] = Verdict.NO_ANSWER.value
+            if self.sample_params is not None:
+                pick = majority_vote(o["sample_answers"], same=self.verifier.equivalent)
+                o["maj_answer"] = o["sample_answers"][pick] if pick is not None else None
+                o["maj_correct"] = pick is not None and o["sample_verdicts"][pick] == Verdict.CORRECT.value
+            o["generate_seconds"] = seconds / max(len(out), 1)
+        if self.load_seconds is not None and out:
+            out[0]["engine_load_seconds"], self.load_seconds = self.load_seconds, None
+        return pa.Table.from_pylist(out, schema=OUT_SCHEMA)
+
+    def _empty(self, row: dict[str, Any]) -> dict[str, Any]:
+        o: dict[str, Any] = {name: None for name in OUT_SCHEMA.names}
+        o.update({k: row[k] for k in ("benchmark", "label", "id", "question", "answer")})
+        o.update(status="", sample_texts=[], sample_answers=[], sample_verdicts=[], sample_finish=[],
+                 sample_tokens=0, greedy_tokens=0, generate_seconds=0.0, engine_load_seconds=0.0)
+        return o
+
+
+def outcome(row: dict[str, Any]) -> ProblemOutcome:
+    correct = Verdict.CORRECT.value
+    greedy = None if row.get("greedy_verdict") is None else row["greedy_verdict"] == correct
+    answered = sum(a is not None for a in row["sample_answers"]) + (row.get("greedy_answer") is not None)
+    return ProblemOutcome(samples=[v == correct for v in row["sample_verdicts"]], greedy=greedy,
+                          majority=row.get("maj_correct"), answered=answered)
+
+
+@dataclass
+class EvalSummary:
+    results: dict[str, dict[str, BenchmarkResult]] = field(default_factory=dict)  # label → benchmark → result
+    problems: int = 0
+    tokens: int = 0
+    generate_seconds: float = 0.0  # summed over actors
+    engine_load_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    files: list[str] = field(default_factory=list)
+    load_reports: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_seconds if self.wall_seconds else 0.0
+
+    def table(self) -> str:
+        lines = [r.line() for label in self.results for r in self.results[label].values()]
+        lines.append(f"{self.problems} problem evaluations, {self.tokens} tokens, {self.wall_seconds:.1f} s "
+                     f"({self.tokens_per_s:.0f} tok/s wall; engine start-up {self.engine_load_seconds:.1f} s)")
+        return "\n".join(lines)
+
+
+def build_eval_dataset(cfg: RunConfig, rows: list[dict[str, Any]], model_path: str,
+                       adapters: dict[str, str | None]) -> Any:
+    """The Ray Data plan; nothing runs until it is iterated."""
+    import ray
+
+    from pipelines.curate import _engine_resources
+
+    e = cfg.engine
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / e.batch_size)))
+    return ds.map_batches(EvalWorker, compute=ray.data.ActorPoolStrategy(size=e.replicas), batch_size=e.batch_size,
+                          batch_format="pyarrow", **_engine_resources(cfg),
+                          fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "model_path": model_path,
+                                                 "adapters": adapters})
+
+
+def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None, *,
+                   progress: bool = True) -> EvalSummary:
+    """Evaluates each label's model (None: the base model, else a LoRA adapter directory) on
+    every benchmark of `cfg.eval` in one Ray Data job; see the module doc."""
+    from tqdm import tqdm
+
+    from pipelines.ray_setup import init_ray, quiet_data_context
+
+    start = time.perf_counter()
+    if adapters is None:
+        adapters = {cfg.eval.label or ("ssb" if cfg.eval.adapter else "base"): cfg.eval.adapter}
+    adapters = {label: _checked_adapter(path) for label, path in adapters.items()}
+    model_path = resolve_model(cfg.model.name)
+    summary = EvalSummary()
+    keys: dict[str, str] = {}
+    order: dict[tuple[str, str], list[str]] = {}
+    rows: list[dict[str, Any]] = []
+    for name in cfg.eval.benchmarks:
+        key = benchmark_key(name)
+        if key in keys.values():
+            raise ValueError(f"benchmarks {name!r} and {[n for n, k in keys.items() if k == key][0]!r} "
+                             f"would share the result name {key!r}")
+        keys[name] = key
+        problems, report = load_problems(resolve_benchmark(name, cfg))
+        summary.load_reports[key] = report.summary()
+        if report.skipped:
+            log.warning("benchmark %s: %s", key, report.summary())
+        if not problems:
+            raise ValueError(f"benchmark {name!r}: no problems loaded ({report.summary()})")
+        for label in adapters:
+            order[(label, key)] = [p.id for p in problems]
+            rows += [{"benchmark": key, "label": label, "id": p.id, "question": p.question, "answer": p.answer}
+                     for p in problems]
+    summary.problems = len(rows)
+
+    init_ray(cfg.ray)
+    quiet_data_context()
+    got: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    bar = tqdm(total=len(rows), unit="problem", disable=not progress, dynamic_ncols=True, desc="eval")
+    try:
+        for batch in build_eval_dataset(cfg, rows, model_path, adapters).iter_batches(batch_format="pyarrow",
+                                                                                       batch_size=None):
+            for row in batch.to_pylist():
+                got[(row["label"], row["benchmark"])][row["id"]] = row
+                summary.tokens += (row["sample_tokens"] or 0) + (row["greedy_tokens"] or 0)
+                summary.generate_seconds += row["generate_seconds"] or 0.0
+                summary.engine_load_seconds += row["engine_load_seconds"] or 0.0
+            bar.update(batch.num_rows)
+            bar.set_postfix(tok_s=f"{summary.tokens / max(time.perf_counter() - start, 1e-9):.0f}")
+    finally:
+        bar.close()
+    summary.wall_seconds = time.perf_counter() - start
+
+    out_dir = Path(cfg.output_dir) / "eval"
+    for (label, key), ids in order.items():
+        by_id = got[(label, key)]
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise RuntimeError(f"evaluation lost {len(missing)} problems of {key} ({label}), e.g. {missing[:3]}")
+        records = [by_id[i] for i in ids]
+        path = out_dir / label / f"{key}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        summary.files.append(str(path))
+        tokens = sum((r["sample_tokens"] or 0) + (r["greedy_tokens"] or 0) for r in records)
+        seconds = sum(r["generate_seconds"] or 0.0 for r in records)
+        summary.results.setdefault(label, {})[key] = score(key, label, [outcome(r) for r in records],
+                                                           tokens=tokens, seconds=seconds)
+    merge_results(out_dir / "results.json", summary.results)
+    return summary
+
+
+def _checked_adapter(path: str | None) -> str | None:
+    if path is None:
+        return None
+    p = Path(path).resolve()  # actors may not share the driver's working directory
+    if not (p / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{path}: not a LoRA adapter directory (no adapter_config.json)")
+    return str(p)
+
+
+def merge_results(path: Path, results: dict[str, dict[str, BenchmarkResult]]) -> dict[str, Any]:
+    """Adds `results` to the label → benchmark → result file, replacing what they re-measure."""
+    merged: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    for label, per in results.items():
+        merged.setdefault(label, {}).update({k: r.to_dict() for k, r in per.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2))
+    return merged
+
+
+def load_results(run_dir: str | Path) -> dict[str, dict[str, BenchmarkResult]]:
+    path = Path(run_dir) / "eval" / "results.json"
+    if not path.exists():
+        return {}
+    raw = json.loads(path.read_text())
+    return {label: {k: BenchmarkResult.from_dict(d) for k, d in per.items()} for label, per in raw.items()}
+
+
+__all__ = ["BENCHMARKS", "EvalSummary", "EvalWorker", "resolve_benchmark", "run_evaluation", "load_results"]

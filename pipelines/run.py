@@ -1,0 +1,109 @@
+"""The whole method from one config: curate → train → evaluate base and student → report.
+
+    ssb run --config configs/default.yaml
+    ssb run --config configs/default.yaml --rounds 2
+
+Round 1 works in the run directory itself (curated/, train/, adapter/, curation_summary.json).
+Round r ≥ 2 works in <run_dir>/round-<r>/ and curates with round r-1's student (its adapter)
+as the rollout and teacher model, then trains a fresh LoRA on the base model from that
+store. The evaluation runs once, at the end, in one Ray Data job with one engine: the base
+model ("base"), each earlier round's adapter ("round-<r>") and the last one ("ssb").
+Re-running a finished or stopped run reuses what is done: curation resumes from its store,
+a finished training (train/summary.json and adapter/) is kept, a stopped one resumes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ssb.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def round_config(cfg: RunConfig, r: int) -> RunConfig:
+    if r == 1:
+        return cfg
+    return cfg.model_copy(update={"run_dir": str(Path(cfg.output_dir) / f"round-{r}")})
+
+
+def _curate(cfg: RunConfig, adapter: str | None, progress: bool) -> Any:
+    from pipelines.curate import run_curation
+
+    if adapter is None:
+        return run_curation(cfg, progress=progress)
+    if "adapter" not in inspect.signature(run_curation).parameters:
+        raise ValueError("--rounds > 1 needs pipelines.curate.run_curation(cfg, adapter=DIR) (rollouts and teacher "
+                         "served by the base model + that LoRA adapter); this checkout's curation has no such "
+                         "parameter yet")
+    return run_curation(cfg, progress=progress, adapter=adapter)
+
+
+def _train(cfg: RunConfig) -> str:
+    from pipelines.distill import EXPERIMENT, run_distillation
+
+    out = Path(cfg.output_dir)
+    adapter = out / "adapter"
+    if (out / "train" / "summary.json").exists() and (adapter / "adapter_config.json").exists():
+        log.warning("%s: training already finished; reusing %s", out, adapter)
+        return str(adapter)
+    resume = (out / "train" / "ray" / EXPERIMENT).exists()
+    summary = run_distillation(cfg, resume=resume)
+    print(summary.table(), flush=True)
+    return summary.adapter_dir
+
+
+def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip_base: bool = False) -> dict[str, Any]:
+    """Runs every stage and returns the report (also written to <run_dir>/report.{md,json})."""
+    from pipelines.evaluate import load_results, run_evaluation
+    from ssb.report import write_report
+
+    if rounds < 1:
+        raise ValueError(f"--rounds {rounds}: need at least 1")
+    start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    adapters: list[str] = []
+    for r in range(1, rounds + 1):
+        rcfg = round_config(cfg, r)
+        tag = "" if rounds == 1 else f" (round {r})"
+        t0 = time.perf_counter()
+        print(f"== curate{tag}", flush=True)
+        summary = _curate(rcfg, adapters[-1] if adapters else None, progress)
+        print(summary.table(), flush=True)
+        if summary.store.get("rows", 0) == 0:
+            raise RuntimeError(f"curation{tag} kept no examples: nothing to train on (see {rcfg.output_dir}/"
+                               "curation_summary.json; try more rollouts, more problems or easier ones)")
+        t1 = time.perf_counter()
+        print(f"== train{tag}", flush=True)
+        adapters.append(_train(rcfg))
+        t2 = time.perf_counter()
+        timings[f"curate{'' if rounds == 1 else f' round {r}'}"] = t1 - t0
+        timings[f"train{'' if rounds == 1 else f' round {r}'}"] = t2 - t1
+
+    labels: dict[str, str | None] = {}
+    have = load_results(out)
+    if not (skip_base and all(b in have.get("base", {}) for b in _keys(cfg))):
+        labels["base"] = None
+    for r, adapter in enumerate(adapters, start=1):
+        labels["ssb" if r == rounds else f"round-{r}"] = adapter
+    print("== evaluate " + ", ".join(labels), flush=True)
+    t3 = time.perf_counter()
+    ev = run_evaluation(cfg, labels, progress=progress)
+    print(ev.table(), flush=True)
+    timings["eval"] = time.perf_counter() - t3
+    timings["total"] = time.perf_counter() - start
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    return write_report(out)
+
+
+def _keys(cfg: RunConfig) -> list[str]:
+    from pipelines.evaluate import benchmark_key
+
+    return [benchmark_key(b) for b in cfg.eval.benchmarks]

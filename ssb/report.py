@@ -1,0 +1,291 @@
+"""The run report: base vs SSB accuracy per benchmark with 95% intervals, the curation
+funnel, tokens, bytes, times, and plots, written to <run_dir>/report.{md,json} and *.png.
+
+Reads only files a run leaves behind (no Ray, no engine), so it can be rebuilt any time
+with `ssb report --run-dir DIR`:
+
+- eval/results.json             label → benchmark → ssb.scoring.BenchmarkResult as a dict
+                                (labels: "base", "ssb", and "round-<r>" for earlier rounds)
+- curation_summary.json         round 1's curation (round-<r>/curation_summary.json later rounds)
+- train/metrics.jsonl, train/summary.json   (round-<r>/train/... for later rounds)
+- timings.json                  stage → seconds, written by `ssb run`
+
+`accuracy` is greedy accuracy (one temperature-0 answer per problem) when greedy samples
+were drawn, else pass@1 over the n samples; each entry's `metric` says which.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+# The curation skip reasons that mean a problem never reached the teacher.
+NOT_MIXED = ("no_correct_rollout", "no_incorrect_rollout", "prompt_too_long")
+_ROUND = re.compile(r"round-(\d+)$")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def round_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """(round, directory): round 1 is the run directory itself, round r ≥ 2 is round-<r>/."""
+    rounds = [(1, run_dir)]
+    for child in sorted(run_dir.glob("round-*")):
+        m = _ROUND.match(child.name)
+        if m and child.is_dir() and int(m.group(1)) >= 2:
+            rounds.append((int(m.group(1)), child))
+    return sorted(rounds)
+
+
+def funnel(summary: dict[str, Any]) -> dict[str, Any]:
+    """problems → mixed (had right and wrong rollouts) → teacher accepted, from a CurationSummary dict."""
+    skipped = dict(summary.get("skipped") or {})
+    processed = summary.get("processed", 0) + summary.get("already_done", 0)
+    mixed = summary.get("processed", 0) - sum(skipped.get(r, 0) for r in NOT_MIXED)
+    store = summary.get("store") or {}
+    return {
+        "problems": summary.get("problems", processed),
+        "processed": summary.get("processed", 0),
+        "already_done": summary.get("already_done", 0),
+        "mixed": mixed,
+        "accepted": summary.get("kept", 0),
+        "skipped": skipped,
+        "rollout_tokens": summary.get("rollout_tokens", 0),
+        "teacher_tokens": summary.get("teacher_tokens", 0),
+        "store_rows": store.get("rows", 0),
+        "store_bytes": store.get("bytes", 0),
+        "bytes_per_token": store.get("bytes_per_token"),
+        "wall_seconds": summary.get("wall_seconds", 0.0),
+    }
+
+
+def _entry(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "ci95", "n", "metric", "greedy", "greedy_ci95", "pass1", "pass1_ci95", "maj", "maj_ci95",
+            "samples_per_problem", "answered_share", "tokens", "seconds")
+    return {k: result.get(k) for k in keys if k in result}
+
+
+def _round_of(label: str, last_round: int) -> int | None:
+    if label == "base":
+        return 0
+    if label == "ssb":
+        return last_round
+    m = _ROUND.match(label)
+    return int(m.group(1)) if m else None
+
+
+def build_report(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    results: dict[str, dict[str, Any]] = _read_json(run_dir / "eval" / "results.json") or {}
+    rounds = round_dirs(run_dir)
+    last_round = rounds[-1][0]
+
+    benchmarks: dict[str, dict[str, Any]] = {}
+    for label in ("base", "ssb"):
+        for name, result in (results.get(label) or {}).items():
+            benchmarks.setdefault(name, {})[label] = _entry(result)
+    for name, entry in benchmarks.items():
+        if "base" in entry and "ssb" in entry:
+            base, ssb = entry["base"], entry["ssb"]
+            entry["delta"] = ssb["accuracy"] - base["accuracy"]
+            if ssb["ci95"][0] > base["ci95"][1]:
+                entry["verdict"] = "higher (intervals do not overlap)"
+            elif ssb["accuracy"] > base["accuracy"]:
+                entry["verdict"] = "higher, within the intervals' overlap"
+            elif ssb["accuracy"] == base["accuracy"]:
+                entry["verdict"] = "no change"
+            else:
+                entry["verdict"] = "lower"
+
+    per_round: list[dict[str, Any]] = []
+    for label, per in results.items():
+        r = _round_of(label, last_round)
+        if r is None or (label.startswith("round-") and r == last_round and "ssb" in results):
+            continue
+        per_round.append({"round": r, "label": label,
+                          "benchmarks": {b: {"accuracy": d["accuracy"], "ci95": d["ci95"], "n": d["n"]}
+                                         for b, d in per.items()}})
+    per_round.sort(key=lambda x: x["round"])
+
+    curation, training = [], []
+    for r, d in rounds:
+        cur = _read_json(d / "curation_summary.json")
+        if cur is not None:
+            curation.append({"round": r, **funnel(cur)})
+        metrics = [m for m in _read_jsonl(d / "train" / "metrics.jsonl") if "loss" in m and "step" in m]
+        summary = _read_json(d / "train" / "summary.json") or {}
+        if metrics or summary:
+            training.append({
+                "round": r, "steps": summary.get("steps") or (metrics[-1]["step"] if metrics else 0),
+                "rows": summary.get("rows"), "first_loss": metrics[0]["loss"] if metrics else None,
+                "final_loss": metrics[-1]["loss"] if metrics else None,
+                "wall_seconds": summary.get("wall_seconds"),
+                "loss_curve": [[m["step"], m["loss"]] for m in metrics],
+            })
+    eval_tokens = sum(d.get("tokens", 0) for per in results.values() for d in per.values())
+    return {
+        "run_dir": str(run_dir),
+        "accuracy_metric": sorted({e[l]["metric"] for e in benchmarks.values() for l in ("base", "ssb") if l in e}),
+        "benchmarks": benchmarks,
+        "rounds": per_round,
+        "curation": curation,
+        "training": training,
+        "tokens": {"rollout": sum(c["rollout_tokens"] for c in curation),
+                   "teacher": sum(c["teacher_tokens"] for c in curation),
+                   "eval": eval_tokens},
+        "bytes": {"store": sum(c["store_bytes"] for c in curation)},
+        "times": _read_json(run_dir / "timings.json") or {},
+        "plots": [],
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "–" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """Plain-text table of base vs SSB per benchmark, printed at the end of `ssb run`."""
+    header = f"{'benchmark':<20} {'metric':<7} {'base':>7} {'95% CI':>14} {'ssb':>7} {'95% CI':>14} {'delta':>7}  n"
+    lines = [header, "-" * len(header)]
+    for name, e in report["benchmarks"].items():
+        b, s = e.get("base"), e.get("ssb")
+        metric = (s or b or {}).get("metric", "")
+        delta = f"{100 * e['delta']:+.1f}" if "delta" in e else "–"
+        n = (s or b or {}).get("n", "")
+        lines.append(f"{name:<20} {metric:<7} {_pct(b and b['accuracy']):>7} {_ci(b and b['ci95']):>14} "
+                     f"{_pct(s and s['accuracy']):>7} {_ci(s and s['ci95']):>14} {delta:>7}  {n}")
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    out = [f"# SSB run report: {report['run_dir']}", ""]
+    metrics = ", ".join(report["accuracy_metric"]) or "none"
+    out += ["## Accuracy, base vs SSB", "",
+            f"`accuracy` is **{metrics}** accuracy (greedy: one temperature-0 answer per problem; pass@1: the mean "
+            "over the n samples). 95% intervals: Wilson over problems for greedy and maj@k; for pass@1 a normal "
+            "interval over per-problem means (ssb/scoring.py).", "",
+            "| benchmark | n | base | base 95% CI | SSB | SSB 95% CI | delta | base pass@1 | SSB pass@1 | "
+            "base maj@k | SSB maj@k | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in report["benchmarks"].items():
+        b, s = e.get("base") or {}, e.get("ssb") or {}
+        delta = f"{100 * e['delta']:+.1f} pts" if "delta" in e else "–"
+        out.append(f"| {name} | {(s or b).get('n', '')} | {_pct(b.get('accuracy'))} | {_ci(b.get('ci95'))} | "
+                   f"{_pct(s.get('accuracy'))} | {_ci(s.get('ci95'))} | {delta} | {_pct(b.get('pass1'))} | "
+                   f"{_pct(s.get('pass1'))} | {_pct(b.get('maj'))} | {_pct(s.get('maj'))} | {e.get('verdict', '–')} |")
+    lower = [n for n, e in report["benchmarks"].items() if e.get("delta") is not None and e["delta"] <= 0]
+    if lower:
+        out += ["", f"**The SSB student is not better than the base model on: {', '.join(lower)}.**"]
+    if len(report["rounds"]) > 2:
+        out += ["", "## Accuracy per round", "", "| round | model | " + " | ".join(report["benchmarks"]) + " |",
+                "|---|---|" + "---|" * len(report["benchmarks"])]
+        for r in report["rounds"]:
+            cells = [f"{_pct(r['benchmarks'][b]['accuracy'])} {_ci(r['benchmarks'][b]['ci95'])}"
+                     if b in r["benchmarks"] else "–" for b in report["benchmarks"]]
+            out.append(f"| {r['round']} | {r['label']} | " + " | ".join(cells) + " |")
+    if report["curation"]:
+        out += ["", "## Curation funnel", "", "| round | problems | mixed | teacher accepted | skipped | "
+                "rollout tokens | teacher tokens | store rows | store bytes | bytes/token | seconds |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in report["curation"]:
+            skipped = ", ".join(f"{k}: {v}" for k, v in sorted(c["skipped"].items())) or "–"
+            bpt = f"{c['bytes_per_token']:.1f}" if c.get("bytes_per_token") else "–"
+            out.append(f"| {c['round']} | {c['problems']} | {c['mixed']} | {c['accepted']} | {skipped} | "
+                       f"{c['rollout_tokens']} | {c['teacher_tokens']} | {c['store_rows']} | {c['store_bytes']} | "
+                       f"{bpt} | {c['wall_seconds']:.1f} |")
+    if report["training"]:
+        out += ["", "## Training", "", "| round | rows | steps | first loss | final loss | seconds |",
+                "|---|---|---|---|---|---|"]
+        for t in report["training"]:
+            fl = "–" if t["first_loss"] is None else f"{t['first_loss']:.4f}"
+            ll = "–" if t["final_loss"] is None else f"{t['final_loss']:.4f}"
+            secs = "–" if t["wall_seconds"] is None else f"{t['wall_seconds']:.1f}"
+            out.append(f"| {t['round']} | {t['rows'] if t['rows'] is not None else '–'} | {t['steps']} | {fl} | "
+                       f"{ll} | {secs} |")
+    tok = report["tokens"]
+    out += ["", "## Tokens, bytes, times", "",
+            f"- tokens: {tok['rollout']} rollout, {tok['teacher']} teacher, {tok['eval']} evaluation",
+            f"- logit store: {report['bytes']['store']} bytes"]
+    for stage, secs in report["times"].items():
+        out.append(f"- {stage}: {secs:.1f} s")
+    if report["plots"]:
+        out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in report["plots"]]
+    return "\n".join(out) + "\n"
+
+
+def plot_accuracy(report: dict[str, Any], path: str | Path) -> Path:
+    """Grouped bars per benchmark: one bar per round (base = round 0, …, SSB) with 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["benchmarks"])
+    series = report["rounds"] or [{"round": 0, "label": "base", "benchmarks": {}}]
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.8 * len(names) + 2), 3.6))
+    for i, s in enumerate(series):
+        acc = [s["benchmarks"].get(b, {}).get("accuracy", 0.0) for b in names]
+        lo = [a - s["benchmarks"].get(b, {}).get("ci95", [a, a])[0] for a, b in zip(acc, names)]
+        hi = [s["benchmarks"].get(b, {}).get("ci95", [a, a])[1] - a for a, b in zip(acc, names)]
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
+        label = s["label"] if len(series) <= 2 else f"{s['label']} (round {s['round']})"
+        ax.bar(xs, acc, width, yerr=[lo, hi], capsize=3, label=label)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("accuracy (" + "/".join(report["accuracy_metric"] or ["–"]) + ")")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("accuracy per benchmark, 95% CI")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_loss(report: dict[str, Any], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for t in report["training"]:
+        if t["loss_curve"]:
+            steps, losses = zip(*t["loss_curve"])
+            ax.plot(steps, losses, marker=".", label=f"round {t['round']}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("distillation loss")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: str | Path) -> dict[str, Any]:
+    """Builds the report from the run's files; writes report.json, report.md and the plots."""
+    run_dir = Path(run_dir)
+    report = build_report(run_dir)
+    if report["benchmarks"]:
+        report["plots"].append(str(plot_accuracy(report, run_dir / "accuracy.png")))
+    if any(t["loss_curve"] for t in report["training"]):
+        report["plots"].append(str(plot_loss(report, run_dir / "loss.png")))
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (run_dir / "report.md").write_text(render_markdown(report))
+    return report

@@ -1,0 +1,67 @@
+"""Evaluation without an engine: benchmark names → sources, verdict rows → outcomes, results files, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.evaluate import benchmark_key, load_results, merge_results, outcome, resolve_benchmark
+from ssb.config import load_config
+from ssb.scoring import ProblemOutcome, score
+from tests.conftest import shared_data
+
+
+def test_named_benchmarks_read_local_copies_under_the_data_root(tmp_path):
+    root = shared_data()
+    cfg = load_config(None, [f"eval.data_root={root}", "eval.limit=5"])
+    assert resolve_benchmark("gsm8k-test", cfg).source == str(root / "gsm8k")
+    assert resolve_benchmark("gsm8k-test", cfg).split == "test"
+    assert resolve_benchmark("math500", cfg).source == str(root / "math500" / "test.jsonl")
+    assert resolve_benchmark("aime24", cfg).limit == 5
+
+
+def test_named_benchmarks_fall_back_to_the_hub_without_a_local_copy(tmp_path):
+    cfg = load_config(None, [f"eval.data_root={tmp_path}"])
+    gsm = resolve_benchmark("gsm8k-test", cfg)
+    assert (gsm.source, gsm.subset, gsm.split) == ("openai/gsm8k", "main", "test")
+    assert resolve_benchmark("math500", cfg).source == "HuggingFaceH4/MATH-500"
+
+
+def test_synthetic_heldout_uses_test_templates_and_another_seed():
+    cfg = load_config(None, ["eval.limit=7", "data.synthetic.difficulty=addsub"])
+    src = resolve_benchmark("synthetic-heldout", cfg)
+    assert (src.source, src.split, src.synthetic.n, src.synthetic.difficulty) == ("synthetic", "test", 7, "addsub")
+    assert src.synthetic.seed != cfg.data.synthetic.seed
+
+
+def test_any_other_name_is_a_path_or_hub_dataset_with_a_file_safe_key():
+    cfg = load_config(None, [])
+    assert resolve_benchmark("/data/my set/test.jsonl", cfg).source == "/data/my set/test.jsonl"
+    assert benchmark_key("/data/my set/test.jsonl") == "test"
+    assert benchmark_key("org/dataset") == "org_dataset"
+    assert benchmark_key("math500") == "math500"
+
+
+def test_outcome_from_a_saved_row():
+    row = {"sample_verdicts": ["correct", "incorrect", "no_answer"], "sample_answers": ["3", "4", None],
+           "greedy_verdict": "correct", "greedy_answer": "3", "maj_correct": True}
+    assert outcome(row) == ProblemOutcome(samples=[True, False, False], greedy=True, majority=True, answered=3)
+
+
+def test_results_merge_per_label_and_read_back(tmp_path):
+    path = tmp_path / "eval" / "results.json"
+    base = score("b1", "base", [ProblemOutcome(samples=[True], greedy=True, majority=True)])
+    ssb = score("b1", "ssb", [ProblemOutcome(samples=[False], greedy=False, majority=False)])
+    merge_results(path, {"base": {"b1": base}})
+    merge_results(path, {"ssb": {"b1": ssb}})
+    assert load_results(tmp_path) == {"base": {"b1": base}, "ssb": {"b1": ssb}}
+
+
+def test_cli_eval_and_run_parse_their_flags():
+    from cluster.cli import _config, build_parser
+
+    args = build_parser().parse_args(["eval", "--benchmarks", "gsm8k-test, math500", "--adapter", "a",
+                                      "--with-base", "eval.n=2"])
+    assert (args.adapter, args.with_base) == ("a", True)
+    assert _config(args).eval.benchmarks == ["gsm8k-test", "math500"]
+    args = build_parser().parse_args(["run", "--rounds", "2", "--run-dir", str(Path("x"))])
+    assert args.rounds == 2 and _config(args).run_dir == "x"

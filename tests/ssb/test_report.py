@@ -1,0 +1,91 @@
+"""The report files and plots built from a run directory's outputs (no engine, no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ssb.report import build_report, funnel, render_table, write_report
+from ssb.scoring import ProblemOutcome, score
+
+
+def _results(label: str, hits: int, n: int = 10) -> dict:
+    outcomes = [ProblemOutcome(samples=[i < hits, False], greedy=i < hits, majority=i < hits, answered=2)
+                for i in range(n)]
+    return {"synthetic-heldout": score("synthetic-heldout", label, outcomes, tokens=100).to_dict()}
+
+
+def _fake_run(run_dir: Path, rounds: int = 1) -> None:
+    (run_dir / "eval").mkdir(parents=True)
+    results = {"base": _results("base", 1), "ssb": _results("ssb", 6)}
+    if rounds == 2:
+        results["round-1"] = _results("round-1", 4)
+    (run_dir / "eval" / "results.json").write_text(json.dumps(results))
+    for r in range(1, rounds + 1):
+        d = run_dir if r == 1 else run_dir / f"round-{r}"
+        (d / "train").mkdir(parents=True, exist_ok=True)
+        (d / "curation_summary.json").write_text(json.dumps({
+            "problems": 16, "already_done": 0, "processed": 16, "kept": 5,
+            "skipped": {"no_correct_rollout": 6, "no_incorrect_rollout": 2, "teacher_answer_wrong": 3},
+            "rollout_tokens": 4000, "teacher_tokens": 900, "wall_seconds": 30.0,
+            "store": {"rows": 5, "bytes": 12345, "bytes_per_token": 80.5}}))
+        lines = [{"event": "resumed", "step": 0}] + [{"step": s, "epoch": 0, "loss": 1.0 / s} for s in range(1, 5)]
+        (d / "train" / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        (d / "train" / "summary.json").write_text(json.dumps({"steps": 4, "rows": 5, "wall_seconds": 12.0}))
+    (run_dir / "timings.json").write_text(json.dumps({"curate": 30.0, "train": 12.0, "eval": 40.0}))
+
+
+def test_funnel_counts_problems_mixed_and_accepted():
+    f = funnel({"problems": 16, "processed": 16, "kept": 5,
+                "skipped": {"no_correct_rollout": 6, "no_incorrect_rollout": 2, "teacher_answer_wrong": 3}})
+    assert (f["problems"], f["mixed"], f["accepted"]) == (16, 8, 5)
+
+
+def test_report_json_holds_base_and_ssb_per_benchmark(tmp_path):
+    _fake_run(tmp_path)
+    report = write_report(tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    entry = saved["benchmarks"]["synthetic-heldout"]
+    for label, acc in (("base", 0.1), ("ssb", 0.6)):
+        assert entry[label]["accuracy"] == acc and entry[label]["n"] == 10
+        lo, hi = entry[label]["ci95"]
+        assert lo < acc < hi
+    assert abs(entry["delta"] - 0.5) < 1e-9 and entry["verdict"].startswith("higher")
+    assert saved["curation"][0]["mixed"] == 8 and saved["curation"][0]["accepted"] == 5
+    assert saved["tokens"] == {"rollout": 4000, "teacher": 900, "eval": 200}
+    assert saved["bytes"]["store"] == 12345 and saved["times"]["train"] == 12.0
+    assert saved["training"][0]["final_loss"] == 0.25 and len(saved["training"][0]["loss_curve"]) == 4
+    assert report["accuracy_metric"] == ["greedy"]
+
+
+def test_report_markdown_and_plots_are_written(tmp_path):
+    _fake_run(tmp_path)
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "synthetic-heldout" in md and "greedy" in md and "Curation funnel" in md
+    for png in ("accuracy.png", "loss.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    assert "10.0%" in render_table(build_report(tmp_path))
+
+
+def test_report_shows_accuracy_per_round(tmp_path):
+    _fake_run(tmp_path, rounds=2)
+    report = write_report(tmp_path)
+    assert [(r["round"], r["label"]) for r in report["rounds"]] == [(0, "base"), (1, "round-1"), (2, "ssb")]
+    assert [c["round"] for c in report["curation"]] == [1, 2]
+    assert "Accuracy per round" in (tmp_path / "report.md").read_text()
+
+
+def test_report_says_so_when_the_student_is_not_better(tmp_path):
+    _fake_run(tmp_path)
+    results = {"base": _results("base", 5), "ssb": _results("ssb", 3)}
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(results))
+    report = write_report(tmp_path)
+    assert report["benchmarks"]["synthetic-heldout"]["verdict"] == "lower"
+    assert "not better" in (tmp_path / "report.md").read_text()
+
+
+def test_report_of_an_empty_run_dir_still_writes_files(tmp_path):
+    report = write_report(tmp_path)
+    assert report["benchmarks"] == {} and (tmp_path / "report.md").exists()
