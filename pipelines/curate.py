@@ -43,7 +43,8 @@ def _load_engine(cfg: RunConfig, model_path: str, seed_offset: int = 0) -> tuple
 
     from pipelines.engine import build_llm
 
-    llm = build_llm(model_path, cfg.model, cfg.engine, max_logprobs=cfg.curate.top_k, seed_offset=seed_offset)
+    llm = build_llm(model_path, cfg.model, cfg.engine, max_logprobs=cfg.curate.top_k, seed_offset=seed_offset,
+                    enable_lora=cfg.model.adapter is not None)
     return llm, AutoTokenizer.from_pretrained(model_path)
 
 
@@ -193,8 +194,12 @@ def write_run_config(cfg: RunConfig) -> None:
         (out / "config.yaml").write_text(dump_config(cfg))
 
 
-def run_curation(cfg: RunConfig, *, progress: bool = True) -> CurationSummary:
+def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None = None) -> CurationSummary:
+    """`adapter`: curate with base model + this LoRA adapter (a bootstrapping round > 1)."""
     from transformers import AutoTokenizer
+
+    if adapter is not None:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(Path(adapter).resolve())})})
 
     from pipelines.ray_setup import init_ray, quiet_data_context
 

@@ -60,6 +60,15 @@ def _sampling(llm_module: Any, s: Any, *, logprobs: int | None = None) -> Any:
                                      max_tokens=s.max_tokens, logprobs=logprobs)
 
 
+def lora_request(cfg: RunConfig) -> Any:
+    """The adapter every request of this run goes through, or None for the bare model."""
+    if not cfg.model.adapter:
+        return None
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest("ssb-adapter", 1, cfg.model.adapter)
+
+
 def _fits(prompt_ids: list[int], max_tokens: int, max_model_len: int) -> bool:
     return len(prompt_ids) + max_tokens <= max_model_len
 
@@ -89,7 +98,7 @@ class RolloutStage:
         if not todo:
             return rows
         start = time.perf_counter()
-        outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, self.params, use_tqdm=False, lora_request=lora_request(self.cfg))
         seconds = time.perf_counter() - start
         for row, out in zip(todo, outputs):
             row["rollout_texts"] = [c.text for c in out.outputs]
@@ -155,7 +164,7 @@ class TeacherStage:
             return rows
         start = time.perf_counter()
         outputs = self.llm.generate([self._tokens_prompt(prompt_token_ids=r["teacher_prompt_ids"]) for r in todo],
-                                    self.params, use_tqdm=False)
+                                    self.params, use_tqdm=False, lora_request=lora_request(self.cfg))
         seconds = time.perf_counter() - start
         for row, out in zip(todo, outputs):
             # In-process only: candidates never cross a stage boundary (to_table drops them).

@@ -146,3 +146,25 @@ def test_split_stages_write_the_same_kind_of_store(tmp_path, model_path, ray_ses
     for row in store.read_table().to_pylist():
         ids, _, tail = example_arrays(row)
         assert ids.shape == (len(row["response_ids"]), cfg.curate.top_k) and tail.shape == ids.shape[:1]
+
+
+def test_curation_through_a_lora_adapter(tmp_path, model_path, ray_session):
+    """A bootstrapping round > 1 curates with the previous round's student (base + adapter)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.curate import run_curation
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    cfg = load_config(None, tiny_curation_overrides(tmp_path / "run", n=4))
+    summary = run_curation(cfg, progress=False, adapter=str(adapter))
+    assert summary.processed == 4 and summary.rollout_tokens > 0
+    manifest = LogitStore.open(cfg.store_dir, allow_empty=True).manifest
+    assert manifest["config_hash"] != cfg.curation_hash()  # the adapter is part of what was curated
+    assert manifest["model"] == "default"  # still the base model's identity: the student trains on it
