@@ -1,0 +1,362 @@
+"""Distillation job: the curated logit store → Ray Train workers → a LoRA adapter.
+
+    ssb train --run-dir runs/demo                 # trains on runs/demo/curated
+    ssb train --run-dir runs/demo --resume        # continues a stopped run from its last checkpoint
+
+1. Check the store: made with this student's model and tokenizer, every shard's checksum
+   matches the manifest, and it holds rows. Anything else is refused before Ray starts.
+2. Ray Data reads the manifest's shards (only the training columns; once, into the object
+   store, when the store is small); Ray Train splits them evenly between `train.num_workers`
+   workers (`get_dataset_shard("train")`).
+3. Each worker runs ssb.train's loop on a DDP-wrapped student (FSDP with
+   `train.strategy: fsdp`, GPU only: best effort, not exercised on the CPU test box).
+   Every `log_every` steps the metrics go through `ray.train.report` and rank 0 appends them
+   to <run_dir>/train/metrics.jsonl (and to train/tensorboard when tensorboardX is
+   installed); every `checkpoint_every` steps (0: each epoch end) the adapter, optimizer,
+   scheduler and data position go into a Ray Train checkpoint under <run_dir>/train/ray/.
+   A worker that dies restarts the group (`train.max_failures` times) from the latest
+   checkpoint; `--resume` does the same for a stopped run. `train.num_workers=0` runs one
+   worker in this process (Ray Train's local mode: quick to debug, no restarts).
+4. The final checkpoint's adapter is copied to <run_dir>/adapter/ (peft format: loads in
+   `PeftModel.from_pretrained` and as a vLLM `LoRARequest`), and with `train.merge` a
+   merged full model goes to <run_dir>/merged/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from ssb.batching import TRAIN_COLUMNS, bucketed, collate, rows_of
+from ssb.config import RunConfig, TrainConfig, dump_config
+from ssb.default_model import resolve_model
+from ssb.prompts import tokenizer_fingerprint
+from ssb.store import LogitStore, StoreError
+from ssb.train import (ADAPTER_DIR, BUCKET_WINDOW, DistillStudent, TrainState, build_student, default_device,
+                       load_adapter, load_training_state, make_optimizer, optimizer_steps, save_checkpoint,
+                       train_loop)
+
+from pipelines.curate import model_identity
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "distill"
+# Test hook: when this file exists in <run_dir>/train, rank 0 deletes it and kills its own
+# process right after the next checkpoint (how the tests check that a run resumes).
+FAULT_MARKER = "inject-fault-once"
+# Stores up to this size (Parquet bytes) are read once into Ray's object store: streaming
+# the shards again costs ~8 s at each epoch start on a small box (measured), far more than
+# a short epoch. Larger stores stream from their files every epoch.
+MATERIALIZE_BYTES = 256 * 2**20
+
+
+@dataclass
+class DistillSummary:
+    steps: int = 0
+    epochs: int = 0
+    rows: int = 0
+    resumed_from_step: int | None = None
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+    adapter_dir: str = ""
+    merged_dir: str | None = None
+    metrics_path: str = ""
+    wall_seconds: float = 0.0
+
+    def table(self) -> str:
+        m = self.final_metrics
+        lines = [f"rows              {self.rows}",
+                 f"steps             {self.steps} (train.epochs={self.epochs})"]
+        if m:
+            lines.append(f"last step         loss {m.get('loss', 0):.4f}  kl {m.get('kl', 0):.4f}  "
+                         f"ce {m.get('ce', 0):.4f}  {m.get('tokens_per_s', 0):.0f} tok/s")
+        lines += [f"adapter           {self.adapter_dir}", f"metrics           {self.metrics_path}",
+                  f"wall time         {self.wall_seconds:.1f} s"]
+        if self.merged_dir:
+            lines.insert(-1, f"merged model      {self.merged_dir}")
+        return "\n".join(lines)
+
+
+def store_uri(cfg: RunConfig) -> str:
+    return cfg.train.store or cfg.store_dir
+
+
+def _open_for_model(cfg: RunConfig) -> LogitStore:
+    store = LogitStore.open(store_uri(cfg))
+    made, student = store.manifest.get("model"), model_identity(cfg.model.name)
+    if made != student:
+        raise StoreError(f"store at {store.uri} was curated with model {made!r}, but the student is "
+                         f"{student!r}: train the model the store was made with (model.name={made}) "
+                         "or curate again for this one")
+    return store
+
+
+def open_checked_store(cfg: RunConfig, tokenizer: Any) -> LogitStore:
+    """The store to train on, or StoreError: missing, empty, another model or tokenizer,
+    or a shard whose bytes differ from the manifest (named)."""
+    store = _open_for_model(cfg)
+    made, student_tok = store.manifest, tokenizer_fingerprint(tokenizer)
+    if made.get("tokenizer") != student_tok:
+        raise StoreError(f"store at {store.uri} was curated with tokenizer {made.get('tokenizer')!r}, but "
+                         f"the student's tokenizer is {student_tok!r}: its token ids mean other tokens")
+    store.verify()
+    return store
+
+
+def _fsdp_kwargs(student: Any) -> dict[str, Any]:
+    """One FSDP unit per decoder layer; use_orig_params so the frozen base and the LoRA
+    weights can share a flat parameter."""
+    import functools
+
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    causal_lm = student.get_base_model()
+    layers = getattr(causal_lm, causal_lm.base_model_prefix).layers
+    policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={type(layers[0])})
+    return {"auto_wrap_policy": policy, "use_orig_params": True}
+
+
+def _fsdp_states(module: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Full adapter and optimizer state gathered from the shards (every rank must call)."""
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT,
+                              FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
+                              FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=False)):
+        full = module.state_dict()
+        optim = FSDP.optim_state_dict(module, optimizer)
+    prefix = "peft_model."
+    return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}, optim
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: ssb.train's loop with Ray's data, reporting and checkpoints."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    cfg = TrainConfig.model_validate(config["train"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    train_dir = Path(config["train_dir"]) if config["train_dir"] else None
+    if not cfg.use_gpu:
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))  # Ray's OMP default may be 1
+    device = ray.train.torch.get_device() if cfg.use_gpu else default_device(False)
+    fsdp = cfg.strategy == "fsdp"
+
+    student = build_student(config["model_path"], cfg.lora, device=device,
+                            gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
+    checkpoint = ray.train.get_checkpoint()
+    ckpt_dir = None
+    if checkpoint is not None:
+        ckpt_dir = checkpoint.to_directory()  # local copy; loaded below, before and after wrapping
+        load_adapter(ckpt_dir, student)
+    module = ray.train.torch.prepare_model(
+        DistillStudent(student, cfg), parallel_strategy="fsdp" if fsdp else "ddp",
+        parallel_strategy_kwargs=_fsdp_kwargs(student) if fsdp else None)
+    optimizer, scheduler = make_optimizer(module, cfg, config["total_steps"])
+    state = TrainState()
+    if ckpt_dir is not None:
+        load_optim = None
+        if fsdp:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            load_optim = lambda osd: optimizer.load_state_dict(  # noqa: E731
+                FSDP.optim_state_dict_to_load(module, optimizer, osd))
+        state = load_training_state(ckpt_dir, optimizer, scheduler, load_optim)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if rank == 0:
+            log.warning("resuming from step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch)
+            _append(train_dir, {"event": "resumed", **asdict(state)})
+
+    shard = ray.train.get_dataset_shard("train")
+
+    def epoch_batches(epoch: int):
+        seed = cfg.seed + epoch
+        chunks = shard.iter_batches(batch_size=cfg.batch_size * BUCKET_WINDOW, batch_format="numpy",
+                                    local_shuffle_buffer_size=cfg.batch_size * BUCKET_WINDOW,
+                                    local_shuffle_seed=seed)
+        rows = chain.from_iterable(rows_of(chunk) for chunk in chunks)
+        for group in bucketed(rows, cfg.batch_size, window=BUCKET_WINDOW, seed=seed):
+            yield collate(group, config["pad_id"])
+
+    last_logged = state.step
+    board = _tensorboard(train_dir) if rank == 0 else None
+
+    def on_report(metrics: dict[str, float], state: TrainState, save: bool) -> None:
+        nonlocal last_logged
+        if rank == 0 and metrics and metrics["step"] > last_logged:
+            _append(train_dir, metrics)
+            last_logged = metrics["step"]
+            if board is not None:
+                for key in ("loss", "kl", "ce", "tokens_per_s", "grad_norm", "lr"):
+                    board.add_scalar(f"train/{key}", metrics[key], metrics["step"])
+                board.flush()
+            print(f"step {metrics['step']}/{config['total_steps']} epoch {metrics['epoch']} "
+                  f"loss {metrics['loss']:.4f} kl {metrics['kl']:.4f} ce {metrics['ce']:.4f} "
+                  f"{metrics['tokens_per_s']:.0f} tok/s lr {metrics['lr']:.2e}", flush=True)
+        if not save:
+            ray.train.report(dict(metrics))
+            return
+        adapter_state, optim_state = _fsdp_states(module, optimizer) if fsdp else (None, None)
+        with _staging(train_dir, config["local_mode"], state.step) as tmp:
+            if rank == 0:  # DDP replicas are identical; FSDP gathered the full state on rank 0
+                save_checkpoint(tmp, student, optimizer, scheduler, state, adapter_state, optim_state)
+                ray.train.report({**metrics, **asdict(state)}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report({**metrics, **asdict(state)})
+        _maybe_inject_fault(train_dir, rank)
+
+    train_loop(module, optimizer, scheduler, epoch_batches, cfg, state, device=device, on_report=on_report)
+
+
+def _staging(train_dir: Path | None, local_mode: bool, step: int) -> Any:
+    """Where a checkpoint is written before Ray Train persists it. With num_workers=0 (Ray
+    Train's local mode: one in-process worker, for debugging) nothing is copied, so it
+    must outlive the report."""
+    if local_mode and train_dir is not None:
+        path = train_dir / "local-checkpoints" / f"step-{step:06d}"
+        path.mkdir(parents=True, exist_ok=True)
+        return nullcontext(str(path))
+    return tempfile.TemporaryDirectory()
+
+
+def _tensorboard(train_dir: Path | None) -> Any:
+    """A TensorBoard writer into <run_dir>/train/tensorboard when tensorboardX is installed."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(train_dir / "tensorboard")) if train_dir is not None else None
+
+
+def _append(train_dir: Path | None, record: dict[str, Any]) -> None:
+    if train_dir is None:  # a remote run directory: metrics only in Ray's results
+        return
+    train_dir.mkdir(parents=True, exist_ok=True)
+    with open(train_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+def _maybe_inject_fault(train_dir: Path | None, rank: int) -> None:
+    if rank == 0 and train_dir is not None and (train_dir / FAULT_MARKER).exists():
+        (train_dir / FAULT_MARKER).unlink()
+        log.warning("%s found: killing rank 0 after this checkpoint", FAULT_MARKER)
+        # The controller collects reported checkpoints when it polls the workers (every
+        # 2 s): die after that, as a crash in the middle of the next step would.
+        time.sleep(5)
+        os._exit(1)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "train" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_distillation(cfg: RunConfig, *, resume: bool = False) -> DistillSummary:
+    import ray.data
+    from ray.train import FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from transformers import AutoTokenizer
+
+    from pipelines.ray_setup import init_ray, quiet_data_context
+
+    start = time.perf_counter()
+    t = cfg.train
+    if t.strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"train.strategy {t.strategy!r}: expected 'ddp' or 'fsdp'")
+    if t.strategy == "fsdp" and not t.use_gpu:
+        raise ValueError("train.strategy fsdp needs GPUs (train.use_gpu=true); use ddp on CPU")
+    _open_for_model(cfg)  # refuse another model's store before downloading or converting this one
+    model_path = resolve_model(cfg.model.name)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    store = open_checked_store(cfg, tokenizer)
+    rows = store.summary()["rows"]
+
+    local = "://" not in cfg.output_dir
+    out = Path(cfg.output_dir).resolve() if local else None
+    storage = str(out / "train" / "ray") if out else cfg.output_dir.rstrip("/") + "/train/ray"
+    if local:
+        experiment = Path(storage) / EXPERIMENT
+        if experiment.exists() and not resume:
+            raise ValueError(f"a training run already exists in {experiment}: pass --resume to continue it, "
+                             "or remove it (or use another run directory) to start over")
+        if resume and not experiment.exists():
+            raise ValueError(f"nothing to resume: no training run in {experiment}")
+        (out / "train").mkdir(parents=True, exist_ok=True)
+        (out / "train" / "config.yaml").write_text(dump_config(cfg))
+
+    workers = max(t.num_workers, 1)
+    if rows < workers:
+        raise StoreError(f"store at {store.uri} has {rows} rows: fewer than the {workers} workers")
+    init_ray(cfg.ray)
+    quiet_data_context()
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # the same order again on resume: the data position holds
+    dataset = ray.data.read_parquet(store.shard_paths(), filesystem=store.filesystem).select_columns(TRAIN_COLUMNS)
+    if store.summary()["bytes"] <= MATERIALIZE_BYTES:
+        dataset = dataset.materialize()
+
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"train": t.model_dump(mode="json"), "model_path": model_path, "pad_id": pad_id,
+                           "total_steps": optimizer_steps(rows, t, workers),
+                           "train_dir": str(out / "train") if out else None, "local_mode": t.num_workers == 0},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"GPU": 1, "CPU": t.cpus_per_worker} if t.use_gpu
+                                     else {"CPU": t.cpus_per_worker}),
+        run_config=RayRunConfig(storage_path=storage, name=EXPERIMENT,
+                                failure_config=FailureConfig(max_failures=t.max_failures),
+                                # Ray Train logs every report at INFO; our progress line is enough.
+                                logging_config=LoggingConfig(log_level="WARNING")),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}") from result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training ended without a checkpoint")
+
+    summary = DistillSummary(rows=rows, final_metrics=dict(result.metrics or {}),
+                             metrics_path=str(out / "train" / "metrics.jsonl") if out else "")
+    summary.steps = int(summary.final_metrics.get("step", 0))
+    summary.epochs = t.epochs
+    adapter_dir = (out / "adapter") if out else Path(tempfile.mkdtemp()) / "adapter"
+    with result.checkpoint.as_directory() as ckpt:
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        shutil.copytree(Path(ckpt) / ADAPTER_DIR, adapter_dir)
+    summary.adapter_dir = str(adapter_dir)
+    if local:
+        resumed = [m for m in read_metrics(out) if m.get("event") == "resumed"]
+        summary.resumed_from_step = resumed[-1]["step"] if resumed else None
+    if t.merge:
+        summary.merged_dir = str(merge_adapter(model_path, adapter_dir, adapter_dir.parent / "merged"))
+    summary.wall_seconds = time.perf_counter() - start
+    if local:
+        (out / "train" / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
+    return summary
+
+
+def merge_adapter(model_path: str, adapter_dir: str | Path, target: str | Path) -> Path:
+    """Base model + adapter folded into one plain HF model directory (with the tokenizer)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    target = Path(target)
+    merged.to(torch.bfloat16).save_pretrained(target, safe_serialization=True)
+    AutoTokenizer.from_pretrained(model_path).save_pretrained(target)
+    return target
