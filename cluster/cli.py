@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, RuntimeError, StoreError) as exc:
+    except (ValueError, OSError, RuntimeError, StoreError) as exc:
         from pydantic import ValidationError
 
         if isinstance(exc, ValidationError):
