@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from dataclasses import asdict
 
 
@@ -22,7 +21,7 @@ def bare_generate(cfg, model_path: str, problems) -> tuple[int, float]:
     from transformers import AutoTokenizer
     from vllm.inputs import TokensPrompt
 
-    from pipelines.engine import build_llm
+    from pipelines.engine import build_llm, timed_generate
     from ssb.prompts import Prompts, render_ids, rollout_messages
     from pipelines.stages import _sampling
     import vllm
@@ -32,10 +31,7 @@ def bare_generate(cfg, model_path: str, problems) -> tuple[int, float]:
     prompts = Prompts.from_config(cfg.prompts)
     inputs = [TokensPrompt(prompt_token_ids=render_ids(tok, rollout_messages(p.question, prompts))) for p in problems]
     params = _sampling(vllm, cfg.curate.rollout)
-    start = time.perf_counter()
-    outputs = llm.generate(inputs, params, use_tqdm=False)
-    seconds = time.perf_counter() - start
-    tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+    tokens, seconds = timed_generate(llm, inputs, params)
     del llm
     return tokens, seconds
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 
 def bare_generate(cfg, model_path: str, problems) -> tuple[int, float]:
@@ -24,7 +23,7 @@ def bare_generate(cfg, model_path: str, problems) -> tuple[int, float]:
     from transformers import AutoTokenizer
     from vllm.inputs import TokensPrompt
 
-    from pipelines.engine import build_llm
+    from pipelines.engine import build_llm, timed_generate
     from ssb.prompts import Prompts, render_ids, student_messages
 
     ev = cfg.eval
@@ -38,10 +37,7 @@ def bare_generate(cfg, model_path: str, problems) -> tuple[int, float]:
         ids = TokensPrompt(prompt_token_ids=render_ids(tok, student_messages(p.question, prompts)))
         inputs += [ids, ids]
         params += [sample, greedy]
-    start = time.perf_counter()
-    outputs = llm.generate(inputs, params, use_tqdm=False)
-    seconds = time.perf_counter() - start
-    tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+    tokens, seconds = timed_generate(llm, inputs, params)
     del llm
     return tokens, seconds
 

@@ -47,3 +47,12 @@ def build_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_
 
 def completion_tokens(outputs: list[Any]) -> int:
     return sum(len(c.token_ids) for out in outputs for c in out.outputs)
+
+
+def timed_generate(llm: Any, inputs: list[Any], params: Any) -> tuple[int, float]:
+    """Generated tokens and seconds of one bare `generate` call: the benchmarks' baseline."""
+    import time
+
+    start = time.perf_counter()
+    outputs = llm.generate(inputs, params, use_tqdm=False)
+    return completion_tokens(outputs), time.perf_counter() - start
