@@ -246,7 +246,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ValueError(f"override {item!r} is not of the form key.path=value")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
-    return RunConfig.model_validate(tree)
+    # Laid over the defaults rather than validated alone: `curate.teacher.n=4` must keep the
+    # teacher's own default temperature (0.4), not SamplingConfig's class default.
+    return RunConfig.model_validate(_merge(RunConfig().model_dump(), tree))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 def dump_config(config: RunConfig) -> str:

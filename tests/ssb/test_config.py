@@ -23,6 +23,14 @@ def test_yaml_and_dotted_overrides(tmp_path):
     assert load_config(resolved) == cfg  # a run's written config reproduces it
 
 
+def test_a_partial_override_keeps_the_sections_other_defaults(tmp_path):
+    cfg = load_config(None, ["curate.teacher.n=4"])
+    assert (cfg.curate.teacher.n, cfg.curate.teacher.temperature) == (4, 0.4)
+    path = tmp_path / "run.yaml"
+    path.write_text("curate:\n  teacher: {max_tokens: 99}\n")
+    assert load_config(path).curate.teacher.temperature == 0.4
+
+
 def test_typos_fail_loudly(tmp_path):
     with pytest.raises(ValidationError):
         load_config(None, ["curate.rolout.n=2"])
