@@ -221,7 +221,8 @@ def load_adapter(directory: str | Path, peft_model: Any) -> None:
 def load_training_state(directory: str | Path, optimizer: Any, scheduler: Any,
                         load_optimizer: Callable[[dict[str, Any]], None] | None = None) -> TrainState:
     """Optimizer and scheduler state (after the optimizer is built) and where the run was."""
-    saved = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint may come from anywhere; full unpickling would run its code.
+    saved = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     (load_optimizer or optimizer.load_state_dict)(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     return TrainState(**saved["state"])
