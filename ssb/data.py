@@ -30,10 +30,17 @@ SOLUTION_FIELDS = ("solution",)
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 # No sane problem is 1 MB of JSON; a longer line is skipped without being held in memory.
 MAX_LINE_BYTES = 1 << 20
+# A gold answer is a number or a short expression (MATH500's longest: 53 chars); a longer one
+# is a whole solution or garbage, and would cost the verifier its full time-out per rollout.
+MAX_ANSWER_CHARS = 1_000
+MAX_ID_CHARS = 256  # ids key the store's resume logic and appear in every shard row
 MAX_EXAMPLES = 5
+MAX_ANSWER_INT_BITS = 4_000 * 3  # ~3,600 decimal digits: safely under the 4,300-digit str() limit
 
 # \framebox appears in AIME solutions; the look-ahead keeps \boxedfoo from counting.
 _BOX_RE = re.compile(r"\\(?:boxed|fbox|framebox)(?![A-Za-z])")
+_GROUPING = re.compile(r"\\.|[{}]", re.DOTALL)  # \{ and \} (any escaped char) are not grouping
+_BARE_ANSWER = re.compile(r"[^\s$]+")  # `\boxed 5`
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
 
 
@@ -79,21 +86,17 @@ def last_boxed(text: str) -> str | None:
     if i >= len(text):
         return None
     if text[i] != "{":
-        bare = re.match(r"[^\s$]+", text[i:])
+        bare = _BARE_ANSWER.match(text, i)
         return bare.group(0) if bare else None
     depth, start = 0, i + 1
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":  # \{ and \} are literal braces, not grouping
-            i += 2
-            continue
-        if ch == "{":
+    for m in _GROUPING.finditer(text, i):  # a regex scan: hostile 100k-char answers stay fast
+        tok = m.group()
+        if tok == "{":
             depth += 1
-        elif ch == "}":
+        elif tok == "}":
             depth -= 1
             if depth == 0:
-                return text[start:i].strip()
-        i += 1
+                return text[start : m.start()].strip()
     return None
 
 
@@ -106,7 +109,8 @@ def extract_reference_answer(value: Any, field_name: str) -> str | None:
     if isinstance(value, bool):  # bool is an int subclass; True is no answer
         return None
     if isinstance(value, int):
-        return str(value)
+        # Past Python's int->str digit limit (4,300) str() raises; no benchmark answer is that long.
+        return str(value) if value.bit_length() <= MAX_ANSWER_INT_BITS else None
     if isinstance(value, float):
         if not math.isfinite(value):
             return None
@@ -195,6 +199,8 @@ def _to_problem(row: Any, cfg: DataConfig, source: str, fallback_id: str) -> Pro
         return "missing_question", "empty question"
     if len(question) > cfg.max_question_chars:
         return "question_too_long", f"{len(question)} chars > {cfg.max_question_chars}"
+    if not _encodable(question):
+        return "invalid_text", "question holds a lone surrogate (not encodable as UTF-8)"
     a_field, answer = _pick(row, cfg.answer_field, ANSWER_FIELDS)
     if answer is None or (isinstance(answer, str) and not answer.strip()):
         return "missing_answer", "missing answer"
@@ -203,12 +209,30 @@ def _to_problem(row: Any, cfg: DataConfig, source: str, fallback_id: str) -> Pro
     parsed = extract_reference_answer(answer, a_field)
     if parsed is None:
         return "unparseable_answer", f"no answer found in {a_field!r}"
+    if len(parsed) > MAX_ANSWER_CHARS:
+        return "answer_too_long", f"{len(parsed)} chars > {MAX_ANSWER_CHARS}"
+    if not _encodable(parsed):
+        return "invalid_text", "answer holds a lone surrogate (not encodable as UTF-8)"
     _, raw_id = _pick(row, cfg.id_field, ID_FIELDS)
     if raw_id is None or raw_id == "":
         raw_id = fallback_id  # stable: derived from the row's position, not from what was skipped
     elif isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
         return "wrong_type", f"id is a {type(raw_id).__name__}"
+    elif isinstance(raw_id, str) and (len(raw_id) > MAX_ID_CHARS or not _encodable(raw_id)):
+        return "invalid_id", f"id of {len(raw_id)} chars (at most {MAX_ID_CHARS}, valid UTF-8)"
+    elif isinstance(raw_id, int) and raw_id.bit_length() > 64:
+        return "invalid_id", "integer id wider than 64 bits"
     return Problem(id=str(raw_id), question=question, answer=parsed, source=source)
+
+
+def _encodable(text: str) -> bool:
+    """JSON escapes can smuggle lone surrogates ("\\ud800") into a str that Arrow, tokenizers
+    and files cannot encode: such a record would fail far downstream, mid-run."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _local_path(source: str) -> Path | None:
@@ -261,19 +285,19 @@ def _read_jsonl(file: Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[_R
                 yield index, where, None, ("line_too_long", f"longer than {max_line_bytes} bytes")
                 index += 1
                 continue
+            if lineno == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark some editors write
             if not line.strip():
                 continue
-            yield index, where, *_parse_json_line(line, lineno)
+            yield index, where, *_parse_json_line(line)
             index += 1
 
 
-def _parse_json_line(line: bytes, lineno: int) -> tuple[Any, tuple[str, str] | None]:
+def _parse_json_line(line: bytes) -> tuple[Any, tuple[str, str] | None]:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         return None, ("invalid_json", "not UTF-8 text")
-    if lineno == 1:
-        text = text.lstrip("\ufeff")  # a byte-order mark some editors write
     try:
         return json.loads(text), None
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested input
@@ -283,22 +307,67 @@ def _parse_json_line(line: bytes, lineno: int) -> tuple[Any, tuple[str, str] | N
 def _read_json(file: Path) -> Iterator[_Row]:
     # Not a generator: a file that is not a JSON list fails here, before any row is read.
     try:
-        data = json.loads(file.read_text(encoding="utf-8-sig"))
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
         raise ValueError(f"{file}: not a JSON file ({exc}); for one record per line use .jsonl") from exc
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        if not text.lstrip().startswith("["):
+            raise ValueError(f"{file}: not a JSON file ({exc}); for one record per line use .jsonl") from exc
+        return _salvage_json_list(text)  # a truncated or partly broken list: keep what parses
     if not isinstance(data, list):
         raise ValueError(f"{file}: a .json data file must hold a list of objects, not a {type(data).__name__}")
     return ((index, f"item {index}", row, None) for index, row in enumerate(data))
 
 
+def _salvage_json_list(text: str) -> Iterator[_Row]:
+    """Items of a JSON list one at a time, up to the first that does not parse; the rest of
+    the file counts as one invalid record (a truncated download, a stray byte)."""
+    decoder, ws = json.JSONDecoder(), re.compile(r"\s*")
+    pos, index = ws.match(text, text.index("[") + 1).end(), 0
+    while pos < len(text) and text[pos] != "]":
+        try:
+            row, pos = decoder.raw_decode(text, pos)
+        except (ValueError, RecursionError) as exc:
+            yield index, f"item {index}", None, ("invalid_json", f"unreadable from char {pos}: {str(exc)[:60]}")
+            return
+        yield index, f"item {index}", row, None
+        index += 1
+        pos = ws.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos = ws.match(text, pos + 1).end()
+        elif not text.startswith("]", pos):
+            yield index, f"item {index}", None, ("invalid_json", f"truncated or broken at char {pos}")
+            return
+
+
 def _read_parquet(file: Path) -> Iterator[_Row]:
+    # Not a generator: a file that is not Parquet at all fails here, naming the file.
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    index = 0
-    for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            yield index, f"row {index}", row, None
-            index += 1
+    try:
+        pf = pq.ParquetFile(file, page_checksum_verification=True)  # checked where the writer wrote them
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{file}: not a readable Parquet file ({exc})") from exc
+
+    def rows() -> Iterator[_Row]:
+        index = 0
+        for group in range(pf.num_row_groups):  # a damaged row group costs its own rows only
+            try:
+                table = pf.read_row_group(group)
+            except (pa.ArrowException, OSError) as exc:
+                for _ in range(pf.metadata.row_group(group).num_rows):
+                    yield index, f"row {index}", None, ("unreadable_parquet", f"row group {group}: {str(exc)[:60]}")
+                    index += 1
+                continue
+            for batch in table.to_batches(max_chunksize=1024):
+                for row in batch.to_pylist():
+                    yield index, f"row {index}", row, None
+                    index += 1
+
+    return rows()
 
 
 def _read_hub(cfg: DataConfig) -> Iterator[_Row]:
