@@ -77,6 +77,11 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
         print(f"== curate{tag}", flush=True)
         summary = _curate(rcfg, adapters[-1] if adapters else None, progress)
         print(summary.table(), flush=True)
+        if summary.store.get("rows", 0) == 0 and r > 1:
+            # The earlier rounds' students are still worth evaluating and reporting.
+            print(f"round {r} kept no examples: stopping after round {r - 1} "
+                  f"(see {rcfg.output_dir}/curation_summary.json)", flush=True)
+            break
         if summary.store.get("rows", 0) == 0:
             raise RuntimeError(f"curation{tag} kept no examples: nothing to train on (see {rcfg.output_dir}/"
                                "curation_summary.json; try more rollouts, more problems or easier ones)")
@@ -92,7 +97,7 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
     if not (skip_base and all(b in have.get("base", {}) for b in _keys(cfg))):
         labels["base"] = None
     for r, adapter in enumerate(adapters, start=1):
-        labels["ssb" if r == rounds else f"round-{r}"] = adapter
+        labels["ssb" if r == len(adapters) else f"round-{r}"] = adapter
     print("== evaluate " + ", ".join(labels), flush=True)
     t3 = time.perf_counter()
     ev = run_evaluation(cfg, labels, progress=progress)

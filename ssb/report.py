@@ -87,7 +87,9 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     results: dict[str, dict[str, Any]] = _read_json(run_dir / "eval" / "results.json") or {}
     rounds = round_dirs(run_dir)
-    last_round = rounds[-1][0]
+    # "ssb" is the last round that trained a student (a later round may have kept nothing).
+    trained = [r for r, d in rounds if (d / "adapter" / "adapter_config.json").exists()]
+    last_round = trained[-1] if trained else rounds[-1][0]
 
     benchmarks: dict[str, dict[str, Any]] = {}
     for label in ("base", "ssb"):
