@@ -6,6 +6,8 @@
     ssb run --config configs/default.yaml --rounds 2
     ssb report --run-dir runs/demo
     ssb doctor
+    ssb submit curate configs/default.yaml --address http://HEAD:8265 run_dir=/shared/runs/demo
+    ssb jobs status|logs|stop ID
 """
 
 from __future__ import annotations
@@ -140,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("eval", "run"):
             p.add_argument("--benchmarks", help="comma-separated, e.g. synthetic-heldout,gsm8k-test")
         p.set_defaults(fn=fn)
+    from cluster import jobs, submit  # Ray job submission: its own modules, its own arguments
+
+    submit.add_parser(sub)
+    jobs.add_parser(sub)
     return parser
 
 

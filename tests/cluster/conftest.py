@@ -1,0 +1,20 @@
+"""A real two-node Ray cluster on loopback for the job-submission tests (see loopback.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cluster.loopback import LoopbackCluster
+
+# Three logical CPUs a node and two per engine replica or Train worker: exactly one of
+# either fits on each node, so two of them must land on different nodes.
+NODE_CPUS = 3
+PER_REPLICA_CPUS = 2
+
+
+@pytest.fixture(scope="session")
+def loopback_cluster(model_path):
+    cluster = LoopbackCluster([{"num_cpus": NODE_CPUS, "resources": {"node_head": 1}},
+                               {"num_cpus": NODE_CPUS, "resources": {"node_worker": 1}}])
+    with cluster:
+        yield cluster

@@ -1,0 +1,186 @@
+"""`ssb submit` and `ssb jobs`: what is uploaded, how the token is found, how arguments
+reach the command (fast), and real jobs on a two-node loopback cluster (slow): curation
+with one engine replica per node, then training with one Train worker per node."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cluster import submit
+from cluster.cli import build_parser
+from ssb.store import LogitStore
+from tests.cluster.conftest import PER_REPLICA_CPUS
+from tests.cluster.loopback import VENV_BIN
+from tests.conftest import REPO, tiny_curation_overrides
+
+# ---------------------------------------------------------------- fast: no cluster
+
+
+def test_entrypoint_runs_the_uploaded_cli_with_a_relative_config():
+    entry = submit.entrypoint("run", str(REPO / "configs" / "default.yaml"), ["--rounds", "2", "engine.replicas=2"],
+                              working_dir=REPO, progress=False)
+    assert entry == "python -m cluster.cli run --config configs/default.yaml --quiet --rounds 2 engine.replicas=2"
+    args = build_parser().parse_args(shlex.split(entry)[3:])  # what the job will run parses
+    assert args.rounds == 2 and args.overrides == ["engine.replicas=2"] and args.quiet
+
+
+def test_a_config_outside_the_uploaded_directory_is_refused(tmp_path):
+    (tmp_path / "c.yaml").write_text("name: x\n")
+    with pytest.raises(ValueError, match="outside the uploaded directory"):
+        submit.entrypoint("train", str(tmp_path / "c.yaml"), [], working_dir=REPO, progress=False)
+
+
+def test_submit_options_mix_with_overrides_and_flags_pass_after_double_dash():
+    args = build_parser().parse_args(["submit", "run", "configs/default.yaml", "a.b=1", "--address", "h:8265",
+                                      "c.d=2", "--env", "X=1", "--", "--rounds", "2"])
+    assert submit.parse_passthrough(args) == ["a.b=1", "c.d=2", "--rounds", "2"]
+    assert args.address == "h:8265" and args.env == ["X=1"]
+    assert submit.resolve_address(args.address) == "http://h:8265"
+
+
+def test_runtime_env_uploads_the_project_without_venv_runs_git_or_caches(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "secret")
+    renv = submit.runtime_env(REPO, env=submit.parse_env(["VLLM_CPU_KVCACHE_SPACE=4", "HF_TOKEN"]), pip=["x==1"])
+    assert renv["working_dir"] == str(REPO) and renv["pip"] == ["x==1"]
+    for pattern in (".venv", "runs", ".git", "__pycache__", ".pytest_cache"):
+        assert pattern in renv["excludes"]
+    assert renv["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "4" and renv["env_vars"]["HF_TOKEN"] == "secret"
+    assert renv["env_vars"]["TOKENIZERS_PARALLELISM"] == "false"
+    with pytest.raises(ValueError, match="not set"):
+        submit.parse_env(["SSB_SURELY_UNSET_VARIABLE"])
+
+
+def test_the_token_is_found_where_ray_looks_for_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    assert submit.read_token() is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert submit.read_token() == "from-home"
+    (tmp_path / "t").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
+    assert submit.read_token() == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert submit.read_token() == "from-env"
+    (tmp_path / "f").write_text("from-flag")
+    assert submit.read_token(str(tmp_path / "f")) == "from-flag"
+
+
+def test_a_bad_override_fails_before_anything_is_uploaded(capsys):
+    from cluster.cli import main
+
+    code = main(["submit", "curate", "configs/default.yaml", "engine.replicaz=2", "--address", "http://127.0.0.1:9"])
+    assert code == 2 and "replicaz" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- slow: a two-node cluster
+
+
+JOB_TIMEOUT_S = 1200
+
+
+def ssb(cluster, *args: str, timeout: float = JOB_TIMEOUT_S, token: bool = True) -> subprocess.CompletedProcess:
+    """`ssb ...` as a user runs it: RAY_AUTH_TOKEN_PATH names the cluster's token, and no
+    RAY_AUTH_MODE (the client needs none)."""
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
+    if not token:
+        env.pop("RAY_AUTH_TOKEN_PATH")
+        env["HOME"] = str(cluster.root)  # no ~/.ray/auth_token there
+    return subprocess.run([str(VENV_BIN / "ssb"), *args], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _job_actors(cluster, job_id: str, class_part: str) -> list[dict]:
+    job = cluster.get(f"/api/jobs/{job_id}")
+    return [a for a in cluster.list_state("actors")
+            if a["job_id"] == job["job_id"] and class_part in (a.get("class_name") or "")]
+
+
+def _job_task_nodes(cluster, job_id: str, name_part: str) -> set[str]:
+    """Nodes where the job's tasks and actor calls named like `name_part` ran."""
+    job = cluster.get(f"/api/jobs/{job_id}")
+    return {t["node_id"] for t in cluster.list_state("tasks")
+            if t["job_id"] == job["job_id"] and name_part in (t.get("name") or "") and t.get("node_id")}
+
+
+@pytest.fixture(scope="session")
+def cluster_curation(loopback_cluster, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cluster-run")
+    overrides = tiny_curation_overrides(run_dir) + ["engine.replicas=2", f"engine.cpus_per_replica={PER_REPLICA_CPUS}"]
+    try:
+        # ~3 min on a quiet 2-core box; far longer while other jobs load it.
+        proc = ssb(loopback_cluster, "submit", "curate", "configs/default.yaml", "--address",
+                   loopback_cluster.dashboard_url, "--submission-id", "ssb-test-curate", *overrides,
+                   timeout=JOB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        logs = ssb(loopback_cluster, "jobs", "logs", "ssb-test-curate", "--address", loopback_cluster.dashboard_url,
+                   timeout=60)
+        pytest.fail(f"the curation job did not end in {JOB_TIMEOUT_S} s; its log ends:\n{logs.stdout[-4000:]}")
+    return run_dir, proc
+
+
+@pytest.mark.slow
+def test_submit_without_the_token_is_refused_with_a_hint(loopback_cluster):
+    proc = ssb(loopback_cluster, "jobs", "list", "--address", loopback_cluster.dashboard_url, token=False, timeout=60)
+    assert proc.returncode == 2
+    assert "token" in proc.stderr and "RAY_AUTH_TOKEN" in proc.stderr
+
+
+@pytest.mark.slow
+def test_submitted_curation_runs_an_engine_on_each_node_and_completes_its_shards(loopback_cluster, cluster_curation):
+    run_dir, proc = cluster_curation
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[0] == "ssb-test-curate"
+    assert "kept" in proc.stdout and "SUCCEEDED" in proc.stderr
+    engines = _job_actors(loopback_cluster, "ssb-test-curate", "CurationWorker")
+    assert len(engines) == 2, [a.get("class_name") for a in engines]
+    assert {a["node_id"] for a in engines} == set(loopback_cluster.node_ids)
+    # Each replica did curation work, not just started an engine.
+    assert _job_task_nodes(loopback_cluster, "ssb-test-curate", "CurationWorker") == set(loopback_cluster.node_ids)
+    store = LogitStore.open(str(run_dir / "curated"))
+    store.verify()
+    summary = store.summary()
+    assert summary["rows"] >= 2, summary
+    assert len(store.done_ids()) == 24  # every problem committed, kept or skipped
+
+
+@pytest.mark.slow
+def test_jobs_status_and_logs_of_a_finished_job(loopback_cluster, cluster_curation):
+    address = ["--address", loopback_cluster.dashboard_url]
+    status = ssb(loopback_cluster, "jobs", "status", "ssb-test-curate", *address, timeout=60)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
+    logs = ssb(loopback_cluster, "jobs", "logs", "ssb-test-curate", *address, timeout=60)
+    assert logs.returncode == 0 and "kept" in logs.stdout
+    listed = ssb(loopback_cluster, "jobs", "list", *address, timeout=60)
+    assert "ssb-test-curate" in listed.stdout and "cluster.cli curate" in listed.stdout
+
+
+@pytest.mark.slow
+def test_submitted_training_runs_one_worker_per_node_and_saves_the_adapter(loopback_cluster, cluster_curation):
+    run_dir, curate = cluster_curation
+    assert curate.returncode == 0, curate.stderr[-3000:]
+    proc = ssb(loopback_cluster, "submit", "train", "configs/default.yaml", "--address", loopback_cluster.dashboard_url,
+               "--submission-id", "ssb-test-train", f"run_dir={run_dir}", "train.num_workers=2",
+               f"train.cpus_per_worker={PER_REPLICA_CPUS}", "train.batch_size=2", "train.max_steps=2",
+               "train.lora.r=8", "train.lora.alpha=16")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    workers = _job_actors(loopback_cluster, "ssb-test-train", "RayTrainWorker")
+    assert len(workers) == 2, [a.get("class_name") for a in _job_actors(loopback_cluster, "ssb-test-train", "")]
+    assert {a["node_id"] for a in workers} == set(loopback_cluster.node_ids)
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_jobs_stop_stops_a_running_job(loopback_cluster):
+    address = ["--address", loopback_cluster.dashboard_url]
+    started = ssb(loopback_cluster, "submit", "curate", "configs/default.yaml", *address, "--no-follow",
+                  "--submission-id", "ssb-test-stop", f"run_dir={loopback_cluster.root / 'stopped'}", timeout=60)
+    assert started.returncode == 0, started.stderr
+    stopped = ssb(loopback_cluster, "jobs", "stop", "ssb-test-stop", *address, timeout=120)
+    assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
