@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	touch $@
 
 demo: setup
-	$(BIN)/ssb curate --config configs/default.yaml
+	$(BIN)/ssb run --config configs/default.yaml
 
 test: setup
 	bash scripts/test.sh $(PYTEST_ARGS)
