@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 
@@ -32,8 +32,8 @@ from ssb.prompts import tokenizer_fingerprint
 from ssb.records import CuratedExample
 from ssb.store import LogitStore
 
-from pipelines.stages import (JudgeStage, RolloutStage, Row, TeacherStage, VerifySelectStage, from_table,
-                              to_table)
+from pipelines.stages import (JudgeStage, RolloutStage, Row, TeacherStage, VerifySelectStage, curation_stages,
+                              from_table, to_table)
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +62,16 @@ class _Worker:
 
 class CurationWorker(_Worker):
     def __init__(self, cfg_json: str, model_path: str):
-        import os
-
         cfg = RunConfig.model_validate_json(cfg_json)
-        # Replicas seeded apart: two engines given the same seed would sample alike.
-        llm, tok = _load_engine(cfg, model_path, seed_offset=os.getpid())
-        select = VerifySelectStage(tok, cfg)
-        self.stages = [RolloutStage(llm, tok, cfg), select, TeacherStage(llm, tok, cfg), JudgeStage(cfg, select.verifier)]
+        # Sampling is seeded per request (pipelines/stages.py), not by the engine seed.
+        llm, tok = _load_engine(cfg, model_path)
+        self.stages = curation_stages(llm, tok, cfg)
 
 
 class RolloutWorker(_Worker):
     def __init__(self, cfg_json: str, model_path: str):
-        import os
-
         cfg = RunConfig.model_validate_json(cfg_json)
-        llm, tok = _load_engine(cfg, model_path, seed_offset=os.getpid())
+        llm, tok = _load_engine(cfg, model_path)
         self.stages = [RolloutStage(llm, tok, cfg)]
 
 
@@ -90,10 +85,8 @@ class SelectWorker(_Worker):
 
 class TeacherWorker(_Worker):
     def __init__(self, cfg_json: str, model_path: str):
-        import os
-
         cfg = RunConfig.model_validate_json(cfg_json)
-        llm, tok = _load_engine(cfg, model_path, seed_offset=os.getpid())
+        llm, tok = _load_engine(cfg, model_path)
         self.stages = [TeacherStage(llm, tok, cfg), JudgeStage(cfg)]
 
 
@@ -194,17 +187,21 @@ def write_run_config(cfg: RunConfig) -> None:
         (out / "config.yaml").write_text(dump_config(cfg))
 
 
-def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None = None) -> CurationSummary:
-    """`adapter`: curate with base model + this LoRA adapter (a bootstrapping round > 1)."""
+@dataclass
+class OpenedRun:
+    """A run's store opened for writing and the problems it still has to do."""
+
+    store: LogitStore
+    model: str  # the model identity stored with every example
+    tokenizer: str  # the tokenizer fingerprint
+    model_path: str
+    todo: list[dict[str, Any]]
+
+
+def open_run(cfg: RunConfig, summary: CurationSummary) -> OpenedRun:
+    """Loads the problems, opens (or resumes) the store, and leaves out problems already done."""
     from transformers import AutoTokenizer
 
-    if adapter is not None:
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(Path(adapter).resolve())})})
-
-    from pipelines.ray_setup import init_ray, quiet_data_context
-
-    start = time.perf_counter()
-    summary = CurationSummary()
     model_path = resolve_model(cfg.model.name)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model, tok_id = model_identity(cfg.model.name), tokenizer_fingerprint(tokenizer)
@@ -218,39 +215,70 @@ def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None =
     done = store.done_ids()
     todo = [asdict(p) for p in problems if p.id not in done]
     summary.already_done = len(problems) - len(todo)
-    if todo:
-        init_ray(cfg.ray)
-        quiet_data_context()
-        batches = build_curation_dataset(cfg, todo, model_path).iter_batches(batch_format="pyarrow", batch_size=None)
-        _consume(batches, cfg, store, summary, model, tok_id, progress=progress, total=len(todo), start=start)
-    summary.store = store.summary()
+    return OpenedRun(store, model, tok_id, model_path, todo)
+
+
+def close_run(cfg: RunConfig, run: OpenedRun, summary: CurationSummary, start: float) -> None:
+    summary.store = run.store.summary()
     summary.wall_seconds = time.perf_counter() - start
     if "://" not in cfg.output_dir:
         (Path(cfg.output_dir) / "curation_summary.json").write_text(json.dumps(asdict(summary), indent=2))
+
+
+def with_adapter(cfg: RunConfig, adapter: str | None) -> RunConfig:
+    if adapter is None:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(Path(adapter).resolve())})})
+
+
+def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None = None) -> CurationSummary:
+    """`adapter`: curate with base model + this LoRA adapter (a bootstrapping round > 1)."""
+    from pipelines.ray_setup import init_ray, quiet_data_context
+
+    cfg = with_adapter(cfg, adapter)
+    start = time.perf_counter()
+    summary = CurationSummary()
+    run = open_run(cfg, summary)
+    if run.todo:
+        init_ray(cfg.ray)
+        quiet_data_context()
+        batches = build_curation_dataset(cfg, run.todo, run.model_path).iter_batches(batch_format="pyarrow",
+                                                                                     batch_size=None)
+        consume(batches, cfg, run.store, summary, run.model, run.tokenizer, progress=progress, total=len(run.todo),
+                start=start)
+    close_run(cfg, run, summary, start)
     return summary
 
 
-def _consume(batches: Iterable[pa.Table], cfg: RunConfig, store: LogitStore, summary: CurationSummary,
-             model: str, tok_id: str, *, progress: bool, total: int, start: float) -> None:
+def consume(batches: Iterable[pa.Table], cfg: RunConfig, store: LogitStore, summary: CurationSummary,
+            model: str, tok_id: str, *, progress: bool, total: int, start: float,
+            on_commit: Callable[[list[Row]], None] | None = None) -> None:
     """Commits a shard every `shard_rows` kept examples (and at least once a minute), so a
-    killed run loses at most that much work and a rerun resumes after it."""
+    killed run loses at most that much work and a rerun resumes after it.
+
+    `on_commit` sees the rows of each commit once it is durable (the service's progress
+    counters count only what a restart would not redo)."""
     from tqdm import tqdm
 
     kept: list[CuratedExample] = []
     skipped: dict[str, str] = {}
+    pending: list[Row] = []
     reasons: Counter[str] = Counter()
     last_commit = time.monotonic()
 
     def commit() -> None:
-        nonlocal kept, skipped, last_commit
+        nonlocal kept, skipped, pending, last_commit
         if kept or skipped:
             store.append(kept, skipped)
-        kept, skipped, last_commit = [], {}, time.monotonic()
+            if on_commit is not None:
+                on_commit(pending)
+        kept, skipped, pending, last_commit = [], {}, [], time.monotonic()
 
     bar = tqdm(total=total, unit="problem", disable=not progress, dynamic_ncols=True)
     try:
         for batch in batches:
             for row in from_table(batch):
+                pending.append(row)
                 summary.processed += 1
                 summary.rollout_tokens += row["rollout_tokens"] or 0
                 summary.rollout_engine_seconds += row["rollout_seconds"] or 0.0
@@ -274,3 +302,6 @@ def _consume(batches: Iterable[pa.Table], cfg: RunConfig, store: LogitStore, sum
     finally:
         bar.close()
         summary.skipped = dict(reasons)
+
+
+_consume = consume  # the name other modules used before it was shared with the service

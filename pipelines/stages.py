@@ -4,16 +4,23 @@ them in one actor (colocated) or Ray Data can run each as its own stage (split).
 Rows carry every column of `ROW_SCHEMA` from the start; a stage fills its own columns and
 sets `status` to a skip reason when the problem drops out. Later stages pass such rows on
 untouched so the driver can record why each problem was skipped.
+
+The generating stages talk to a `Sampler`: a vLLM engine in this process (`VLLMSampler`, the
+Ray Data job) or a Ray Serve deployment (services/served_sampler.py, the curation API).
+Every request carries its own seed, derived from (curate.seed, problem id, role), so a
+problem's rollouts and teacher answers are the same whatever batch, replica or service
+they run in, and a resumed run redoes a problem exactly as the first run would have.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import pyarrow as pa
 
-from ssb.config import RunConfig
+from ssb.config import RunConfig, SamplingConfig
 from ssb.curate import judge_teacher, select_pair
 from ssb.logits import encode_topk
 from ssb.prompts import Prompts, render_ids, rollout_messages, student_messages, teacher_messages
@@ -55,9 +62,59 @@ def from_table(table: pa.Table) -> list[Row]:
     return rows
 
 
-def _sampling(llm_module: Any, s: Any, *, logprobs: int | None = None) -> Any:
+def _sampling(llm_module: Any, s: Any, *, logprobs: int | None = None, seed: int | None = None) -> Any:
     return llm_module.SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p,
-                                     max_tokens=s.max_tokens, logprobs=logprobs)
+                                     max_tokens=s.max_tokens, logprobs=logprobs, seed=seed)
+
+
+# vLLM seeds the n samples of one request with seed, seed+1, ... (parallel_sampling.py):
+# request seeds stay below this so the children's seeds never overflow an int64 or wrap.
+_SEED_SPACE = 2**31 - 2**16
+
+
+def request_seed(cfg: RunConfig, problem_id: str, role: str) -> int:
+    """The sampling seed of one problem's request in one role ("rollout", "teacher")."""
+    digest = hashlib.sha256(f"{cfg.curate.seed}:{role}:{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % _SEED_SPACE
+
+
+class Completion(Protocol):
+    """One sample, as vLLM's CompletionOutput has it."""
+
+    text: str
+    token_ids: Sequence[int]
+    finish_reason: str | None
+    logprobs: Any  # per generated token: {token id: Logprob | float}, or None
+
+
+class Sampler(Protocol):
+    def sample(self, prompts: list[list[int]], seeds: list[int], params: SamplingConfig,
+               logprobs: int | None = None) -> list[list[Completion]]:
+        """`params.n` completions per prompt id list, each prompt sampled with its own seed."""
+        ...
+
+
+class VLLMSampler:
+    """A vLLM engine (`vllm.LLM`) in this process."""
+
+    def __init__(self, llm: Any, lora: Any = None):
+        import vllm
+
+        self.llm, self.lora, self._vllm = llm, lora, vllm
+
+    def sample(self, prompts: list[list[int]], seeds: list[int], params: SamplingConfig,
+               logprobs: int | None = None) -> list[list[Completion]]:
+        inputs = [self._vllm.inputs.TokensPrompt(prompt_token_ids=ids) for ids in prompts]
+        per_request = [_sampling(self._vllm, params, logprobs=logprobs, seed=seed) for seed in seeds]
+        outputs = self.llm.generate(inputs, per_request, use_tqdm=False, lora_request=self.lora)
+        return [list(out.outputs) for out in outputs]
+
+
+def as_sampler(llm_or_sampler: Any, cfg: RunConfig) -> Sampler:
+    """Stages take a Sampler; a bare `vllm.LLM` is wrapped (with the run's adapter, if any)."""
+    if hasattr(llm_or_sampler, "sample"):
+        return llm_or_sampler
+    return VLLMSampler(llm_or_sampler, lora_request(cfg))
 
 
 def lora_request(cfg: RunConfig) -> Any:
@@ -77,12 +134,10 @@ class RolloutStage:
     """Step 1: K samples per problem under the tutor prompt (with solved examples)."""
 
     def __init__(self, llm: Any, tokenizer: Any, cfg: RunConfig):
-        import vllm
-
-        self.llm, self.tokenizer, self.cfg = llm, tokenizer, cfg
+        """`llm`: a Sampler, or a `vllm.LLM` (wrapped in VLLMSampler)."""
+        self.sampler, self.tokenizer, self.cfg = as_sampler(llm, cfg), tokenizer, cfg
         self.prompts = Prompts.from_config(cfg.prompts)
-        self.params = _sampling(vllm, cfg.curate.rollout)
-        self._tokens_prompt = vllm.inputs.TokensPrompt
+        self.params = cfg.curate.rollout
 
     def __call__(self, rows: list[Row]) -> list[Row]:
         todo, prompts = [], []
@@ -94,16 +149,17 @@ class RolloutStage:
                 row["status"] = SkipReason.PROMPT_TOO_LONG.value
                 continue
             todo.append(row)
-            prompts.append(self._tokens_prompt(prompt_token_ids=ids))
+            prompts.append(ids)
         if not todo:
             return rows
         start = time.perf_counter()
-        outputs = self.llm.generate(prompts, self.params, use_tqdm=False, lora_request=lora_request(self.cfg))
+        seeds = [request_seed(self.cfg, r["id"], "rollout") for r in todo]
+        outputs = self.sampler.sample(prompts, seeds, self.params)
         seconds = time.perf_counter() - start
-        for row, out in zip(todo, outputs):
-            row["rollout_texts"] = [c.text for c in out.outputs]
-            row["rollout_finish"] = [str(c.finish_reason) for c in out.outputs]
-            row["rollout_tokens"] = sum(len(c.token_ids) for c in out.outputs)
+        for row, samples in zip(todo, outputs):
+            row["rollout_texts"] = [c.text for c in samples]
+            row["rollout_finish"] = [str(c.finish_reason) for c in samples]
+            row["rollout_tokens"] = sum(len(c.token_ids) for c in samples)
             row["rollout_seconds"] = seconds / len(todo)
         return rows
 
@@ -150,26 +206,25 @@ class TeacherStage:
     first acceptable answer and only that one's top-k log-probs are encoded."""
 
     def __init__(self, llm: Any, tokenizer: Any, cfg: RunConfig):
-        import vllm
-
-        self.llm, self.tokenizer, self.cfg = llm, tokenizer, cfg
-        # logprobs are raw (temperature 1) whatever the sampling temperature: vLLM's default
-        # logprobs_mode, which is what the loss expects.
-        self.params = _sampling(vllm, cfg.curate.teacher, logprobs=cfg.curate.top_k)
-        self._tokens_prompt = vllm.inputs.TokensPrompt
+        """`llm`: a Sampler, or a `vllm.LLM` (wrapped in VLLMSampler)."""
+        self.sampler, self.tokenizer, self.cfg = as_sampler(llm, cfg), tokenizer, cfg
+        self.params = cfg.curate.teacher
 
     def __call__(self, rows: list[Row]) -> list[Row]:
         todo = [r for r in rows if not r["status"]]
         if not todo:
             return rows
         start = time.perf_counter()
-        outputs = self.llm.generate([self._tokens_prompt(prompt_token_ids=r["teacher_prompt_ids"]) for r in todo],
-                                    self.params, use_tqdm=False, lora_request=lora_request(self.cfg))
+        # logprobs are raw (temperature 1) whatever the sampling temperature: vLLM's default
+        # logprobs_mode, which is what the loss expects.
+        outputs = self.sampler.sample([r["teacher_prompt_ids"] for r in todo],
+                                      [request_seed(self.cfg, r["id"], "teacher") for r in todo],
+                                      self.params, logprobs=self.cfg.curate.top_k)
         seconds = time.perf_counter() - start
-        for row, out in zip(todo, outputs):
+        for row, samples in zip(todo, outputs):
             # In-process only: candidates never cross a stage boundary (to_table drops them).
-            row["_candidates"] = list(out.outputs)
-            row["teacher_tokens"] = sum(len(c.token_ids) for c in out.outputs)
+            row["_candidates"] = list(samples)
+            row["teacher_tokens"] = sum(len(c.token_ids) for c in samples)
             row["teacher_seconds"] = seconds / len(todo)
         return rows
 
@@ -206,3 +261,17 @@ class JudgeStage:
             row["topk_logprobs"] = topk.logprobs.reshape(-1).tolist()
             row["tail_logprob"] = topk.tail_logprob.tolist()
         return rows
+
+
+def curation_stages(llm: Any, tokenizer: Any, cfg: RunConfig) -> list[Any]:
+    """The four stages on one engine (or Sampler): rollouts, verify + select, teacher, judge."""
+    sampler = as_sampler(llm, cfg)
+    select = VerifySelectStage(tokenizer, cfg)
+    return [RolloutStage(sampler, tokenizer, cfg), select, TeacherStage(sampler, tokenizer, cfg),
+            JudgeStage(cfg, select.verifier)]
+
+
+def run_stages(stages: Sequence[Any], rows: list[Row]) -> list[Row]:
+    for stage in stages:
+        rows = stage(rows)
+    return rows
