@@ -97,6 +97,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cluster.serve_cmd import run
+
+    return run(args)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML run config")
     p.add_argument("--model", help="HF hub name or local path (default: the embedded SmolLM2-135M-Instruct)")
@@ -114,6 +120,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "run": (cmd_run, "curate, train, evaluate base and student, write the report: the whole method"),
     "report": (cmd_report, "(re)write <run-dir>/report.md, report.json and plots from a run's outputs"),
     "doctor": (cmd_doctor, "print versions, the engine and device that will run, and where the model is"),
+    "serve": (cmd_serve, "serve the curation API (jobs in Redis) and the OpenAI model endpoint on Ray Serve"),
 }
 
 
@@ -141,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="reuse the base model's results already in <run-dir>/eval/base")
         if name in ("eval", "run"):
             p.add_argument("--benchmarks", help="comma-separated, e.g. synthetic-heldout,gsm8k-test")
+        if name == "serve":
+            from cluster.serve_cmd import add_arguments
+
+            add_arguments(p)
         p.set_defaults(fn=fn)
     from cluster import jobs, submit  # Ray job submission: its own modules, its own arguments
 

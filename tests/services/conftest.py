@@ -1,0 +1,166 @@
+"""One redis-server, one `ssb curate` reference run and one Serve deployment of the curation
+service for all service tests: an engine costs ~25 s to start and a GiB of RAM, so there is
+only ever one alive (the reference run's Ray Data engine is gone before the service starts)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import tiny_curation_overrides
+
+TOKEN = "test-token-5f2a9c1e7d"  # what the tests send; must never show up in Redis or logs
+OTHER_TOKEN = "other-token-0b8e44d3a1"
+EQUAL_N = 8  # problems curated by both `ssb curate` and the service, compared shard for shard
+
+
+def service_overrides(run_dir: Path) -> list[str]:
+    return tiny_curation_overrides(run_dir, n=EQUAL_N) + [
+        "engine.batch_size=4", "curate.rollout.max_tokens=96", "curate.teacher.max_tokens=128"]
+
+
+@dataclass
+class Service:
+    url: str
+    settings: Any
+    redis: Any
+    data_root: Path
+
+    def client(self, token: str | None = TOKEN, timeout: float = 60.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def wait(self, job_id: str, timeout: float = 900.0, token: str = TOKEN,
+             until: tuple[str, ...] = ("succeeded", "failed", "cancelled")) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self.client(token) as c:
+            while True:
+                r = c.get(f"/v1/curation-jobs/{job_id}")
+                if r.status_code == 200 and r.json()["status"] in until:
+                    return r.json()
+                assert time.monotonic() < deadline, f"job {job_id} still {r.status_code} {r.text[:300]}"
+                time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    from services.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """The allowed data root: the problems both curation paths read."""
+    from ssb.synthetic import synthetic_problems
+
+    root = tmp_path_factory.mktemp("data")
+    rows = [{"id": p.id, "question": p.question, "answer": p.answer}
+            for p in synthetic_problems(EQUAL_N, seed=3, difficulty="add1")]
+    (root / "problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "sub").mkdir()
+    (root / "sub" / "small.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, model_path, ray_session, data_root):
+    """`ssb curate` (the CLI, in this process's Ray) on the problems the service will curate."""
+    from cluster.cli import main
+
+    run_dir = tmp_path_factory.mktemp("reference")
+    rc = main(["curate", "-q", "--data", str(data_root / "problems.jsonl"), *service_overrides(run_dir)])
+    assert rc == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_session):
+    """One Serve HTTP proxy per session, on a free port; every app of the tests sits behind it."""
+    from ray import serve
+
+    from services.redis_server import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def api_only(tmp_path_factory, serve_port, redis_server, data_root):
+    """The API alone (no runner, no engine) under /apionly: fuzzing and load tests hit the HTTP,
+    validation and Redis paths without queueing hours of engine work."""
+    from ray import serve
+
+    from services.api import build_api_deployment
+    from services.settings import ServiceSettings, set_dotted, with_tokens
+
+    tree: dict[str, Any] = {}
+    for key, value in {"api.port": serve_port, "api.allowed_data_roots": [str(data_root)],
+                       "api.max_concurrent_jobs_per_token": 100_000, "api.api_replicas": 1,
+                       "api.sync_timeout_s": 1.0,  # no runner here: /v1/curate answers 202 at once
+                       "jobs.redis_url": redis_server.url, "jobs.prefix": "apionly",
+                       "jobs.jobs_root": str(tmp_path_factory.mktemp("apionly"))}.items():
+        set_dotted(tree, key, value)
+    settings = with_tokens(ServiceSettings.model_validate(tree), [TOKEN])
+    serve.run(build_api_deployment(settings).bind(None), name="ssb-apionly", route_prefix="/apionly")
+    yield Service(f"http://127.0.0.1:{serve_port}/apionly", settings, redis_server, data_root)
+    serve.delete("ssb-apionly")
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory, model_path, serve_port, redis_server, data_root, reference_run):
+    from services.app import deploy
+    from services.settings import ServiceSettings, set_dotted, with_tokens
+    from ssb.config import load_config
+
+    work = tmp_path_factory.mktemp("service")
+    run = load_config(None, service_overrides(work / "defaults"))
+    tree: dict[str, Any] = {"run": run.model_dump()}
+    for key, value in {
+        "api.port": serve_port, "api.allowed_data_roots": [str(data_root)], "api.max_problems_per_job": 50,
+        "api.max_request_bytes": 200_000, "api.max_concurrent_jobs_per_token": 200, "api.max_sync_problems": 2,
+        "jobs.redis_url": redis_server.url, "jobs.jobs_root": str(work / "jobs"), "jobs.lease_s": 10.0,
+        "llm.enabled": False,
+    }.items():
+        set_dotted(tree, key, value)
+    settings = with_tokens(ServiceSettings.model_validate(tree), [TOKEN, OTHER_TOKEN])
+    url = deploy(settings)
+    svc = Service(url, settings, redis_server, data_root)
+    with svc.client() as c:
+        deadline = time.monotonic() + 300
+        while c.get("/healthz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    yield svc
+    stop_service(settings)
+
+
+def stop_service(settings: Any) -> None:
+    """Deletes the curation app (and its engine): the OpenAI endpoint test needs the memory."""
+    from ray import serve
+
+    if settings.api.app_name in serve.status().applications:
+        serve.delete(settings.api.app_name)
+
+
+def tiny_job(**extra: Any) -> dict[str, Any]:
+    """A job that costs seconds: two inline problems, two short rollouts each."""
+    body: dict[str, Any] = {
+        "problems": [{"id": "t-1", "question": "Tom has 2 apples. He buys 3 more apples. How many apples "
+                                                "does Tom have now?", "answer": "5"},
+                     {"id": "t-2", "question": "There are 4 cards on the table. Anna takes 1 of them away. "
+                                                "How many cards are still on the table?", "answer": "3"}],
+        "rollout": {"n": 2, "max_tokens": 24}, "teacher": {"n": 1, "max_tokens": 24},
+    }
+    body.update(extra)
+    return body

