@@ -1,4 +1,5 @@
-"""`ssb run` end to end at toy size: curate → train → evaluate base and student → report."""
+"""`ssb run` end to end at toy size, two bootstrapping rounds: curate → train → curate with
+the round-1 student → train → evaluate base, round 1 and round 2 → report."""
 
 from __future__ import annotations
 
@@ -17,11 +18,17 @@ def tiny_run_overrides(run_dir) -> list[str]:
 
 
 @pytest.mark.slow
-def test_run_writes_a_report_comparing_base_and_student(tmp_path, model_path, ray_session):
+def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, model_path, ray_session):
     from cluster.cli import main
+    from ssb.config import load_config
 
     run_dir = tmp_path / "run"
-    assert main(["run", "-q", *tiny_run_overrides(run_dir)]) == 0
+    assert main(["run", "-q", "--rounds", "2", *tiny_run_overrides(run_dir)]) == 0
+
+    # Round 2 curated with round 1's student: base model + round 1's adapter.
+    round2 = load_config(run_dir / "round-2" / "config.yaml")
+    assert round2.model.adapter == str((run_dir / "adapter").resolve())
+    assert (run_dir / "round-2" / "adapter" / "adapter_config.json").exists()
 
     report = json.loads((run_dir / "report.json").read_text())
     entry = report["benchmarks"]["synthetic-heldout"]
@@ -29,11 +36,14 @@ def test_run_writes_a_report_comparing_base_and_student(tmp_path, model_path, ra
         assert entry[label]["n"] == 16
         lo, hi = entry[label]["ci95"]
         assert 0.0 <= lo <= entry[label]["accuracy"] <= hi <= 1.0
-    assert report["curation"][0]["problems"] == 16
-    assert report["training"][0]["steps"] >= 1
+    assert [c["round"] for c in report["curation"]] == [1, 2]
+    assert all(c["problems"] == 16 for c in report["curation"])
+    assert [t["round"] for t in report["training"]] == [1, 2] and all(t["steps"] >= 1 for t in report["training"])
+    assert [(r["round"], r["label"]) for r in report["rounds"]] == [(0, "base"), (1, "round-1"), (2, "ssb")]
+    assert "Accuracy per round" in (run_dir / "report.md").read_text()
     for name in ("report.md", "accuracy.png", "loss.png", "adapter/adapter_config.json", "timings.json"):
         assert (run_dir / name).exists(), name
-    for label in ("base", "ssb"):
+    for label in ("base", "round-1", "ssb"):
         rows = [json.loads(x) for x in (run_dir / "eval" / label / "synthetic-heldout.jsonl").read_text().splitlines()]
         assert len(rows) == 16 and all(len(r["sample_verdicts"]) == 2 and r["greedy_verdict"] for r in rows)
     # Held-out means held out: no evaluated problem was curated.
