@@ -31,9 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.ray_setup import init_ray
-    from services.app import deploy
+    from services.app import deploy, service_settings
     from services.redis_server import RedisServer
-    from services.settings import ServiceSettings, set_dotted, tokens_from_env, with_tokens
 
     serve_overrides = [o[len("serve."):] for o in args.overrides if o.startswith("serve.")]
     args.overrides = [o for o in args.overrides if not o.startswith("serve.")]
@@ -41,24 +40,18 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     run_dir = Path(cfg.output_dir).resolve()
-    import yaml
-
-    tree: dict = {}
-    for item in serve_overrides:
-        key, _, raw = item.partition("=")
-        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "")
-    tree.setdefault("jobs", {}).setdefault("jobs_root", str(run_dir / "jobs"))
+    extra: dict = {"jobs.jobs_root": str(run_dir / "jobs")}
+    if any(o.startswith("jobs.jobs_root=") for o in serve_overrides):
+        extra = {}
     for flag, key in (("host", "api.host"), ("port", "api.port"), ("redis_url", "jobs.redis_url"),
                       ("backend", "jobs.backend")):
         if getattr(args, flag) is not None:
-            set_dotted(tree, key, getattr(args, flag))
+            extra[key] = getattr(args, flag)
     if args.data_roots:
-        set_dotted(tree, "api.allowed_data_roots", [str(Path(d).resolve()) for d in args.data_roots])
+        extra["api.allowed_data_roots"] = [str(Path(d).resolve()) for d in args.data_roots]
     if args.no_openai:
-        set_dotted(tree, "llm.enabled", False)
-    tree["run"] = cfg.model_dump()
-    tokens = tokens_from_env(args.token_env)
-    settings = with_tokens(ServiceSettings.model_validate(tree), tokens)
+        extra["llm.enabled"] = False
+    settings = service_settings(cfg, serve_overrides, extra, token_env=args.token_env)
     if not settings.api.token_sha256:
         raise ValueError(f"no API token: set {args.token_env} (every route but /healthz needs one)")
 

@@ -10,9 +10,51 @@ from __future__ import annotations
 
 from typing import Any
 
+from ssb.config import RunConfig, load_config
 from ssb.default_model import resolve_model
 
-from services.settings import ServiceSettings
+from services.settings import ServiceSettings, set_dotted, tokens_from_env, with_tokens
+
+
+def service_settings(run: RunConfig, serve_overrides: list[str], extra: dict[str, Any] | None = None,
+                     token_env: str = "SSB_API_TOKEN") -> ServiceSettings:
+    """Service settings from `serve.`-stripped dotted overrides (plus `extra` dotted keys set
+    after them) around a run config; bearer tokens from the environment, kept as digests."""
+    import yaml
+
+    tree: dict[str, Any] = {}
+    for item in serve_overrides:
+        key, _, raw = item.partition("=")
+        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "")
+    for key, value in (extra or {}).items():
+        set_dotted(tree, key, value)
+    tree["run"] = run.model_dump()
+    return with_tokens(ServiceSettings.model_validate(tree), tokens_from_env(token_env))
+
+
+def _settings_from_args(args: dict[str, Any]) -> ServiceSettings:
+    """Serve app-builder args (a RayService's serveConfigV2): {"config": path, "overrides":
+    [...]}, where `serve.`-prefixed overrides set the service and the rest the run config."""
+    overrides = [str(o) for o in args.get("overrides") or []]
+    run = load_config(args.get("config"), [o for o in overrides if not o.startswith("serve.")])
+    return service_settings(run, [o[len("serve."):] for o in overrides if o.startswith("serve.")],
+                            token_env=args.get("token_env", "SSB_API_TOKEN"))
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """`import_path: services.app:build_app`: the curation API app (needs SSB_API_TOKEN)."""
+    settings = _settings_from_args(args)
+    if not settings.api.token_sha256:
+        raise ValueError("no API token: set SSB_API_TOKEN (every route but /healthz needs one)")
+    return build_curation_app(settings)
+
+
+def build_llm_app(args: dict[str, Any]) -> Any:
+    """`import_path: services.app:build_llm_app`: the OpenAI-compatible model endpoint app."""
+    from services.llm import build_model_app
+
+    settings = _settings_from_args(args)
+    return build_model_app(settings.run, resolve_model(settings.run.model.name), settings.llm)
 
 
 def build_curation_app(settings: ServiceSettings, model_path: str | None = None) -> Any:

@@ -154,8 +154,21 @@ def test_rayservice_serve_config_parses_and_names_importable_apps():
         cfg = load_config(REPO / Path(app["args"]["config"]).relative_to(IMAGE_ROOT),
                           [o for o in app["args"]["overrides"] if not o.startswith("serve.")])
         assert cfg.engine.gpus_per_replica > 0
-        builder = getattr(importlib.import_module(module), attr, None)
-        if builder is None:  # services/ is being built beside this issue
-            pytest.xfail(f"{app['import_path']} does not exist yet: services/app.py needs a Serve app builder "
-                         "taking {'config': path, 'overrides': [...]}")
+        builder = getattr(importlib.import_module(module), attr)
         assert callable(builder)
+
+
+def test_rayservice_curation_app_builds_from_its_args(monkeypatch):
+    """The builder RayService calls, with the manifest's own args: config + serve. overrides."""
+    from ray.serve.deployment import Application
+
+    from services.app import build_app
+
+    app = next(a for a in yaml.safe_load(_load(KUBERAY / "rayservice.yaml")["spec"]["serveConfigV2"])["applications"]
+               if a["import_path"] == "services.app:build_app")
+    args = {**app["args"], "config": str(REPO / Path(app["args"]["config"]).relative_to(IMAGE_ROOT))}
+    monkeypatch.delenv("SSB_API_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="SSB_API_TOKEN"):
+        build_app(args)
+    monkeypatch.setenv("SSB_API_TOKEN", "a-token")
+    assert isinstance(build_app(args), Application)
