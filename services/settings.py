@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ssb.config import RunConfig
+from ssb.config import RunConfig, set_dotted  # noqa: F401  (re-exported: service overrides use it too)
 
 
 class _Strict(BaseModel):
@@ -114,11 +114,3 @@ def resolve_under(reference: str, roots: list[str]) -> Path | None:
         except (OSError, ValueError):  # a name too long, a symlink loop: not a dataset
             continue
     return None
-
-
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
-    keys = dotted.split(".")
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-    node[keys[-1]] = value

@@ -223,7 +223,7 @@ def _join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -245,7 +245,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key.path=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
     # Laid over the defaults rather than validated alone: `curate.teacher.n=4` must keep the
     # teacher's own default temperature (0.4), not SamplingConfig's class default.
     return RunConfig.model_validate(_merge(RunConfig().model_dump(), tree))
