@@ -241,7 +241,7 @@ def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None =
     run = open_run(cfg, summary)
     if run.todo:
         init_ray(cfg.ray)
-        quiet_data_context()
+        quiet_data_context(cfg.engine.wait_for_replicas_s)
         batches = build_curation_dataset(cfg, run.todo, run.model_path).iter_batches(batch_format="pyarrow",
                                                                                      batch_size=None)
         consume(batches, cfg, run.store, summary, run.model, run.tokenizer, progress=progress, total=len(run.todo),

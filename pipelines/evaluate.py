@@ -290,7 +290,7 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
     summary.problems = len(rows)
 
     init_ray(cfg.ray)
-    quiet_data_context()
+    quiet_data_context(cfg.engine.wait_for_replicas_s)
     got: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     bar = tqdm(total=len(rows), unit="problem", disable=not progress, dynamic_ncols=True, desc="eval")
     try:

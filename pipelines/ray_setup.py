@@ -27,11 +27,13 @@ def init_ray(cfg: RayConfig) -> None:
     )
 
 
-def quiet_data_context() -> None:
+def quiet_data_context(wait_for_replicas_s: int = 0) -> None:
     """Our own progress bar reports curation; Ray Data's per-operator bars would bury it."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
+    if wait_for_replicas_s > 0:
+        ctx.wait_for_min_actors_s = wait_for_replicas_s
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False

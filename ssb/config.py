@@ -92,6 +92,9 @@ class EngineConfig(_Strict):
     # with another prompt); False runs them as separate Ray Data stages with their own replicas.
     colocate: bool = True
     teacher_replicas: int = 1  # only when colocate is False
+    # > 0: Ray Data waits up to this long for every replica to be up before sending work, so
+    # a small job is spread over all replicas instead of the first one to load; 0 starts at once.
+    wait_for_replicas_s: int = 0
 
 
 class CurateConfig(_Strict):

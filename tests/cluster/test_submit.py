@@ -111,7 +111,10 @@ def _job_task_nodes(cluster, job_id: str, name_part: str) -> set[str]:
 @pytest.fixture(scope="session")
 def cluster_curation(loopback_cluster, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("cluster-run")
-    overrides = tiny_curation_overrides(run_dir) + ["engine.replicas=2", f"engine.cpus_per_replica={PER_REPLICA_CPUS}"]
+    # Six batches, and no work sent before both replicas are up: otherwise the replica that
+    # loads first can take every batch of so small a job and the other is never placed.
+    overrides = tiny_curation_overrides(run_dir) + ["engine.replicas=2", f"engine.cpus_per_replica={PER_REPLICA_CPUS}",
+                                                    "engine.batch_size=4", "engine.wait_for_replicas_s=900"]
     try:
         # ~3 min on a quiet 2-core box; far longer while other jobs load it.
         proc = ssb(loopback_cluster, "submit", "curate", "configs/default.yaml", "--address",

