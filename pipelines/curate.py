@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 
+from pipelines.merged import merged_copy, merges_adapters
 from ssb.config import RunConfig, dump_config
 from ssb.data import load_problems
 from ssb.default_model import resolve_model
@@ -231,6 +232,16 @@ def with_adapter(cfg: RunConfig, adapter: str | None) -> RunConfig:
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(Path(adapter).resolve())})})
 
 
+def engine_model_for(cfg: RunConfig, model_path: str) -> tuple[RunConfig, str]:
+    """What the engine actors load: the base model (+ LoRA requests for cfg.model.adapter), or
+    the adapter merged into a copy of it. The store keeps the run's own config hash and the
+    base model's identity either way: only how the same student is served differs."""
+    if not cfg.model.adapter or not merges_adapters(cfg.curate.merge_adapter, cfg):
+        return cfg, model_path
+    merged = merged_copy(model_path, cfg.model.adapter, Path(cfg.output_dir) / "merged")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": None})}), merged
+
+
 def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None = None) -> CurationSummary:
     """`adapter`: curate with base model + this LoRA adapter (a bootstrapping round > 1)."""
     from pipelines.ray_setup import init_ray, quiet_data_context
@@ -242,8 +253,9 @@ def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None =
     if run.todo:
         init_ray(cfg.ray)
         quiet_data_context(cfg.engine.wait_for_replicas_s)
-        batches = build_curation_dataset(cfg, run.todo, run.model_path).iter_batches(batch_format="pyarrow",
-                                                                                     batch_size=None)
+        engine_cfg, engine_model = engine_model_for(cfg, run.model_path)
+        batches = build_curation_dataset(engine_cfg, run.todo, engine_model).iter_batches(batch_format="pyarrow",
+                                                                                          batch_size=None)
         consume(batches, cfg, run.store, summary, run.model, run.tokenizer, progress=progress, total=len(run.todo),
                 start=start)
     close_run(cfg, run, summary, start)

@@ -46,6 +46,7 @@ from ssb.train import (ADAPTER_DIR, BUCKET_WINDOW, DistillStudent, TrainState, b
                        train_loop)
 
 from pipelines.curate import model_identity
+from pipelines.merged import merge_adapter
 
 log = logging.getLogger(__name__)
 
@@ -346,17 +347,3 @@ def run_distillation(cfg: RunConfig, *, resume: bool = False) -> DistillSummary:
     if local:
         (out / "train" / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
     return summary
-
-
-def merge_adapter(model_path: str, adapter_dir: str | Path, target: str | Path) -> Path:
-    """Base model + adapter folded into one plain HF model directory (with the tokenizer)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    target = Path(target)
-    merged.to(torch.bfloat16).save_pretrained(target, safe_serialization=True)
-    AutoTokenizer.from_pretrained(model_path).save_pretrained(target)
-    return target

