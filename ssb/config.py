@@ -220,12 +220,12 @@ class RunConfig(_Strict):
             "engine_seed": self.engine.seed,
         }
         if self.model.adapter:
-            keys["adapter_digest"] = _digest_dir(self.model.adapter)
+            keys["adapter_digest"] = digest_dir(self.model.adapter)
         blob = json.dumps(keys, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _digest_dir(path: str) -> str:
+def digest_dir(path: str) -> str:
     """Content hash of an adapter directory: a retrained adapter at the same path is another model."""
     digest = hashlib.sha256()
     root = Path(path)

@@ -23,13 +23,12 @@ def assert_same_distributions(ours: dict, theirs: dict) -> None:
     a_ids, a_lp, a_tail = example_arrays(ours)
     b_ids, b_lp, b_tail = example_arrays(theirs)
     assert a_ids.shape == b_ids.shape
-    matched, lp_a, lp_b = 0, [], []
+    pairs = []  # (ours, theirs) log-prob of every top-k id both hold at a position
     for t in range(a_ids.shape[0]):
         b = dict(zip(b_ids[t].tolist(), b_lp[t].tolist()))
-        for token, lp in zip(a_ids[t].tolist(), a_lp[t].tolist()):
-            if token in b:
-                matched, lp_a, lp_b = matched + 1, lp_a + [lp], lp_b + [b[token]]
-    assert matched >= 0.99 * a_ids.size, "the top-k ids differ beyond swapped near-ties"
+        pairs += [(lp, b[token]) for token, lp in zip(a_ids[t].tolist(), a_lp[t].tolist()) if token in b]
+    assert len(pairs) >= 0.99 * a_ids.size, "the top-k ids differ beyond swapped near-ties"
+    lp_a, lp_b = zip(*pairs)
     np.testing.assert_allclose(lp_a, lp_b, rtol=0.01, atol=0.01)
     np.testing.assert_allclose(a_tail, b_tail, rtol=0.05, atol=0.05)
 
