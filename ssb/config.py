@@ -23,7 +23,8 @@ class ModelConfig(_Strict):
     # "default" is the embedded SmolLM2-135M-Instruct (ssb.default_model); anything else is
     # an HF hub name or a local model directory.
     name: str = "default"
-    dtype: str = "bfloat16"
+    # "auto": bf16 on GPUs and on CPUs with native bf16, float32 on other CPUs (pipelines.engine).
+    dtype: str = "auto"
     max_model_len: int = 2048
     # A LoRA adapter (peft directory) applied for rollouts and teacher: bootstrapping round
     # r+1 curates with round r's student.

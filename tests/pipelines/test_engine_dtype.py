@@ -1,0 +1,38 @@
+"""model.dtype "auto": bf16 only where the engine's hardware runs it natively."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.engine import cpu_has_native_bf16, engine_kwargs, resolve_dtype
+from ssb.config import load_config
+
+ZEN2 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+NEOVERSE_V2 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+@pytest.mark.parametrize("text, native", [(ZEN2, False), (SAPPHIRE_RAPIDS, True), (NEOVERSE_V2, True), ("", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, text, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(text)
+    assert cpu_has_native_bf16(str(cpuinfo)) is native
+
+
+def test_unreadable_cpuinfo_means_no_native_bf16(tmp_path):
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_auto_is_bf16_on_gpus_and_follows_the_cpu_otherwise():
+    cpu = load_config(None, [])
+    assert cpu.model.dtype == "auto"
+    expected = "bfloat16" if cpu_has_native_bf16() else "float32"
+    assert resolve_dtype(cpu.model, cpu.engine) == expected
+    assert engine_kwargs("m", cpu.model, cpu.engine)["dtype"] == expected
+    gpu = load_config(None, ["engine.gpus_per_replica=1"])
+    assert resolve_dtype(gpu.model, gpu.engine) == "bfloat16"
+
+
+def test_an_explicit_dtype_is_kept():
+    cfg = load_config(None, ["model.dtype=float16"])
+    assert resolve_dtype(cfg.model, cfg.engine) == "float16"
