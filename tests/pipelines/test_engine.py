@@ -1,10 +1,12 @@
-"""model.dtype "auto": bf16 only where the engine's hardware runs it natively."""
+"""Engine helpers without an engine: the dtype choice, and busy time over overlapping batches."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from pipelines.engine import cpu_has_native_bf16, engine_kwargs, resolve_dtype
+from pipelines.engine import BusyClock, cpu_has_native_bf16, engine_kwargs, resolve_dtype
 from ssb.config import load_config
 
 ZEN2 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
@@ -36,3 +38,21 @@ def test_auto_is_bf16_on_gpus_and_follows_the_cpu_otherwise():
 def test_an_explicit_dtype_is_kept():
     cfg = load_config(None, ["model.dtype=float16"])
     assert resolve_dtype(cfg.model, cfg.engine) == "float16"
+
+
+def test_busy_clock_counts_overlapping_batches_once():
+    clock = BusyClock()
+    start = time.perf_counter()
+    clock.start()
+    clock.start()  # a second batch joins the first
+    time.sleep(0.05)
+    clock.stop()
+    first = clock.take()
+    time.sleep(0.05)
+    clock.stop()
+    idle_from = time.perf_counter()
+    time.sleep(0.05)  # nothing in flight: not busy
+    second = clock.take()
+    assert first >= 0.05 and second >= 0.05
+    assert first + second <= idle_from - start + 1e-3
+    assert clock.take() == 0.0
