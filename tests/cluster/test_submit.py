@@ -108,7 +108,7 @@ def _job_task_nodes(cluster, job_id: str, name_part: str) -> set[str]:
             if t["job_id"] == job["job_id"] and name_part in (t.get("name") or "") and t.get("node_id")}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # no wider than the loopback cluster it runs on
 def cluster_curation(loopback_cluster, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("cluster-run")
     # Six batches, and no work sent before both replicas are up: otherwise the replica that
