@@ -22,7 +22,7 @@ EQUAL_N = 8  # problems curated by both `ssb curate` and the service, compared s
 
 def service_overrides(run_dir: Path) -> list[str]:
     return tiny_curation_overrides(run_dir, n=EQUAL_N) + [
-        "engine.batch_size=4", "curate.rollout.max_tokens=96", "curate.teacher.max_tokens=128",
+        "engine.batch_size=4",
         # bf16 on CPU is not batch-invariant: the engine in the service and the one `ssb curate`
         # starts batch differently, and bf16 rounding then flips sampled tokens. float32 does not.
         "model.dtype=float32"]
