@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 
+from pipelines.engine import engine_actor_options
 from pipelines.merged import merged_copy, merges_adapters
 from ssb.config import RunConfig, dump_config
 from ssb.data import load_problems
@@ -91,13 +92,6 @@ class TeacherWorker(_Worker):
         self.stages = [TeacherStage(llm, tok, cfg), JudgeStage(cfg)]
 
 
-def _engine_resources(cfg: RunConfig) -> dict[str, float]:
-    e = cfg.engine
-    if e.gpus_per_replica > 0:
-        return {"num_gpus": e.gpus_per_replica * e.tensor_parallel_size, "num_cpus": e.cpus_per_replica}
-    return {"num_cpus": e.cpus_per_replica}
-
-
 def build_curation_dataset(cfg: RunConfig, problems: list[dict[str, Any]], model_path: str) -> Any:
     """The Ray Data plan; nothing runs until it is iterated."""
     import ray
@@ -109,10 +103,10 @@ def build_curation_dataset(cfg: RunConfig, problems: list[dict[str, Any]], model
     common = dict(batch_size=e.batch_size, batch_format="pyarrow", fn_constructor_kwargs=args)
     pool = ray.data.ActorPoolStrategy
     if e.colocate:
-        return ds.map_batches(CurationWorker, compute=pool(size=e.replicas), **_engine_resources(cfg), **common)
-    ds = ds.map_batches(RolloutWorker, compute=pool(size=e.replicas), **_engine_resources(cfg), **common)
+        return ds.map_batches(CurationWorker, compute=pool(size=e.replicas), **engine_actor_options(e), **common)
+    ds = ds.map_batches(RolloutWorker, compute=pool(size=e.replicas), **engine_actor_options(e), **common)
     ds = ds.map_batches(SelectWorker, compute=pool(size=cfg.verify.workers), num_cpus=0.5, **common)
-    return ds.map_batches(TeacherWorker, compute=pool(size=e.teacher_replicas), **_engine_resources(cfg), **common)
+    return ds.map_batches(TeacherWorker, compute=pool(size=e.teacher_replicas), **engine_actor_options(e), **common)
 
 
 @dataclass

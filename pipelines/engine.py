@@ -27,6 +27,18 @@ def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
     }
 
 
+def engine_actor_options(engine: EngineConfig) -> dict[str, Any]:
+    """Ray options of one engine actor (a Ray Data pool's or a Serve replica's): its CPUs and
+    GPUs, and its niceness (read by the worker process itself from its environment, as Ray's
+    job supervisor does, so it holds on any cluster; env vars merge with the job's)."""
+    options: dict[str, Any] = {"num_cpus": engine.cpus_per_replica}
+    if engine.gpus_per_replica > 0:
+        options["num_gpus"] = engine.gpus_per_replica * engine.tensor_parallel_size
+    if engine.worker_niceness is not None:
+        options["runtime_env"] = {"env_vars": {"RAY_worker_niceness": str(engine.worker_niceness)}}
+    return options
+
+
 # CPU feature flags (/proc/cpuinfo) of native bf16 matmuls: AVX-512 BF16 and AMX on x86, the
 # BF16 extension on Arm ("bf16" in its Features line).
 _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})

@@ -37,6 +37,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.engine import engine_actor_options
 from pipelines.merged import merged_copy, merges_adapters
 from ssb.config import DataConfig, RunConfig, SyntheticConfig
 from ssb.data import load_problems
@@ -282,8 +283,6 @@ def build_eval_dataset(cfg: RunConfig, rows: list[dict[str, Any]], model_path: s
     """The Ray Data plan; nothing runs until it is iterated."""
     import ray
 
-    from pipelines.curate import _engine_resources
-
     e = cfg.engine
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / e.batch_size)))
     # Each actor takes several batches at once (the worker is async) and is sent twice as many
@@ -295,7 +294,7 @@ def build_eval_dataset(cfg: RunConfig, rows: list[dict[str, Any]], model_path: s
     pool = ray.data.ActorPoolStrategy(size=e.replicas, max_concurrent_calls_per_actor=concurrent,
                                       max_tasks_in_flight_per_actor=2 * concurrent)
     return ds.map_batches(EvalWorker, compute=pool, batch_size=e.batch_size, batch_format="pyarrow",
-                          **_engine_resources(cfg),
+                          **engine_actor_options(e),
                           fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "model_path": model_path,
                                                  "adapters": adapters})
 

@@ -60,6 +60,7 @@ def build_llm_app(args: dict[str, Any]) -> Any:
 def build_curation_app(settings: ServiceSettings, model_path: str | None = None) -> Any:
     from ray import serve
 
+    from pipelines.engine import engine_actor_options
     from services.api import build_api_deployment
     from services.engine_deployment import CurationEngine
     from services.runner import CurationRunner
@@ -68,11 +69,8 @@ def build_curation_app(settings: ServiceSettings, model_path: str | None = None)
     engine = None
     if settings.jobs.backend == "engine":
         e = run.engine
-        resources: dict[str, Any] = {"num_cpus": e.cpus_per_replica}
-        if e.gpus_per_replica > 0:
-            resources["num_gpus"] = e.gpus_per_replica * e.tensor_parallel_size
         engine = serve.deployment(
-            CurationEngine, name="CurationEngine", ray_actor_options=resources,
+            CurationEngine, name="CurationEngine", ray_actor_options=engine_actor_options(e),
             autoscaling_config={"min_replicas": settings.llm.min_replicas, "max_replicas": max(
                 settings.llm.max_replicas, e.replicas), "target_ongoing_requests": 1},
             # a batch is minutes of work: the engine's lock queues them anyway

@@ -51,6 +51,9 @@ def build_llm_config(run: RunConfig, model_path: str, llm: LLMServiceConfig) -> 
         options["accelerator_config"] = {"kind": "cpu"}
         options["placement_group_config"] = {"bundles": [{"CPU": e.cpus_per_replica}]}
         options["runtime_env"] = {"env_vars": cpu_engine_env(e)}
+    if e.worker_niceness is not None:
+        env = options.setdefault("runtime_env", {}).setdefault("env_vars", {})
+        env["RAY_worker_niceness"] = str(e.worker_niceness)
     if llm.lora_root is not None and "://" in llm.lora_root:  # an object store: ray.serve.llm's own loader
         options["lora_config"] = {"dynamic_lora_loading_path": llm.lora_root,
                                   "max_num_adapters_per_replica": llm.max_adapters_per_replica}

@@ -103,6 +103,10 @@ class EngineConfig(_Strict):
     # prefills the (few-shot) prompt again. Safe here: curation reads sampled-token log-probs,
     # never prompt_logprobs, which the cache changes (vllm #42019).
     prefix_caching: bool = True
+    # Ray starts workers at nice 15 so its raylet and GCS stay responsive; an engine actor is
+    # the job's main work, and vLLM's CPU threads bound to every core all wait on a preempted
+    # one. None keeps Ray's niceness (RAY_worker_niceness).
+    worker_niceness: int | None = Field(default=0, ge=-20, le=19)
 
 
 class CurateConfig(_Strict):

@@ -6,7 +6,9 @@ at a time on a small machine."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -95,6 +97,26 @@ def test_the_deployment_autoscales_between_its_bounds(openai_app):
     app = serve.status().applications[llm.app_name]
     server = next(d for name, d in app.deployments.items() if "LLMServer" in name)
     assert server.status == "HEALTHY" and server.replica_states.get("RUNNING", 0) >= llm.min_replicas
+
+
+def _process_titles() -> dict[int, str]:
+    titles = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():
+                titles[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+    return titles
+
+
+def test_engine_replicas_run_at_the_engine_niceness_not_rays_worker_default(openai_app):
+    _, run, _ = openai_app
+    titles = _process_titles()
+    # ray::ServeReplica:<app>:<LLMServer class>:<model id>; this app serves LoRA from a directory
+    replicas = [pid for pid, t in titles.items() if t.startswith("ray::ServeReplica:ssb-llm:") and "LLMServer" in t]
+    assert replicas, sorted(t for t in titles.values() if t.startswith("ray::"))
+    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in replicas} == {run.engine.worker_niceness}
 
 
 def test_curation_stages_sample_through_the_deployment_handle(openai_app, model_path):

@@ -1,0 +1,48 @@
+"""Engine actors' Ray options, on real Ray: an engine pool's workers run at the configured
+niceness (Ray's own default for workers is 15), whatever else the job's workers get."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pytest
+
+from pipelines.engine import engine_actor_options
+from ssb.config import EngineConfig, load_config
+
+
+class _Niceness:
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.table({"nice": [os.nice(0)] * batch.num_rows, "pid": [os.getpid()] * batch.num_rows})
+
+
+def _pool_niceness(ray, engine: EngineConfig) -> set[int]:
+    ds = ray.data.range(4, override_num_blocks=2).map_batches(
+        _Niceness, compute=ray.data.ActorPoolStrategy(size=1), batch_size=2, batch_format="pyarrow",
+        **engine_actor_options(engine))
+    return {row["nice"] for row in ds.take_all()}
+
+
+def test_engine_options_carry_resources_and_niceness():
+    gpu = load_config(None, ["engine.gpus_per_replica=1", "engine.tensor_parallel_size=2",
+                             "engine.cpus_per_replica=4", "engine.worker_niceness=5"]).engine
+    assert engine_actor_options(gpu) == {"num_cpus": 4, "num_gpus": 2,
+                                         "runtime_env": {"env_vars": {"RAY_worker_niceness": "5"}}}
+    ray_default = load_config(None, ["engine.worker_niceness=null"]).engine
+    assert engine_actor_options(ray_default) == {"num_cpus": 1.0}
+
+
+def test_niceness_outside_the_kernel_range_is_refused():
+    with pytest.raises(Exception, match="worker_niceness"):
+        load_config(None, ["engine.worker_niceness=25"])
+
+
+def test_an_engine_pool_runs_at_the_configured_niceness(ray_session):
+    default = load_config(None, []).engine
+    assert default.worker_niceness == 0
+    assert _pool_niceness(ray_session, default) == {0}
+    assert _pool_niceness(ray_session, default.model_copy(update={"worker_niceness": 7})) == {7}
+    # None leaves Ray's own worker niceness (15 unless RAY_worker_niceness says otherwise)
+    expected = int(os.environ.get("RAY_worker_niceness", 15))
+    assert _pool_niceness(ray_session, default.model_copy(update={"worker_niceness": None})) == {expected}
