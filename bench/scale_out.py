@@ -57,7 +57,9 @@ class RolloutReplica:
 def measure(cfg, model_path: str, problems: list[dict], replicas: int) -> tuple[float, int, float, set[str]]:
     import ray
 
-    actor_cls = ray.remote(num_cpus=cfg.engine.cpus_per_replica, scheduling_strategy="SPREAD")(RolloutReplica)
+    from pipelines.engine import engine_actor_options
+
+    actor_cls = ray.remote(**engine_actor_options(cfg.engine), scheduling_strategy="SPREAD")(RolloutReplica)
     actors = [actor_cls.remote(cfg.model_dump_json(), model_path) for _ in range(replicas)]
     nodes = set(ray.get([a.node.remote() for a in actors]))  # waits until every engine is up
     batches = [problems[i:i + cfg.engine.batch_size] for i in range(0, len(problems), cfg.engine.batch_size)]

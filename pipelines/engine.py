@@ -39,6 +39,17 @@ def engine_actor_options(engine: EngineConfig) -> dict[str, Any]:
     return options
 
 
+def serve_runtime_env(env_vars: dict[str, str], job: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The driver's runtime_env with `env_vars` on top, for a Serve deployment: Serve takes a
+    deployment's own runtime_env as it is (it fills in only working_dir), so a replica given
+    just our env vars would lose the job's pip, py_modules and env vars (HF_TOKEN, VLLM_*)."""
+    if job is None:
+        import ray
+
+        job = dict(ray.get_runtime_context().runtime_env) if ray.is_initialized() else {}
+    return {**job, "env_vars": {**(job.get("env_vars") or {}), **env_vars}}
+
+
 # CPU feature flags (/proc/cpuinfo) of native bf16 matmuls: AVX-512 BF16 and AMX on x86, the
 # BF16 extension on Arm ("bf16" in its Features line).
 _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})

@@ -105,8 +105,9 @@ class EngineConfig(_Strict):
     prefix_caching: bool = True
     # Ray starts workers at nice 15 so its raylet and GCS stay responsive; an engine actor is
     # the job's main work, and vLLM's CPU threads bound to every core all wait on a preempted
-    # one. None keeps Ray's niceness (RAY_worker_niceness).
-    worker_niceness: int | None = Field(default=0, ge=-20, le=19)
+    # one. None keeps Ray's niceness (RAY_worker_niceness). Ray adds it to the raylet's own
+    # niceness, and raising priority needs CAP_SYS_NICE, so only 0..19.
+    worker_niceness: int | None = Field(default=0, ge=0, le=19)
 
 
 class CurateConfig(_Strict):

@@ -8,7 +8,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from pipelines.engine import engine_actor_options
+from pipelines.engine import engine_actor_options, serve_runtime_env
 from ssb.config import EngineConfig, load_config
 
 
@@ -33,9 +33,19 @@ def test_engine_options_carry_resources_and_niceness():
     assert engine_actor_options(ray_default) == {"num_cpus": 1.0}
 
 
-def test_niceness_outside_the_kernel_range_is_refused():
+@pytest.mark.parametrize("value", [25, -5])
+def test_niceness_outside_what_a_worker_can_set_itself_is_refused(value):
     with pytest.raises(Exception, match="worker_niceness"):
-        load_config(None, ["engine.worker_niceness=25"])
+        load_config(None, [f"engine.worker_niceness={value}"])
+
+
+def test_a_serve_replica_keeps_the_jobs_runtime_env_under_the_engine_env_vars():
+    job = {"pip": ["x==1"], "working_dir": "gcs://_ray_pkg_1.zip", "env_vars": {"HF_TOKEN": "t", "VLLM_A": "job"}}
+    merged = serve_runtime_env({"VLLM_A": "engine", "RAY_worker_niceness": "0"}, job=job)
+    assert merged == {"pip": ["x==1"], "working_dir": "gcs://_ray_pkg_1.zip",
+                      "env_vars": {"HF_TOKEN": "t", "VLLM_A": "engine", "RAY_worker_niceness": "0"}}
+    assert job["env_vars"] == {"HF_TOKEN": "t", "VLLM_A": "job"}  # not changed in place
+    assert serve_runtime_env({"A": "1"}, job={}) == {"env_vars": {"A": "1"}}
 
 
 def test_an_engine_pool_runs_at_the_configured_niceness(ray_session):

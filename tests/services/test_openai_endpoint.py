@@ -37,7 +37,8 @@ def openai_app(tmp_path_factory, model_path, serve_port):
     get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"],
                                     init_lora_weights=False)).save_pretrained(lora_root / "tiny")
     run = load_config(None, tiny_curation_overrides(tmp_path_factory.mktemp("oai"), n=2)
-                      + ["engine.max_lora_rank=8", "engine.max_num_seqs=16"])
+                      + ["engine.max_lora_rank=8", "engine.max_num_seqs=16",
+                         "engine.worker_niceness=3"])  # neither Ray's 15 nor a global 0
     llm = LLMServiceConfig(lora_root=str(lora_root), min_replicas=1, max_replicas=2, target_ongoing_requests=16)
     serve.run(build_model_app(run, model_path, llm), name=llm.app_name, route_prefix=llm.route_prefix)
     url = f"http://127.0.0.1:{serve_port}{llm.route_prefix}"
@@ -111,10 +112,11 @@ def _process_titles() -> dict[int, str]:
 
 
 def test_engine_replicas_run_at_the_engine_niceness_not_rays_worker_default(openai_app):
-    _, run, _ = openai_app
+    _, run, llm = openai_app
     titles = _process_titles()
     # ray::ServeReplica:<app>:<LLMServer class>:<model id>; this app serves LoRA from a directory
-    replicas = [pid for pid, t in titles.items() if t.startswith("ray::ServeReplica:ssb-llm:") and "LLMServer" in t]
+    replicas = [pid for pid, t in titles.items()
+                if t.startswith(f"ray::ServeReplica:{llm.app_name}:") and "LLMServer" in t]
     assert replicas, sorted(t for t in titles.values() if t.startswith("ray::"))
     assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in replicas} == {run.engine.worker_niceness}
 
