@@ -27,15 +27,21 @@ def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
     }
 
 
-def engine_actor_options(engine: EngineConfig) -> dict[str, Any]:
-    """Ray options of one engine actor (a Ray Data pool's or a Serve replica's): its CPUs and
-    GPUs, and its niceness (read by the worker process itself from its environment, as Ray's
-    job supervisor does, so it holds on any cluster; env vars merge with the job's)."""
+def niceness_env(engine: EngineConfig) -> dict[str, str]:
+    """The engine actor's niceness, as its environment: the worker process reads it itself,
+    as Ray's job supervisor does, so it holds on any cluster."""
+    return {} if engine.worker_niceness is None else {"RAY_worker_niceness": str(engine.worker_niceness)}
+
+
+def engine_actor_options(engine: EngineConfig, *, serve: bool = False) -> dict[str, Any]:
+    """Ray options of one engine actor: its CPUs, GPUs and niceness. A Ray Data pool's
+    runtime_env merges with the job's in Ray itself; `serve=True` (a Serve deployment's
+    ray_actor_options) carries the job's own, see `serve_runtime_env`."""
     options: dict[str, Any] = {"num_cpus": engine.cpus_per_replica}
     if engine.gpus_per_replica > 0:
         options["num_gpus"] = engine.gpus_per_replica * engine.tensor_parallel_size
-    if engine.worker_niceness is not None:
-        options["runtime_env"] = {"env_vars": {"RAY_worker_niceness": str(engine.worker_niceness)}}
+    if env_vars := niceness_env(engine):
+        options["runtime_env"] = serve_runtime_env(env_vars) if serve else {"env_vars": env_vars}
     return options
 
 

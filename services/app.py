@@ -60,7 +60,7 @@ def build_llm_app(args: dict[str, Any]) -> Any:
 def build_curation_app(settings: ServiceSettings, model_path: str | None = None) -> Any:
     from ray import serve
 
-    from pipelines.engine import engine_actor_options, serve_runtime_env
+    from pipelines.engine import engine_actor_options
     from services.api import build_api_deployment
     from services.engine_deployment import CurationEngine
     from services.runner import CurationRunner
@@ -69,11 +69,8 @@ def build_curation_app(settings: ServiceSettings, model_path: str | None = None)
     engine = None
     if settings.jobs.backend == "engine":
         e = run.engine
-        options = engine_actor_options(e)
-        if "runtime_env" in options:  # as given, Serve would not add the job's own to it
-            options["runtime_env"] = serve_runtime_env(options["runtime_env"]["env_vars"])
         engine = serve.deployment(
-            CurationEngine, name="CurationEngine", ray_actor_options=options,
+            CurationEngine, name="CurationEngine", ray_actor_options=engine_actor_options(e, serve=True),
             autoscaling_config={"min_replicas": settings.llm.min_replicas, "max_replicas": max(
                 settings.llm.max_replicas, e.replicas), "target_ongoing_requests": 1},
             # a batch is minutes of work: the engine's lock queues them anyway

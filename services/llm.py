@@ -23,7 +23,7 @@ from typing import Any
 
 from ssb.config import RunConfig
 
-from pipelines.engine import cpu_engine_env, engine_actor_options, engine_kwargs, serve_runtime_env
+from pipelines.engine import cpu_engine_env, engine_kwargs, niceness_env, serve_runtime_env
 from services.settings import LLMServiceConfig
 
 
@@ -50,8 +50,7 @@ def build_llm_config(run: RunConfig, model_path: str, llm: LLMServiceConfig) -> 
     else:
         options["accelerator_config"] = {"kind": "cpu"}
         options["placement_group_config"] = {"bundles": [{"CPU": e.cpus_per_replica}]}
-    env_vars = cpu_engine_env(e) if e.gpus_per_replica <= 0 else {}
-    env_vars.update(engine_actor_options(e).get("runtime_env", {}).get("env_vars", {}))
+    env_vars = {**(cpu_engine_env(e) if e.gpus_per_replica <= 0 else {}), **niceness_env(e)}
     if env_vars:
         options["runtime_env"] = serve_runtime_env(env_vars)
     if llm.lora_root is not None and "://" in llm.lora_root:  # an object store: ray.serve.llm's own loader

@@ -14,7 +14,7 @@ from ssb.config import EngineConfig, load_config
 
 class _Niceness:
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return pa.table({"nice": [os.nice(0)] * batch.num_rows, "pid": [os.getpid()] * batch.num_rows})
+        return pa.table({"nice": [os.nice(0)] * batch.num_rows})
 
 
 def _pool_niceness(ray, engine: EngineConfig) -> set[int]:
@@ -29,6 +29,9 @@ def test_engine_options_carry_resources_and_niceness():
                              "engine.cpus_per_replica=4", "engine.worker_niceness=5"]).engine
     assert engine_actor_options(gpu) == {"num_cpus": 4, "num_gpus": 2,
                                          "runtime_env": {"env_vars": {"RAY_worker_niceness": "5"}}}
+    served = engine_actor_options(gpu, serve=True)  # a Serve deployment's: the job's runtime_env under it
+    assert served["runtime_env"]["env_vars"]["RAY_worker_niceness"] == "5"
+    assert {k: v for k, v in served.items() if k != "runtime_env"} == {"num_cpus": 4, "num_gpus": 2}
     ray_default = load_config(None, ["engine.worker_niceness=null"]).engine
     assert engine_actor_options(ray_default) == {"num_cpus": 1.0}
 
