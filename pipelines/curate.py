@@ -236,8 +236,10 @@ def engine_model_for(cfg: RunConfig, model_path: str) -> tuple[RunConfig, str]:
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": None})}), merged
 
 
-def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None = None) -> CurationSummary:
-    """`adapter`: curate with base model + this LoRA adapter (a bootstrapping round > 1)."""
+def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None = None,
+                 on_commit: Callable[[list[Row]], None] | None = None) -> CurationSummary:
+    """`adapter`: curate with base model + this LoRA adapter (a bootstrapping round > 1).
+    `on_commit`: called in this thread with the rows of each durable commit (progress)."""
     from pipelines.ray_setup import init_ray, quiet_data_context
 
     cfg = with_adapter(cfg, adapter)
@@ -251,7 +253,7 @@ def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None =
         batches = build_curation_dataset(engine_cfg, run.todo, engine_model).iter_batches(batch_format="pyarrow",
                                                                                           batch_size=None)
         consume(batches, cfg, run.store, summary, run.model, run.tokenizer, progress=progress, total=len(run.todo),
-                start=start)
+                start=start, on_commit=on_commit)
     close_run(cfg, run, summary, start)
     return summary
 
@@ -259,7 +261,7 @@ def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None =
 def consume(batches: Iterable[pa.Table], cfg: RunConfig, store: LogitStore, summary: CurationSummary,
             model: str, tok_id: str, *, progress: bool, total: int, start: float,
             on_commit: Callable[[list[Row]], None] | None = None) -> None:
-    """Commits a shard every `shard_rows` kept examples (and at least once a minute), so a
+    """Commits a shard every `shard_rows` kept examples (and every `commit_every_s`), so a
     killed run loses at most that much work and a rerun resumes after it.
 
     `on_commit` sees the rows of each commit once it is durable (the service's progress
@@ -299,7 +301,7 @@ def consume(batches: Iterable[pa.Table], cfg: RunConfig, store: LogitStore, summ
             elapsed = time.perf_counter() - start
             bar.set_postfix(kept=summary.kept, skipped=sum(reasons.values()),
                             tok_s=f"{(summary.rollout_tokens + summary.teacher_tokens) / max(elapsed, 1e-9):.0f}")
-            if len(kept) >= cfg.curate.shard_rows or time.monotonic() - last_commit > 60:
+            if len(kept) >= cfg.curate.shard_rows or time.monotonic() - last_commit >= cfg.curate.commit_every_s:
                 commit()
         commit()
     except BaseException:

