@@ -5,16 +5,21 @@ Equivalence runs math-verify (sympy), which can take unbounded time on hostile i
 (`9^{9^{9^9}}`). math-verify's own time-outs use `signal.alarm`, which only works in the
 main thread, so `Verifier` runs it in a long-lived child process with those time-outs off
 and enforces the deadline from the parent: on a time-out the child is killed and a fresh
-one (forked from a server that has sympy loaded) starts on the next call. That works from
-threads, Ray actors and Serve replicas. Nothing here evaluates its input as Python.
+one (forked from a clean interpreter that has sympy loaded) starts on the next call. That
+works from threads, scripts without a main guard, standard input, notebooks, Ray actors and
+Serve replicas. Nothing here evaluates its input as Python.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import multiprocessing as mp
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -123,12 +128,14 @@ def _equivalent_unguarded(pred: str, gold: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
-def _serve(conn: Connection) -> None:
-    """Child process: answer lists of (pred, gold) one result at a time, until EOF."""
+def _warm_up() -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "time-out disabled" warning
-    # Pay the sympy import and math-verify's lazily compiled patterns before saying ready,
-    # not inside the first item's deadline.
+    # Pay the sympy import and math-verify's lazily compiled patterns once, before any deadline.
     _equivalent_unguarded("1", "1")
+
+
+def _serve(conn: Connection) -> None:
+    """Worker: answer lists of (pred, gold) one result at a time, until EOF."""
     conn.send("ready")
     while True:
         try:
@@ -143,14 +150,51 @@ def _serve(conn: Connection) -> None:
             conn.send(ok)
 
 
-def _child_context() -> mp.context.BaseContext:
-    """'forkserver' with math-verify preloaded: children fork from a clean server process that
-    has already imported sympy, so a restart after a time-out takes milliseconds instead of a
-    fresh interpreter's 1-2 s. The parent itself is never forked: it may hold threads, locks
-    or CUDA/Ray state."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["ssb.verify", "math_verify"])
-    return ctx
+# Why not multiprocessing: its spawn and forkserver children re-import the caller's __main__,
+# so a script without a main guard re-runs itself in the child (and dies starting a process
+# while "bootstrapping"), and a main read from standard input or a notebook cannot be found at
+# all; its forkserver is also one per process, with a preload list the application may set
+# too. Instead a plain `python -c` child (the zygote) gets the caller's sys.path and imports
+# only this module and math-verify. It never runs a thread, so it can fork a worker per
+# (re)start safely: a restart after a time-out takes milliseconds, not an interpreter start.
+_ZYGOTE_CODE = "import sys; sys.path[:] = sys.argv[2:]; from ssb.verify import _zygote; _zygote(int(sys.argv[1]))"
+_FORK, _KILL = b"f", b"k"  # requests to the zygote; a fork request carries the worker's socket
+
+
+def _zygote(ctl_fd: int) -> None:
+    """Runs one worker at a time for one `Verifier`; each request first ends the current one.
+    Reaping it here, by its parent, means a pid is never signalled after it could be reused."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is the caller's to handle
+    ctl = socket.socket(fileno=ctl_fd)
+    _warm_up()
+    ctl.sendall(b"r")
+    worker = 0
+    while True:
+        try:
+            request, fds, _, _ = socket.recv_fds(ctl, 1, 1)
+        except OSError:
+            request, fds = b"", []
+        if worker:
+            try:
+                os.kill(worker, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(worker, 0)
+            worker = 0
+        if request != _FORK or not fds:
+            for fd in fds:
+                os.close(fd)
+            if request == _KILL:
+                continue
+            return  # EOF: the Verifier closed or its process is gone
+        worker = os.fork()
+        if worker == 0:
+            try:
+                ctl.close()
+                _serve(Connection(fds[0]))
+            finally:
+                os._exit(0)
+        os.close(fds[0])
 
 
 class VerifyTimeout(Exception):
@@ -165,8 +209,9 @@ class Verifier:
         self.fallbacks = tuple(fallbacks)
         self.stats: dict[str, int] = {"checks": 0, "timeouts": 0, "restarts": 0}
         self._lock = threading.Lock()
-        self._proc: mp.process.BaseProcess | None = None
-        self._conn: Connection | None = None
+        self._zygote: subprocess.Popen[bytes] | None = None
+        self._ctl: socket.socket | None = None
+        self._conn: Connection | None = None  # to the current worker
         self._started = False  # a later start is a restart
 
     def start(self) -> None:
@@ -218,40 +263,79 @@ class Verifier:
         return results
 
     def _ensure_child(self) -> Connection:
-        if self._proc is not None and self._proc.is_alive() and self._conn is not None:
+        # Between requests a live worker has sent nothing: pending input means it died (EOF).
+        if self._conn is not None and not self._conn.poll(0):
             return self._conn
         if self._started:
             self.stats["restarts"] += 1
         self._started = True
         self._kill_child()
-        ctx = _child_context()
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="ssb-verifier")
-        proc.start()
-        child.close()
+        ctl = self._ensure_zygote()
+        ours, theirs = socket.socketpair()
+        conn = Connection(ours.detach())
         try:
-            ready = parent.poll(_START_TIMEOUT_S) and parent.recv() == "ready"
+            socket.send_fds(ctl, [_FORK], [theirs.fileno()])
+            ready = conn.poll(_START_TIMEOUT_S) and conn.recv() == "ready"
         except (EOFError, OSError):
             ready = False
+        finally:
+            theirs.close()
         if not ready:
-            proc.kill()
-            parent.close()
+            conn.close()
+            self._stop_zygote()  # the next call starts a fresh one
             raise RuntimeError("the verifier's child process did not start")
-        self._proc, self._conn = proc, parent
-        return parent
+        self._conn = conn
+        return conn
+
+    def _ensure_zygote(self) -> socket.socket:
+        if self._zygote is not None and self._zygote.poll() is None and self._ctl is not None:
+            return self._ctl
+        self._stop_zygote()
+        if not sys.executable:
+            raise RuntimeError("the verifier needs a Python executable to run its child (sys.executable is empty)")
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self._zygote = subprocess.Popen(
+                [sys.executable, "-c", _ZYGOTE_CODE, str(theirs.fileno()), *sys.path],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self._ctl = ours
+        try:
+            ours.settimeout(_START_TIMEOUT_S)
+            ready = ours.recv(1) == b"r"
+            ours.settimeout(None)
+        except OSError:  # socket.timeout included
+            ready = False
+        if not ready:
+            self._stop_zygote()
+            raise RuntimeError("the verifier's child process did not start")
+        return ours
 
     def _kill_child(self) -> None:
-        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
-        if conn is not None:
-            conn.close()
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        conn.close()
+        if self._ctl is not None:
+            try:
+                self._ctl.sendall(_KILL)  # a hung worker stops burning a core now
+            except OSError:
+                self._stop_zygote()
+
+    def _stop_zygote(self) -> None:
+        ctl, proc, self._ctl, self._zygote = self._ctl, self._zygote, None, None
+        if ctl is not None:
+            ctl.close()  # EOF: the zygote kills its worker and exits
         if proc is not None:
-            if proc.is_alive():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-            proc.join(timeout=5)
+                proc.wait()
 
     def close(self) -> None:
         with self._lock:
             self._kill_child()
+            self._stop_zygote()
 
     def __enter__(self) -> Verifier:
         return self
@@ -262,6 +346,7 @@ class Verifier:
     def __del__(self) -> None:
         try:
             self._kill_child()
+            self._stop_zygote()
         except Exception:  # noqa: BLE001  (interpreter shutdown: best effort only)
             pass
 

@@ -291,8 +291,8 @@ def test_works_from_several_threads_at_once(quick):
 def test_close_stops_the_child_and_a_closed_verifier_can_start_again():
     v = Verifier(timeout_s=5.0)
     assert v.check("\\boxed{2}", "2")[1] == Verdict.CORRECT
-    proc = v._proc
+    zygote = v._zygote
     v.close()
-    assert proc is not None and not proc.is_alive()
+    assert zygote is not None and zygote.poll() is not None
     assert v.check("\\boxed{2}", "2")[1] == Verdict.CORRECT
     v.close()
