@@ -13,6 +13,12 @@ any time.
 Problems rejected during curation are recorded with their reason, so a resumed run skips
 them too. A commit holding only skips writes no Parquet file: its manifest entry has
 `"name": null` (rows 0, bytes 0, sha256 null).
+
+A manifest is checked as a whole when a store is opened (ManifestError names the file and the
+entry): a store may come from another machine or a shared bucket, and a shard name such as
+`../x` would otherwise lead readers and the orphan sweep outside the store. Shards are read
+through `Shard`, which compares the file's size before reading it and its sha256 and row
+count before anything parses it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -40,6 +47,7 @@ FORMAT = "ssb-logit-store/1"
 MANIFEST = "manifest.json"
 _SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")
 _TMP_PREFIX = ".tmp-"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class StoreError(Exception):
@@ -48,6 +56,10 @@ class StoreError(Exception):
 
 class ChecksumError(StoreError):
     pass
+
+
+class ManifestError(StoreError):
+    """manifest.json is malformed: refused before any name, size or checksum in it is used."""
 
 
 def _list(value_type: pa.DataType) -> pa.DataType:
@@ -111,6 +123,121 @@ def _list_column(chunks: Sequence[Any], field: pa.Field) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values, type=field.type)
 
 
+_RUN_KEYS: dict[str, tuple[type, ...]] = {
+    "config_hash": (str,), "model": (str,), "tokenizer": (str,), "top_k": (int,), "shards": (list,)}
+_ENTRY_KEYS: dict[str, tuple[type, ...]] = {
+    "name": (str, type(None)), "rows": (int,), "tokens": (int,), "bytes": (int,),
+    "sha256": (str, type(None)), "problem_ids": (list,), "skipped": (dict,)}
+
+
+def _type_problem(key: str, value: Any, types: tuple[type, ...]) -> str | None:
+    # JSON true/false load as bool, a subclass of int: not a count.
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return None
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"{key} is {shown}, expected {' or '.join(t.__name__ for t in types)}"
+
+
+def _entry_problem(entry: Any, named: set[str]) -> str | None:
+    if not isinstance(entry, dict):
+        return f"not an object but {type(entry).__name__}"
+    for key, types in _ENTRY_KEYS.items():
+        if key not in entry:
+            return f"missing key {key!r}"
+        if problem := _type_problem(key, entry[key], types):
+            return problem
+    name, rows, ids = entry["name"], entry["rows"], entry["problem_ids"]
+    if min(rows, entry["tokens"], entry["bytes"]) < 0:
+        return "negative rows, tokens or bytes"
+    if not all(isinstance(pid, str) for pid in ids) or not all(
+            isinstance(pid, str) and isinstance(why, str) for pid, why in entry["skipped"].items()):
+        return "problem ids and skip reasons must be strings"
+    if name is None:
+        if rows or entry["bytes"] or entry["tokens"] or ids or entry["sha256"] is not None:
+            return "no file (name null) but rows, tokens, bytes, sha256 or problem_ids given"
+        return None
+    if not _SHARD_NAME.fullmatch(name):
+        return f"name {name!r} is not a shard file name of this store (shard-NNNNN.parquet)"
+    if name in named:
+        return f"{name} is named by an earlier entry too"
+    named.add(name)
+    if not _SHA256.fullmatch(entry["sha256"] or ""):
+        return f"sha256 {entry['sha256']!r} is not 64 lowercase hex digits"
+    if rows < 1 or rows != len(ids) or entry["bytes"] < 1:
+        return f"a shard file with {rows} rows, {len(ids)} problem ids and {entry['bytes']} bytes"
+    return None
+
+
+def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
+    """`manifest` if it is one this module writes; ManifestError naming `where` and the entry."""
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{where}: not a JSON object but {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT:
+        raise ManifestError(f"{where}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    for key, types in _RUN_KEYS.items():
+        problem = f"missing key {key!r}" if key not in manifest else _type_problem(key, manifest[key], types)
+        if problem:
+            raise ManifestError(f"{where}: {problem}")
+    if manifest["top_k"] < 1:
+        raise ManifestError(f"{where}: top_k {manifest['top_k']} < 1")
+    named: set[str] = set()
+    for i, entry in enumerate(manifest["shards"]):
+        if problem := _entry_problem(entry, named):
+            label = f" ({entry['name']!r})" if isinstance(entry, dict) and isinstance(entry.get("name"), str) else ""
+            raise ManifestError(f"{where}: shards[{i}]{label}: {problem}")
+    return manifest
+
+
+@dataclass
+class Shard:
+    """One committed shard and its manifest entry; small and picklable (Ray Data read tasks)."""
+
+    filesystem: pafs.FileSystem
+    path: str  # inside `filesystem`
+    entry: dict[str, Any]
+    manifest: str  # the manifest's location, for messages
+
+    @property
+    def name(self) -> str:
+        return self.entry["name"]
+
+    @property
+    def rows(self) -> int:
+        return self.entry["rows"]
+
+    def _fail(self, problem: str) -> ChecksumError:
+        return ChecksumError(f"shard {self.name}: {problem} ({self.manifest})")
+
+    def read_bytes(self, verify: bool = True) -> bytes:
+        """The file's bytes; with `verify`, only once size, sha256 and row count match the entry."""
+        want = self.entry["bytes"]
+        info = self.filesystem.get_file_info(self.path)
+        if info.type == pafs.FileType.NotFound:
+            raise self._fail("missing from the store")
+        if verify and (info.type != pafs.FileType.File or (info.size is not None and info.size != want)):
+            # Before reading: a wrong entry could name a file far larger than any shard.
+            raise self._fail(f"{info.size} bytes, manifest says {want} (truncated?)")
+        try:
+            with self.filesystem.open_input_stream(self.path) as f:
+                data = f.read()
+        except FileNotFoundError as e:
+            raise self._fail("missing from the store") from e
+        if verify:
+            if len(data) != want:  # changed since get_file_info
+                raise self._fail(f"{len(data)} bytes, manifest says {want} (truncated?)")
+            if hashlib.sha256(data).hexdigest() != self.entry["sha256"]:
+                raise self._fail("sha256 differs from the manifest (corrupted)")
+            rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
+            if rows != self.rows:
+                raise self._fail(f"{rows} rows, manifest says {self.rows}")
+        return data
+
+    def read_table(self, columns: Sequence[str] | None = None, verify: bool = True) -> pa.Table:
+        """The rows parsed from exactly the bytes that were verified."""
+        return pq.read_table(pa.BufferReader(self.read_bytes(verify)), columns=columns)
+
+
 class LogitStore:
     """A run's curated examples; build with `create_or_resume` (writer) or `open` (reader)."""
 
@@ -146,7 +273,7 @@ class LogitStore:
         """
         fs, root, norm_uri = cls._resolve(uri, filesystem)
         wanted = {"config_hash": config_hash, "model": model, "tokenizer": tokenizer, "top_k": int(top_k)}
-        manifest = cls._read_manifest(fs, root)
+        manifest = cls._read_manifest(fs, root, norm_uri)
         if manifest is None:
             fs.create_dir(root, recursive=True)
             manifest = {"format": FORMAT, **wanted,
@@ -170,7 +297,7 @@ class LogitStore:
         """Open a store read-only. StoreError if there is none, or if it has no rows
         (unless `allow_empty`): training on nothing is always a mistake upstream."""
         fs, root, norm_uri = cls._resolve(uri, filesystem)
-        manifest = cls._read_manifest(fs, root)
+        manifest = cls._read_manifest(fs, root, norm_uri)
         if manifest is None:
             raise StoreError(f"no store at {norm_uri} (no {MANIFEST})")
         store = cls(fs, root, norm_uri, manifest, writable=False)
@@ -180,15 +307,17 @@ class LogitStore:
         return store
 
     @staticmethod
-    def _read_manifest(fs: pafs.FileSystem, root: str) -> dict[str, Any] | None:
+    def _read_manifest(fs: pafs.FileSystem, root: str, uri: str) -> dict[str, Any] | None:
         path = f"{root}/{MANIFEST}"
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
             return None
         with fs.open_input_stream(path) as f:
-            manifest = json.loads(f.read())
-        if manifest.get("format") != FORMAT:
-            raise StoreError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-        return manifest
+            data = f.read()
+        try:
+            manifest = json.loads(data)
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            raise ManifestError(f"{uri}/{MANIFEST}: not valid JSON ({e})") from None
+        return check_manifest(manifest, f"{uri}/{MANIFEST}")
 
     # -- writing --------------------------------------------------------------------------
 
@@ -320,36 +449,22 @@ class LogitStore:
         return [f"{self.uri}/{entry['name']}" for entry in self._files()]
 
     def shard_paths(self) -> list[str]:
-        """The same shards as paths inside `self.filesystem` (for pq / Ray Data `filesystem=`)."""
+        """The same shards as paths inside `self.filesystem`; unverified, unlike `shards()`."""
         return [self._path(entry["name"]) for entry in self._files()]
 
-    def _read_shard(self, entry: dict[str, Any], verify: bool) -> bytes:
-        name, path = entry["name"], self._path(entry["name"])
-        try:
-            with self.filesystem.open_input_stream(path) as f:
-                data = f.read()
-        except FileNotFoundError as e:
-            raise ChecksumError(f"shard {name} is missing from {self.uri}") from e
-        if verify:
-            if len(data) != entry["bytes"]:
-                raise ChecksumError(
-                    f"shard {name}: {len(data)} bytes, manifest says {entry['bytes']} (truncated?)"
-                )
-            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                raise ChecksumError(f"shard {name}: sha256 differs from the manifest (corrupted)")
-            rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
-            if rows != entry["rows"]:
-                raise ChecksumError(f"shard {name}: {rows} rows, manifest says {entry['rows']}")
-        return data
+    def shards(self) -> list[Shard]:
+        """Committed shards in commit order, each read through its manifest checks."""
+        return [Shard(self.filesystem, self._path(entry["name"]), entry, f"{self.uri}/{MANIFEST}")
+                for entry in self._files()]
 
     def verify(self) -> None:
         """Re-hash every committed shard; ChecksumError names the first missing/bad one."""
-        for entry in self._files():
-            self._read_shard(entry, verify=True)
+        for shard in self.shards():
+            shard.read_bytes()
 
     def _tables(self, verify: bool) -> Iterator[pa.Table]:
-        for entry in self._files():
-            yield pq.read_table(pa.BufferReader(self._read_shard(entry, verify)))
+        for shard in self.shards():
+            yield shard.read_table(verify=verify)
 
     def read_table(self, verify: bool = True) -> pa.Table:
         """All committed rows; with `verify`, a ChecksumError before anything bad is read."""
