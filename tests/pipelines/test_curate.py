@@ -106,7 +106,10 @@ def _committed(store_dir: Path) -> int:
 
 
 def test_a_killed_run_resumes_and_stores_each_problem_once(tmp_path, model_path):
-    overrides = tiny_curation_overrides(tmp_path, n=12) + ["engine.batch_size=3", "curate.shard_rows=1"]
+    # A commit after every batch of 2: the first comes with 5 batches still to generate, seconds
+    # of decoding on any machine, so the poll below catches the run in the middle.
+    overrides = tiny_curation_overrides(tmp_path, n=12) + ["engine.batch_size=2", "curate.shard_rows=1",
+                                                           "curate.commit_every_s=0"]
     cmd = [sys.executable, "-m", "cluster.cli", "curate", "-q", *overrides]
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
@@ -114,8 +117,8 @@ def test_a_killed_run_resumes_and_stores_each_problem_once(tmp_path, model_path)
     store_dir = tmp_path / "curated"
     deadline = time.monotonic() + 600
     while _committed(store_dir) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(1)
-    assert proc.poll() is None, "the run finished before it could be killed: make it longer"
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = LogitStore.open(store_dir, allow_empty=True)

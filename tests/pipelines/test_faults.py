@@ -50,15 +50,15 @@ def _curation_actors(ray: Any) -> dict[str, dict[str, Any]]:
 class _Run(threading.Thread):
     """`run_curation` in the background; its summary or its exception once it returns."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any, on_commit: Any = None):
         super().__init__(daemon=True, name="curation")
-        self.cfg, self.summary, self.error = cfg, None, None
+        self.cfg, self.on_commit, self.summary, self.error = cfg, on_commit, None, None
 
     def run(self) -> None:
         from pipelines.curate import run_curation
 
         try:
-            self.summary = run_curation(self.cfg, progress=False)
+            self.summary = run_curation(self.cfg, progress=False, on_commit=self.on_commit)
         except BaseException as e:  # noqa: BLE001 - reported by the test
             self.error = e
 
@@ -81,41 +81,54 @@ def _wait(predicate, timeout: float, what: str, step: float = 0.5) -> None:
 
 
 def test_sigkilled_engine_actor_mid_run_loses_and_duplicates_nothing(tmp_path, model_path, ray_session):
+    """The kill happens inside the run's first commit callback: the driver is still in the
+    middle of the run whatever the machine's speed (the batches left are still to commit)."""
     import psutil
 
     ray = ray_session
-    cfg = load_config(None, tiny_curation_overrides(tmp_path, n=16) + ["engine.batch_size=4", "curate.shard_rows=2"])
+    # A commit after every batch of 4, so the first one comes with 12 of 16 problems still to go.
+    cfg = load_config(None, tiny_curation_overrides(tmp_path, n=16) + [
+        "engine.batch_size=4", "curate.shard_rows=2", "curate.commit_every_s=0"])
     all_ids = {p.id for p in load_problems(cfg.data)[0]}
     assert len(all_ids) == 16
     store_dir = Path(cfg.store_dir)
     before = set(_curation_actors(ray))  # earlier runs in this session (dead by now)
     t0 = time.monotonic()
+    fault: dict[str, Any] = {}
 
-    run = _Run(cfg)
+    def inject(rows: list[dict[str, Any]]) -> None:
+        """SIGKILLs the engine actor's worker process (a crash, not ray.kill's path), once."""
+        if fault:
+            return
+        fault["t_commit"] = time.monotonic() - t0
+        alive = {aid: a for aid, a in _curation_actors(ray).items() if aid not in before and a["State"] == "ALIVE"}
+        assert len(alive) == 1, f"expected one live {WORKER} actor (engine.replicas=1): {alive}"
+        (fault["actor_id"], actor), = alive.items()
+        victim = psutil.Process(actor["Pid"])
+        assert "ray::" in " ".join(victim.cmdline()) or victim.name().startswith("ray::"), victim.cmdline()
+        fault["victim"] = victim
+        fault["engine_children"] = victim.children(recursive=True)  # vLLM's EngineCore process(es)
+        fault["committed"] = _committed(store_dir)
+        fault["done"] = LogitStore.open(cfg.store_dir, allow_empty=True).done_ids()
+        os.kill(victim.pid, signal.SIGKILL)
+        _wait(lambda: _gone(victim), 30, "the killed pid to exit")
+
+    run = _Run(cfg, on_commit=inject)
     run.start()
-    _wait(lambda: _committed(store_dir) >= 1 or not run.is_alive(), 900, "the first committed shard", 0.2)
-    assert run.is_alive(), f"the run ended before the fault could be injected: make it longer ({run.error!r})"
-    t_commit = time.monotonic() - t0
-
-    # -- inject: SIGKILL the engine actor's worker process (a crash, not ray.kill's path) --
-    alive = {aid: a for aid, a in _curation_actors(ray).items() if aid not in before and a["State"] == "ALIVE"}
-    assert len(alive) == 1, f"expected one live {WORKER} actor (engine.replicas=1): {alive}"
-    (actor_id, actor), = alive.items()
-    victim = psutil.Process(actor["Pid"])
-    assert "ray::" in " ".join(victim.cmdline()) or victim.name().startswith("ray::"), victim.cmdline()
-    engine_children = victim.children(recursive=True)  # vLLM's EngineCore process(es)
-    committed_at_kill = _committed(store_dir)
-    done_at_kill = LogitStore.open(cfg.store_dir, allow_empty=True).done_ids()
-    assert len(done_at_kill) < 16, "everything was committed before the fault: make the run longer"
-    os.kill(victim.pid, signal.SIGKILL)
-    _wait(lambda: _gone(victim), 30, "the killed pid to exit")
+    run.join(timeout=1500)
+    assert not run.is_alive(), "the run hung after its engine actor was killed"
+    assert fault, f"no commit happened, so no fault was injected ({run.error!r})"
+    if isinstance(run.error, AssertionError):
+        raise run.error  # the injection itself failed, not the run
+    # The run was mid-way when its actor died: a quarter of the problems committed, the rest not.
+    assert 0 < len(fault["done"]) <= 4 and fault["committed"] == 1, fault
+    victim, engine_children, actor_id = fault["victim"], fault["engine_children"], fault["actor_id"]
+    committed_at_kill, t_commit = fault["committed"], fault["t_commit"]
     # vLLM's engine process must not outlive its actor (1 GiB of KV cache, spinning on a socket).
     _wait(lambda: all(_gone(c) for c in engine_children), 120,
           f"the dead actor's engine processes to exit: {[c.pid for c in engine_children]}")
 
-    # -- outcome: the run survives (actor restarted, batch retried) or fails loudly, then resumes --
-    run.join(timeout=1500)
-    assert not run.is_alive(), "the run hung after its engine actor was killed"
+    # -- outcome: the run survived (actor restarted, batch retried) or failed loudly, then resumes --
     resumed = run.error is not None
     after_kill = _curation_actors(ray)[actor_id]
     if resumed:
