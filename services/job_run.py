@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import shutil
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -37,6 +41,10 @@ SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens")
 
 
 class JobCancelled(Exception):
+    pass
+
+
+class BatchTimeout(Exception):
     pass
 
 
@@ -103,13 +111,23 @@ Processor = Callable[[list[Row]], list[Row]]
 
 
 def _batches(cfg: RunConfig, todo: list[dict[str, Any]], process: Processor, concurrency: int,
-             should_stop: Callable[[], bool]) -> Iterator[pa.Table]:
+             should_stop: Callable[[], bool], timeout_s: float | None = None) -> Iterator[pa.Table]:
     """Problem batches through the stages, `concurrency` batches in flight (one per engine
-    replica). Batches are `ssb curate`'s: `engine.batch_size` problems in order."""
+    replica). Batches are `ssb curate`'s: `engine.batch_size` problems in order. A batch not
+    back within `timeout_s` of being waited for raises BatchTimeout: a hung engine must not
+    hold a job (and its lease) forever."""
     size = cfg.engine.batch_size
     chunks = [todo[i: i + size] for i in range(0, len(todo), size)]
     stopped = False
-    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ssb-batch") as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ssb-batch")
+
+    def result(future: Any) -> pa.Table:
+        try:
+            return to_table(future.result(timeout=timeout_s))
+        except FutureTimeout:
+            raise BatchTimeout(f"a batch took longer than batch_timeout_s={timeout_s}") from None
+
+    try:
         running = []
         for chunk in chunks:
             if should_stop():
@@ -117,20 +135,40 @@ def _batches(cfg: RunConfig, todo: list[dict[str, Any]], process: Processor, con
                 break
             running.append(pool.submit(process, [new_row(p) for p in chunk]))
             if len(running) >= concurrency:
-                yield to_table(running.pop(0).result())
+                yield result(running.pop(0))
         for future in running:  # batches already sent are finished and kept, cancelled or not
-            yield to_table(future.result())
+            yield result(future)
+    finally:
+        # Never wait here for a hung or abandoned batch: its thread ends when the engine answers.
+        pool.shutdown(wait=False, cancel_futures=True)
     if stopped:
         raise JobCancelled()
+
+
+class _FencedStore:
+    """The store as `consume` sees it: each commit first asks `fence`, which raises when this
+    runner may no longer write (its lease ran out), so a stale runner never adds a shard."""
+
+    def __init__(self, store: Any, fence: Callable[[], None]):
+        self._store, self._fence = store, fence
+
+    def append(self, *args: Any, **kwargs: Any) -> Any:
+        self._fence()
+        return self._store.append(*args, **kwargs)
 
 
 def run_job(settings: ServiceSettings, spec: dict[str, Any], run_dir: str,
             processor: Callable[[RunConfig], Processor], *, on_commit: Callable[[dict[str, int]], None],
             should_stop: Callable[[], bool], concurrency: int = 1,
-            on_start: Callable[[int], None] | None = None) -> CurationSummary:
+            on_start: Callable[[int, str], None] | None = None,
+            fence: Callable[[], None] | None = None) -> CurationSummary:
     """Runs (or resumes) a job to the end; JobCancelled when `should_stop` turned true.
     `processor(cfg)` gives the function that runs the four stages on one batch of rows;
-    `on_start` learns how many problems the job really has (a dataset's limit is a bound)."""
+    `on_start(problems, load_report)` learns how many problems the job really has (a dataset's
+    limit is a bound) and what the loader skipped and why; `fence()` runs before every write
+    to the run directory and raises to stop the job writing."""
+    check = fence or (lambda: None)
+    check()
     if spec["source"]["kind"] == "inline":
         write_inline(run_dir, spec["problems"])
     cfg = job_config(settings, spec, run_dir)
@@ -138,11 +176,13 @@ def run_job(settings: ServiceSettings, spec: dict[str, Any], run_dir: str,
     summary = CurationSummary()
     run = open_run(cfg, summary)
     if on_start is not None:
-        on_start(summary.problems)
+        on_start(summary.problems, summary.load_report)
     if run.todo:
-        consume(_batches(cfg, run.todo, processor(cfg), concurrency, should_stop), cfg, run.store, summary,
+        batches = _batches(cfg, run.todo, processor(cfg), concurrency, should_stop, settings.jobs.batch_timeout_s)
+        consume(batches, cfg, _FencedStore(run.store, check), summary,  # type: ignore[arg-type]
                 run.model, run.tokenizer, progress=False, total=len(run.todo), start=start,
                 on_commit=lambda rows: on_commit(progress_of(rows)))
+    check()
     close_run(cfg, run, summary, start)
     return summary
 
@@ -156,3 +196,42 @@ def result_of(cfg_store_dir: str, summary: CurationSummary) -> dict[str, Any]:
 
 
 SKIP_REASONS = [r.value for r in SkipReason]
+
+
+def sweep_run_dirs(jobs_root: str, get_record: Callable[[str], dict[str, Any] | None], retention_s: float,
+                   now: float | None = None) -> list[str]:
+    """Removes old job run directories; returns the job ids whose directory went.
+
+    `<jobs_root>/<id>` goes once nothing in it changed for `retention_s` seconds and its job
+    ended (succeeded, failed, cancelled) or its record expired (`get_record` gives None). A
+    queued or running job keeps its directory at any age; names that are not job ids are
+    never touched. `get_record` raising (Redis unavailable) stops the sweep: a record that
+    cannot be read is not an expired one.
+    """
+    root = Path(jobs_root)
+    if retention_s <= 0 or not root.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - retention_s
+    removed = []
+    for path in sorted(root.iterdir()):
+        if not (_JOB_ID.fullmatch(path.name) and path.is_dir() and _newest_mtime(path) < cutoff):
+            continue
+        record = get_record(path.name)
+        if record is None or record["status"] in ("succeeded", "failed", "cancelled"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _newest_mtime(path: Path) -> float:
+    newest = path.stat().st_mtime
+    for parent, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            try:
+                newest = max(newest, os.lstat(os.path.join(parent, name)).st_mtime)
+            except OSError:  # removed while we looked: something is still writing
+                return float("inf")
+    return newest

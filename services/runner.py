@@ -13,6 +13,16 @@ Backends (`jobs.backend`):
 - "openai": the stages run here and sample through the OpenAI LLMServer deployment
   (services/llm.py) with per-request seeds: reproducible per request, but numerically equal
   to `ssb curate` only where the engine's kernels are batch-invariant.
+
+Fencing: a lease carries the claim's epoch, and Redis refuses renewals, progress and the
+final status from a runner that no longer holds it (services/jobs.py). The runner also keeps
+a local deadline (the last renewal sent + `lease_s`): once it has less than a third of the
+lease left without a renewal, it stops writing (checked before every shard commit) and
+abandons the job, so a runner cut off from Redis has stopped before another can claim the
+job. This assumes runners' clocks agree to well within `lease_s / 3`, and that one commit
+takes less than that. Engine calls get a deadline (`batch_timeout_s`).
+
+Every `sweep_every_s` the runner also removes old job run directories (job_run.sweep_run_dirs).
 """
 
 from __future__ import annotations
@@ -22,31 +32,35 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from typing import Any, Callable
 
 from ssb.config import RunConfig
 
 from pipelines.stages import Row, curation_stages, from_table, run_stages, to_table
-from services.job_run import JobCancelled, result_of, run_job
-from services.jobs import JobStore, JobStoreUnavailable
+from services.job_run import JobCancelled, Processor, result_of, run_job, sweep_run_dirs
+from services.jobs import JobStore, JobStoreUnavailable, Lease, LeaseLost
 from services.settings import ServiceSettings
 
 log = logging.getLogger("ssb.runner")
 
 
 class CurationRunner:
-    def __init__(self, settings_json: str, engine: Any = None):
+    def __init__(self, settings_json: str, engine: Any = None,
+                 processor: Callable[[RunConfig], Processor] | None = None):
         """`engine`: the CurationEngine deployment's handle (backend "engine"); else the
-        OpenAI LLMServer is looked up by application name (backend "openai")."""
+        OpenAI LLMServer is looked up by application name (backend "openai"). `processor`
+        replaces both: cfg -> the function that runs the stages on one batch."""
         self.settings = ServiceSettings.model_validate_json(settings_json)
-        j = self.settings.jobs
-        self.jobs = JobStore(j.redis_url, prefix=j.prefix, job_ttl_s=j.job_ttl_s,
-                             idempotency_ttl_s=j.idempotency_ttl_s)
+        self.jobs = JobStore.from_config(self.settings.jobs)
         self.engine = engine
         self.name = f"runner-{uuid.uuid4().hex[:12]}"
+        self.stats: Counter[str] = Counter()  # finished, lease_lost, swept
         self._stop = threading.Event()
         self._openai: tuple[Any, Any] | None = None
+        self._custom = processor
         self._task: asyncio.Task[None] | None = None
+        self._next_sweep = 0.0
 
     def _ensure_started(self) -> None:
         if self._task is None:
@@ -61,14 +75,15 @@ class CurationRunner:
 
     async def status(self) -> dict[str, Any]:
         self._ensure_started()
-        return {"runner": self.name}
+        return {"runner": self.name, **self.stats}
 
     async def _loop(self) -> None:
         j = self.settings.jobs
         while not self._stop.is_set():
             try:
+                await asyncio.to_thread(self._sweep)
                 await asyncio.to_thread(self.jobs.reap, j.max_attempts)
-                job_id = await asyncio.to_thread(self.jobs.claim, self.name, j.lease_s)
+                lease = await asyncio.to_thread(self.jobs.claim, self.name, j.lease_s)
             except JobStoreUnavailable as exc:
                 log.warning("%s; retrying", exc)
                 await asyncio.sleep(1.0)
@@ -77,17 +92,39 @@ class CurationRunner:
                 log.exception("runner loop")
                 await asyncio.sleep(1.0)
                 continue
-            if job_id is None:
+            if lease is None:
                 await asyncio.sleep(j.poll_s)
                 continue
-            await asyncio.to_thread(self._run_one, job_id)
+            await asyncio.to_thread(self._run_one, lease)
+
+    def _sweep(self) -> None:
+        j = self.settings.jobs
+        if j.run_dir_retention_s <= 0 or time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + j.sweep_every_s
+        removed = sweep_run_dirs(j.jobs_root, self.jobs.get, j.run_dir_retention_s)
+        self.stats["swept"] += len(removed)
+        if removed:
+            log.info("removed %d old job run directories", len(removed))
 
     # -- one job ------------------------------------------------------------------------------
 
-    def _processor(self, cfg: RunConfig) -> Callable[[list[Row]], list[Row]]:
+    def _processor(self, cfg: RunConfig) -> Processor:
+        if self._custom is not None:
+            return self._custom(cfg)
         if self.settings.jobs.backend == "engine":
             cfg_json = cfg.model_dump_json()
-            return lambda rows: from_table(self.engine.run_batch.remote(cfg_json, to_table(rows)).result())
+            timeout = self.settings.jobs.batch_timeout_s
+
+            def on_engine(rows: list[Row]) -> list[Row]:
+                response = self.engine.run_batch.remote(cfg_json, to_table(rows))
+                try:
+                    return from_table(response.result(timeout_s=timeout))
+                except TimeoutError:
+                    response.cancel()
+                    raise
+
+            return on_engine
         from transformers import AutoTokenizer
 
         from services.llm import llm_server_handle
@@ -101,60 +138,85 @@ class CurationRunner:
         stages = curation_stages(ServedSampler(handle, self.settings.llm.model_id), tokenizer, cfg)
         return lambda rows: run_stages(stages, rows)
 
-    def _run_one(self, job_id: str) -> None:
+    def _run_one(self, lease: Lease) -> None:
+        job_id = lease.job_id
         record = self.jobs.get(job_id)
         if record is None:
             return
         done = threading.Event()
         cancelled = threading.Event()
-        lease = self.settings.jobs.lease_s
+        lost = threading.Event()
+        lease_s = self.settings.jobs.lease_s
+        margin = lease_s / 3
 
         def keep_lease() -> None:
-            while not done.wait(min(2.0, lease / 3)):
+            while not done.wait(min(2.0, margin)):
+                if lease.remaining() <= margin:
+                    break  # too late to renew safely: another runner may claim it soon
                 try:
-                    self.jobs.renew(job_id, lease)
+                    self.jobs.renew(lease, lease_s)
                     if self.jobs.cancel_requested(job_id):
                         cancelled.set()
                 except JobStoreUnavailable:
-                    pass  # the lease runs on; the job resumes elsewhere if Redis stays away
+                    continue  # the local deadline decides
+                except LeaseLost:
+                    break
+            if not done.is_set():
+                lost.set()
 
         threading.Thread(target=keep_lease, daemon=True, name=f"lease-{job_id[:8]}").start()
 
+        def fence() -> None:
+            if lost.is_set() or lease.remaining() <= margin:
+                lost.set()
+                raise LeaseLost(f"job {job_id}: lease not renewed in time; {self.name} stops writing")
+
+        def should_stop() -> bool:
+            fence()
+            return cancelled.is_set()
+
         def on_commit(counts: dict[str, int]) -> None:
             try:
-                self.jobs.add_progress(job_id, counts)
+                self.jobs.add_progress(lease, counts)
             except JobStoreUnavailable:
                 log.warning("job %s: progress not recorded (Redis unavailable); the store has it", job_id)
 
-        def on_start(problems: int) -> None:
+        def on_start(problems: int, load_report: str) -> None:
             try:
-                self.jobs.set_fields(job_id, {"problems": str(problems)})
+                self.jobs.set_fields(lease, {"problems": str(problems), "load_report": load_report})
             except JobStoreUnavailable:
                 pass
 
         try:
             summary = run_job(self.settings, record["spec"], record["run_dir"], self._processor,
-                              on_commit=on_commit, should_stop=cancelled.is_set, on_start=on_start,
+                              on_commit=on_commit, should_stop=should_stop, on_start=on_start, fence=fence,
                               concurrency=max(1, self.settings.run.engine.replicas))
             status, fields = "succeeded", {"result": result_of(f"{record['run_dir']}/curated", summary),
                                            "kept": summary.store.get("rows", 0)}
         except JobCancelled:
             status, fields = "cancelled", {}
-        except JobStoreUnavailable:
+        except (JobStoreUnavailable, LeaseLost) as exc:
             done.set()
-            return  # nothing to record it in: the lease runs out and the job is resumed
+            self.stats["lease_lost"] += isinstance(exc, LeaseLost)
+            log.warning("job %s abandoned: %s", job_id, exc)
+            return  # the lease runs out (or already did) and the job resumes from its store
         except Exception as exc:  # the job fails; the service does not
             log.exception("job %s failed", job_id)
             status, fields = "failed", {"error": f"{type(exc).__name__}: {str(exc)[:500]}", "resumable": "1"}
         finally:
             done.set()
-        self._finish(job_id, status, fields)
+        self._finish(lease, status, fields)
 
-    def _finish(self, job_id: str, status: str, fields: dict[str, Any]) -> None:
+    def _finish(self, lease: Lease, status: str, fields: dict[str, Any]) -> None:
         deadline = time.monotonic() + 600
         while True:
             try:
-                self.jobs.finish(job_id, status, fields)
+                self.jobs.finish(lease, status, fields)
+                self.stats["finished"] += 1
+                return
+            except LeaseLost as exc:
+                self.stats["lease_lost"] += 1
+                log.warning("%s; its new holder finishes it", exc)
                 return
             except JobStoreUnavailable:
                 if time.monotonic() > deadline:

@@ -62,8 +62,15 @@ class ApiConfig(_Strict):
 class JobsConfig(_Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "ssb"
-    job_ttl_s: int = 7 * 86400  # finished job records expire; their stores stay on disk
+    # Every ended job (succeeded, failed, cancelled) expires this long after it ended; 0: never.
+    job_ttl_s: int = 7 * 86400
     idempotency_ttl_s: int = 86400
+    max_stored_jobs_per_token: int = 1000  # records not yet expired, in any state (bounds Redis)
+    # The runner removes <jobs_root>/<id> once its job has ended (or its record expired) and
+    # nothing in it changed for this long; 0 keeps run directories forever.
+    run_dir_retention_s: int = 7 * 86400
+    sweep_every_s: float = 600.0
+    batch_timeout_s: float = 3600.0  # one batch through the engine; past it the job fails, resumable
     jobs_root: str = "runs/serve/jobs"  # a job's run directory is <jobs_root>/<job id>
     runner_replicas: int = 1
     lease_s: float = 30.0  # a runner that stops renewing for this long has lost its job

@@ -48,8 +48,9 @@ def test_the_concurrent_jobs_limit_counts_queued_and_running_jobs(redis_dir):
            for _ in range(2)]
     with pytest.raises(TooManyJobs, match="max_concurrent_jobs_per_token=2"):
         jobs.create("alice", SPEC, problems=1, jobs_root="/r", idempotency_key=None, max_active=2)
-    assert jobs.claim("r1", 30) == ids[0]
-    jobs.finish(ids[0], "succeeded", {"result": {"rows": 1}})
+    lease = jobs.claim("r1", 30)
+    assert lease.job_id == ids[0]
+    jobs.finish(lease, "succeeded", {"result": {"rows": 1}})
     jobs.create("alice", SPEC, problems=1, jobs_root="/r", idempotency_key=None, max_active=2)  # room again
 
 
@@ -57,13 +58,13 @@ def test_a_lost_runner_lease_requeues_the_job_then_fails_it_resumable(redis_dir)
     jobs = _store(redis_dir)
     job_id = jobs.create("alice", SPEC, problems=1, jobs_root="/r", idempotency_key=None, max_active=4)[0]["id"]
     for attempt in (1, 2):
-        assert jobs.claim(f"runner-{attempt}", 0.05) == job_id
+        assert jobs.claim(f"runner-{attempt}", 0.05).job_id == job_id
         time.sleep(0.1)
         assert jobs.reap(max_attempts=2) == 1
         record = jobs.get(job_id)
     assert record["status"] == "failed" and record["resumable"] and "resubmit" in record["error"]
     assert jobs.resume(job_id, max_active=4) == "queued"
-    assert jobs.claim("runner-3", 30) == job_id
+    assert jobs.claim("runner-3", 30).job_id == job_id
 
 
 def test_cancel_a_queued_job_removes_it_from_the_queue(redis_dir):
@@ -78,15 +79,15 @@ def test_a_redis_crash_loses_no_acknowledged_job(redis_dir):
     jobs = _store(redis_dir)
     made = [jobs.create("alice", SPEC, problems=1, jobs_root="/r", idempotency_key=f"k{i}", max_active=100)[0]
             for i in range(20)]
-    claimed = jobs.claim("r", 300)
-    jobs.add_progress(claimed, {"rolled_out": 1, "skipped": 1, "skipped:no_correct_rollout": 1})
+    lease = jobs.claim("r", 300)
+    jobs.add_progress(lease, {"rolled_out": 1, "skipped": 1, "skipped:no_correct_rollout": 1})
     redis_dir.stop(kill=True)  # SIGKILL: only what the append-only file holds survives
     with pytest.raises(JobStoreUnavailable, match="unavailable"):
         jobs.get(made[0]["id"])
     redis_dir.start()
     for record in made:
         assert jobs.get(record["id"]) is not None
-    progressed = jobs.get(claimed)
+    progressed = jobs.get(lease.job_id)
     assert progressed["status"] == "running" and progressed["skipped_by_reason"] == {"no_correct_rollout": 1}
     again, created = jobs.create("alice", SPEC, problems=1, jobs_root="/r", idempotency_key="k3", max_active=100)
     assert not created and again["id"] == made[3]["id"]
