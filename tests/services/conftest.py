@@ -25,7 +25,9 @@ def service_overrides(run_dir: Path) -> list[str]:
         "engine.batch_size=4",
         # bf16 on CPU is not batch-invariant: the engine in the service and the one `ssb curate`
         # starts batch differently, and bf16 rounding then flips sampled tokens. float32 does not.
-        "model.dtype=float32"]
+        "model.dtype=float32",
+        # A commit after every batch: the fault tests kill a runner between two commits.
+        "curate.commit_every_s=0"]
 
 
 @dataclass
