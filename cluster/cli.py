@@ -16,10 +16,28 @@ import argparse
 import json
 import logging
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 from ssb.config import RunConfig, load_config
 from ssb.store import StoreError
+
+
+def _looks_like_a_path(name: str) -> bool:
+    # A hub name is "name" or "org/name"; anything else is meant as a local directory.
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
+def _check_inputs(cfg: RunConfig) -> None:
+    """Missing local inputs fail here, in a line, before a tokenizer, Ray or an engine loads."""
+    from ssb.data import check_source
+
+    if _looks_like_a_path(cfg.model.name) and not Path(cfg.model.name).expanduser().exists():
+        raise FileNotFoundError(f"model {cfg.model.name!r} does not exist (a local model directory or a hub name "
+                                "such as Qwen/Qwen2.5-3B-Instruct)")
+    if cfg.model.adapter and "://" not in cfg.model.adapter and not Path(cfg.model.adapter).expanduser().exists():
+        raise FileNotFoundError(f"model.adapter {cfg.model.adapter!r} does not exist")
+    check_source(cfg.data)
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -32,7 +50,9 @@ def _config(args: argparse.Namespace) -> RunConfig:
     benchmarks = getattr(args, "benchmarks", None)
     if benchmarks:
         overrides.append("eval.benchmarks=" + json.dumps([b.strip() for b in benchmarks.split(",") if b.strip()]))
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    _check_inputs(cfg)
+    return cfg
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
@@ -124,6 +144,16 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
 }
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: need at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssb", description="Semantic Soft Bootstrapping on Ray")
     parser.add_argument("--log-level", default="WARNING")
@@ -142,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--with-base", dest="with_base", action="store_true",
                            help="evaluate the base model too, in the same job")
         if name == "run":
-            p.add_argument("--rounds", type=int, default=1, help="bootstrapping rounds (round r+1 curates with "
-                                                                 "round r's student)")
+            p.add_argument("--rounds", type=_positive_int, default=1,
+                           help="bootstrapping rounds (round r+1 curates with round r's student)")
             p.add_argument("--skip-base", dest="skip_base", action="store_true",
                            help="reuse the base model's results already in <run-dir>/eval/base")
         if name in ("eval", "run"):
@@ -160,18 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setting_error(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting {where!r}"
+    value = repr(error.get("input"))
+    shown = "" if isinstance(error.get("input"), dict) else "=" + (value if len(value) <= 60 else value[:57] + "...")
+    return f"{where}{shown}: {error['msg'].removeprefix('Value error, ')}"
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for the terminal: scripts and people read the last line of stderr."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "invalid config: " + "; ".join(_setting_error(e) for e in exc.errors())
+    if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror.lower()}"
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)
     except (ValueError, OSError, RuntimeError, StoreError) as exc:
-        from pydantic import ValidationError
-
-        if isinstance(exc, ValidationError):
-            print(f"ssb {args.command}: invalid config:\n{exc}", file=sys.stderr)
-        else:
-            print(f"ssb {args.command}: {exc}", file=sys.stderr)
+        print(f"ssb {args.command}: {error_line(exc)}", file=sys.stderr)
         return 2
 
 

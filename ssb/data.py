@@ -2,7 +2,8 @@
 
 Real datasets hold bad rows (broken JSON, missing answers, duplicate ids). Each one is
 counted under a reason, a few locations are kept as examples, and the rest still load: a
-curation run should report what it dropped, never die on line 4,711.
+curation run should report what it dropped, never die on line 4,711. A source with no valid
+problem at all is an error, though: it is the wrong file or the wrong field names.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ssb.config import DataConfig
 from ssb.records import Problem
 from ssb.synthetic import synthetic_problems
 
-__all__ = ["LoadReport", "load_problems", "last_boxed", "extract_reference_answer", "synthetic_problems"]
+__all__ = ["LoadReport", "check_source", "load_problems", "last_boxed", "extract_reference_answer",
+           "synthetic_problems"]
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "query")
 ANSWER_FIELDS = ("answer", "final_answer", "solution")
@@ -69,6 +71,11 @@ class LoadReport:
         for reason, count in sorted(self.skipped.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {reason}: {count}  e.g. " + "; ".join(self.examples.get(reason, [])))
         return "\n".join(lines)
+
+    def first_reasons(self, n: int = 3) -> str:
+        """The `n` commonest skip reasons on one line, each with its first example."""
+        top = sorted(self.skipped.items(), key=lambda kv: -kv[1])[:n]
+        return "; ".join(f"{reason} x{count} (e.g. {self.examples[reason][0]})" for reason, count in top)
 
 
 def last_boxed(text: str) -> str | None:
@@ -144,7 +151,12 @@ def load_problems(cfg: DataConfig) -> tuple[list[Problem], LoadReport]:
         id_prefix = f"{name}-{cfg.split}"
         rows = _read_hub(cfg)
     report = LoadReport(source=name)
-    return _to_problems(rows, cfg, name, id_prefix, report), report
+    problems = _to_problems(rows, cfg, name, id_prefix, report)
+    if not problems:
+        where = file if path is not None else f"{cfg.source} (split {cfg.split!r})"
+        why = f": {report.first_reasons()}" if report.skipped else ""
+        raise ValueError(f"data source {where}: no valid problem in {report.total} records{why}")
+    return problems, report
 
 
 # A row as read: its 0-based index in the file, where to point a human, and the parsed
@@ -233,6 +245,15 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def check_source(cfg: DataConfig) -> None:
+    """Raises for a local source that is not there; cheap, so callers check before loading."""
+    if cfg.source == "synthetic":
+        return
+    path = _local_path(cfg.source)
+    if path is not None and path.is_dir():
+        _resolve_split_file(path, cfg.split)
 
 
 def _local_path(source: str) -> Path | None:

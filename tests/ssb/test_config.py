@@ -47,3 +47,63 @@ def test_curation_hash_tracks_what_examples_depend_on():
     assert base.curation_hash() == load_config(None, ["curate.shard_rows=7", "train.lr=1e-3"]).curation_hash()
     assert base.curation_hash() != load_config(None, ["curate.top_k=10"]).curation_hash()
     assert base.curation_hash() != load_config(None, ["model.name=other"]).curation_hash()
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("curate.rollout.n=0", "curate.rollout.n"),
+        ("curate.rollout.n=-3", "curate.rollout.n"),
+        ("curate.rollout.n=true", "curate.rollout.n"),
+        ("curate.rollout.temperature=-5", "curate.rollout.temperature"),
+        ("curate.teacher.top_p=0", "curate.teacher.top_p"),
+        ("curate.teacher.top_p=1.5", "curate.teacher.top_p"),
+        ("curate.top_k=0", "curate.top_k"),
+        ("curate.shard_rows=0", "curate.shard_rows"),
+        ("data.limit=-1", "data.limit"),
+        ("data.limit=0", "data.limit"),
+        ("data.synthetic.n=0", "data.synthetic.n"),
+        ("engine.batch_size=0", "engine.batch_size"),
+        ("engine.replicas=0", "engine.replicas"),
+        ("engine.gpu_memory_utilization=1.5", "engine.gpu_memory_utilization"),
+        ("engine.cpu_kvcache_gb=0", "engine.cpu_kvcache_gb"),
+        ("verify.timeout_s=0", "verify.timeout_s"),
+        ("verify.workers=0", "verify.workers"),
+        ("prompts.rollout_shots=-1", "prompts.rollout_shots"),
+        ("train.lr=0", "train.lr"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.temperature=0", "train.temperature"),
+        ("train.lora.dropout=1", "train.lora.dropout"),
+        ("train.max_grad_norm=0", "train.max_grad_norm"),
+        ("train.max_failures=-2", "train.max_failures"),
+        ("train.strategy=zero3", "train.strategy"),
+        ("train.max_steps=0", "train.max_steps"),
+        ("eval.n=-1", "eval.n"),
+        ("eval.limit=0", "eval.limit"),
+        ("ray.object_store_memory=1000", "ray.object_store_memory"),
+    ],
+)
+def test_out_of_range_settings_are_refused_naming_the_setting(override, field):
+    with pytest.raises(ValidationError) as err:
+        load_config(None, [override])
+    assert [".".join(map(str, e["loc"])) for e in err.value.errors()] == [field]
+
+
+def test_limits_that_mean_something_stay_allowed():
+    cfg = load_config(None, ["eval.n=0", "train.num_workers=0", "train.max_failures=-1", "curate.rollout.temperature=0",
+                             "train.kl_weight=0", "train.ce_weight=1", "prompts.rollout_shots=0"])
+    assert (cfg.eval.n, cfg.train.num_workers, cfg.train.max_failures, cfg.curate.rollout.temperature) == (0, 0, -1, 0)
+    with pytest.raises(ValidationError, match="no loss"):
+        load_config(None, ["train.kl_weight=0"])
+
+
+def test_config_file_errors_are_one_clear_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config file .*nope.yaml.* does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("curate:\n  rollout: {n: 2\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: not valid YAML at line 3") as err:
+        load_config(bad)
+    assert "\n" not in str(err.value)
+    # An override that is not YAML is text: a prompt may hold anything.
+    assert load_config(None, ["prompts.tutor_system=Solve: {x"]).prompts.tutor_system == "Solve: {x"

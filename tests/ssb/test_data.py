@@ -142,6 +142,18 @@ def test_examples_are_capped_at_five_per_reason(tmp_path: Path) -> None:
     assert len(report.examples["invalid_json"]) == 5
 
 
+def test_a_file_with_no_valid_problem_is_an_error_naming_it_and_why(tmp_path: Path) -> None:
+    path = _write_lines(tmp_path / "all_bad.jsonl", [b"{nope"] * 4 + [_obj(question="No answer?")] + [b"[1]"])
+    with pytest.raises(ValueError) as err:
+        load_problems(DataConfig(source=str(path)))
+    message = str(err.value)
+    assert str(path) in message and "no valid problem in 6 records" in message and "\n" not in message
+    assert re.search(r"invalid_json x4 \(e\.g\. line 1: .*missing_answer x1 \(e\.g\. line 5", message)
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(ValueError, match="empty.jsonl: no valid problem in 0 records$"):
+        load_problems(DataConfig(source=str(tmp_path / "empty.jsonl")))
+
+
 def test_fallback_ids_are_stable_row_positions_not_shifted_by_skips(tmp_path: Path) -> None:
     path = _write_lines(tmp_path / "mine.jsonl",
                         [_obj(question="a?", answer="1"), b"{bad", _obj(question="c?", answer="3")])
