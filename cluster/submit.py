@@ -15,6 +15,16 @@ the config model before anything is uploaded) and, after `--`, the command's own
 The job's working directory is a temporary copy on the head node: give `run_dir` as shared
 storage (an absolute path every node mounts, or s3:// / gs://), not a relative path.
 
+Secrets: `--env` values travel in the job's runtime_env, which Ray keeps in the job's record
+for the life of the cluster and hands back in clear to `ray job list`, the SDK and the jobs
+API (Ray 2.60 hides env_vars from browsers only); no Ray Jobs channel carries a value without
+recording it. So `--env` refuses names and values that look like secrets (HF_TOKEN,
+*_API_KEY, hf_..., sk-...) unless `--allow-secret-env` is given. Put secrets on the cluster
+instead: the nodes' own environment (a KubeRay env from a Secret, `ray start` under the
+variable), or a file on storage the nodes mount, named by a variable that is not secret
+(`--env HF_TOKEN_PATH=/shared/secrets/hf_token`). Files that usually hold secrets (.env,
+*.pem, keys, .netrc, ...) are never uploaded.
+
 Token auth (Ray >= 2.52; `ray start` clusters enable it when a token exists, KubeRay with
 `authOptions`): the token is read like Ray reads it — `--token-file`, else RAY_AUTH_TOKEN,
 else the file at RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token — and sent as a bearer token
@@ -26,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shlex
 import sys
 import time
@@ -37,6 +48,11 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Not uploaded: environments, outputs, VCS, caches, local wheel folders (gitignore patterns).
 EXCLUDES = [".venv", "venv", ".git", "runs", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info",
             ".mypy_cache", ".ruff_cache", ".cache", ".gl", ".whl", "/build", "/dist", "*.parquet", "*.safetensors"]
+# Nor what usually holds secrets: the package sits in the cluster's store and on every node.
+SECRET_EXCLUDES = [".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore",
+                   "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".ssh", ".gnupg", ".aws", ".kube", ".docker",
+                   ".netrc", ".pypirc", ".npmrc", ".git-credentials", "secrets", ".secrets", "*.secret", "*.secrets",
+                   "credentials.json", "service-account*.json", "auth_token", "*.token", "*.kdbx"]
 # Set in every job; `--env` overrides.
 DEFAULT_ENV = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -112,8 +128,21 @@ def entrypoint(command: str, config: str, passthrough: list[str], *, working_dir
     return shlex.join(argv + passthrough)
 
 
-def parse_env(items: list[str]) -> dict[str, str]:
-    """`KEY=VALUE`, or `KEY` to pass this shell's value along (e.g. HF_TOKEN)."""
+_SECRET_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "APIKEY", "CREDENTIAL", "CREDENTIALS"}
+_REFERENCE_WORDS = {"PATH", "FILE", "DIR"}  # HF_TOKEN_PATH names where a secret is, not the secret
+# Hugging Face, OpenAI-style, GitHub, Slack and AWS access keys, whatever variable holds them.
+_SECRET_VALUE = re.compile(r"(hf_|sk-|ghp_|gho_|github_pat_|xox[abp]-|AKIA)[A-Za-z0-9_\-]{8,}")
+
+
+def looks_secret(name: str, value: str) -> bool:
+    words = re.split(r"[^A-Z0-9]+", name.upper())
+    by_name = bool(_SECRET_WORDS.intersection(words)) and words[-1] not in _REFERENCE_WORDS
+    return by_name or bool(_SECRET_VALUE.match(value.strip()))
+
+
+def parse_env(items: list[str], *, allow_secrets: bool = False) -> dict[str, str]:
+    """`KEY=VALUE`, or `KEY` to pass this shell's value along. Secret-looking ones are refused
+    (the module docstring says why and what to do instead) unless `allow_secrets`."""
     env: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -121,13 +150,20 @@ def parse_env(items: list[str]) -> dict[str, str]:
             if key not in os.environ:
                 raise ValueError(f"--env {key}: not set in this environment")
             value = os.environ[key]
+        if looks_secret(key, value):
+            if not allow_secrets:
+                raise ValueError(f"--env {key} looks like a secret: Ray keeps env_vars in the job's record and shows "
+                                 "them to `ray job list` and the SDK. Set it on the cluster's nodes, pass a file path "
+                                 "(e.g. HF_TOKEN_PATH=/shared/hf_token), or add --allow-secret-env to send it anyway")
+            print(f"ssb submit: warning: --env {key} is stored in clear in the job's runtime_env", file=sys.stderr)
         env[key] = value
     return env
 
 
 def runtime_env(working_dir: Path, *, env: dict[str, str] | None = None, pip: list[str] | None = None,
                 excludes: list[str] | None = None) -> dict[str, Any]:
-    renv: dict[str, Any] = {"working_dir": str(working_dir), "excludes": EXCLUDES + list(excludes or []),
+    renv: dict[str, Any] = {"working_dir": str(working_dir),
+                            "excludes": EXCLUDES + SECRET_EXCLUDES + list(excludes or []),
                             "env_vars": {**DEFAULT_ENV, **(env or {})}}
     if pip:
         renv["pip"] = list(pip)
@@ -195,7 +231,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # Flags first: argparse takes no options after a run of overrides has started.
     entry = entrypoint(args.job_command, args.config, flags + overrides, working_dir=working_dir,
                        progress=args.progress)
-    renv = runtime_env(working_dir, env=parse_env(args.env), pip=args.pip, excludes=args.exclude)
+    renv = runtime_env(working_dir, env=parse_env(args.env, allow_secrets=args.allow_secret_env), pip=args.pip,
+                       excludes=args.exclude)
     client = make_client(args.address, args.token_file)
     kwargs: dict[str, Any] = {}
     if args.entrypoint_num_cpus is not None:
@@ -233,7 +270,11 @@ def _add_submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-follow", dest="no_follow", action="store_true", help="print the job id and return")
     p.add_argument("--progress", action="store_true", help="keep the command's progress bars in the logs")
     p.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
-                   help="environment variable for the job (KEY alone: this shell's value); repeatable")
+                   help="environment variable for the job (KEY alone: this shell's value); repeatable. Values "
+                        "are recorded in the job: secret-looking ones are refused")
+    p.add_argument("--allow-secret-env", dest="allow_secret_env", action="store_true",
+                   help="send secret-looking --env values anyway (readable by anyone with access to the cluster's "
+                        "jobs API)")
     p.add_argument("--pip", action="append", default=[], metavar="REQ",
                    help="extra pip requirement installed for this job; repeatable")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",

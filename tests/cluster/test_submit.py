@@ -43,15 +43,53 @@ def test_submit_options_mix_with_overrides_and_flags_pass_after_double_dash():
 
 
 def test_runtime_env_uploads_the_project_without_venv_runs_git_or_caches(monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "secret")
-    renv = submit.runtime_env(REPO, env=submit.parse_env(["VLLM_CPU_KVCACHE_SPACE=4", "HF_TOKEN"]), pip=["x==1"])
+    monkeypatch.setenv("SSB_TEST_PLAIN", "plain")
+    renv = submit.runtime_env(REPO, env=submit.parse_env(["VLLM_CPU_KVCACHE_SPACE=4", "SSB_TEST_PLAIN"]),
+                              pip=["x==1"])
     assert renv["working_dir"] == str(REPO) and renv["pip"] == ["x==1"]
     for pattern in (".venv", "runs", ".git", "__pycache__", ".pytest_cache"):
         assert pattern in renv["excludes"]
-    assert renv["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "4" and renv["env_vars"]["HF_TOKEN"] == "secret"
+    assert renv["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "4" and renv["env_vars"]["SSB_TEST_PLAIN"] == "plain"
     assert renv["env_vars"]["TOKENIZERS_PARALLELISM"] == "false"
     with pytest.raises(ValueError, match="not set"):
         submit.parse_env(["SSB_SURELY_UNSET_VARIABLE"])
+
+
+@pytest.mark.parametrize("item", ["HF_TOKEN", "WANDB_API_KEY=abc", "AWS_SECRET_ACCESS_KEY=x", "DB_PASSWORD=pw",
+                                  "MY_VAR=hf_abcdefghijklmnop", "OTHER=sk-abcdefghijklmnop"])
+def test_secret_looking_env_is_refused_unless_allowed(item, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", "hf_secretvalue1234")
+    with pytest.raises(ValueError, match="looks like a secret") as err:
+        submit.parse_env([item])
+    assert "hf_secretvalue1234" not in str(err.value)
+    key = item.partition("=")[0]
+    assert key in submit.parse_env([item], allow_secrets=True)
+    assert f"--env {key} is stored in clear" in capsys.readouterr().err
+
+
+def test_names_that_only_point_at_a_secret_pass():
+    env = submit.parse_env(["HF_TOKEN_PATH=/shared/hf_token", "TOKENIZERS_PARALLELISM=true", "HF_HOME=/x"])
+    assert env["HF_TOKEN_PATH"] == "/shared/hf_token"
+
+
+def test_secret_files_venv_and_runs_are_left_out_of_the_uploaded_package(tmp_path):
+    from zipfile import ZipFile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    project = tmp_path / "project"
+    kept = ["cluster/cli.py", "ssb/tokenizer_notes.md", "configs/default.yaml", "keys.py", "environment.md"]
+    left_out = [".env", ".env.local", "prod.env", "certs/server.pem", "tls.key", ".ssh/id_rsa", "id_ed25519.pub",
+                ".netrc", ".pypirc", "secrets/hf_token", "cloud/credentials.json", ".aws/credentials",
+                ".venv/bin/python", "runs/default/report.md", "sub/runs/x.json", "auth_token"]
+    for name in kept + left_out:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("x")
+    renv = submit.runtime_env(project)
+    create_package(str(project), tmp_path / "pkg.zip", include_gitignore=True, excludes=renv["excludes"])
+    with ZipFile(tmp_path / "pkg.zip") as z:
+        uploaded = {n for n in z.namelist() if not n.endswith("/")}
+    assert uploaded == set(kept)
 
 
 def test_the_token_is_found_where_ray_looks_for_it(tmp_path, monkeypatch):
