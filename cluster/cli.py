@@ -111,9 +111,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from cluster import versions
     from cluster.doctor import report
 
     print(report(_config(args), convert=not args.no_convert))
+    # Warnings, not errors: a newer release often works, and doctor is how one finds out where.
+    print(versions.report())
     return 0
 
 
