@@ -5,9 +5,10 @@
 
 1. Check the store: made with this student's model and tokenizer, every shard's checksum
    matches the manifest, and it holds rows. Anything else is refused before Ray starts.
-2. Ray Data reads the manifest's shards (only the training columns; once, into the object
-   store, when the store is small); Ray Train splits them evenly between `train.num_workers`
-   workers (`get_dataset_shard("train")`).
+2. Ray Data reads the manifest's shards, each checked against the manifest again as it is
+   read (only the training columns; once, into the object store, when the store is small):
+   what trains is the bytes that were verified, even if a file changes after step 1. Ray
+   Train splits them evenly between `train.num_workers` workers (`get_dataset_shard("train")`).
 3. Each worker runs ssb.train's loop on a DDP-wrapped student (FSDP with
    `train.strategy: fsdp`, GPU only: best effort, not exercised on the CPU test box).
    Every `log_every` steps the metrics go through `ray.train.report` and rank 0 appends them
@@ -24,9 +25,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -40,7 +41,7 @@ from ssb.batching import TRAIN_COLUMNS, bucketed, collate, rows_of
 from ssb.config import RunConfig, TrainConfig, dump_config
 from ssb.default_model import resolve_model
 from ssb.prompts import tokenizer_fingerprint
-from ssb.store import LogitStore, StoreError
+from ssb.store import LogitStore, Shard, StoreError
 from ssb.train import (ADAPTER_DIR, BUCKET_WINDOW, DistillStudent, TrainState, build_student, default_device,
                        load_adapter, load_training_state, make_optimizer, optimizer_steps, save_checkpoint,
                        train_loop)
@@ -51,9 +52,6 @@ from pipelines.merged import merge_adapter
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "distill"
-# Test hook: when this file exists in <run_dir>/train, rank 0 deletes it and kills its own
-# process right after the next checkpoint (how the tests check that a run resumes).
-FAULT_MARKER = "inject-fault-once"
 # Stores up to this size (Parquet bytes) are read once into Ray's object store: streaming
 # the shards again costs ~8 s at each epoch start on a small box (measured), far more than
 # a short epoch. Larger stores stream from their files every epoch.
@@ -215,7 +213,6 @@ def train_worker(config: dict[str, Any]) -> None:
                 ray.train.report({**metrics, **asdict(state)}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report({**metrics, **asdict(state)})
-        _maybe_inject_fault(train_dir, rank)
 
     train_loop(module, optimizer, scheduler, epoch_batches, cfg, state, device=device, on_report=on_report)
 
@@ -248,14 +245,32 @@ def _append(train_dir: Path | None, record: dict[str, Any]) -> None:
         f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 
-def _maybe_inject_fault(train_dir: Path | None, rank: int) -> None:
-    if rank == 0 and train_dir is not None and (train_dir / FAULT_MARKER).exists():
-        (train_dir / FAULT_MARKER).unlink()
-        log.warning("%s found: killing rank 0 after this checkpoint", FAULT_MARKER)
-        # The controller collects reported checkpoints when it polls the workers (every
-        # 2 s): die after that, as a crash in the middle of the next step would.
-        time.sleep(5)
-        os._exit(1)
+def _read_verified(shard: Shard, columns: list[str]) -> list[Any]:
+    return [shard.read_table(columns)]
+
+
+def verified_dataset(store: LogitStore, columns: list[str]) -> Any:
+    """Ray Data over the store's shards in commit order, one read task per shard, each
+    parsing only the bytes it has checked against the manifest (size, sha256, rows)."""
+    import ray.data
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    shards = store.shards()
+
+    class VerifiedShards(Datasource):
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(shard.entry["bytes"] for shard in shards)  # on disk: a lower bound
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list[ReadTask]:
+            return [ReadTask(functools.partial(_read_verified, shard, columns),
+                             BlockMetadata(num_rows=shard.rows, size_bytes=shard.entry["bytes"], exec_stats=None,
+                                           input_files=[shard.path]),
+                             per_task_row_limit=per_task_row_limit)
+                    for shard in shards]
+
+    return ray.data.read_datasource(VerifiedShards())
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -304,7 +319,7 @@ def run_distillation(cfg: RunConfig, *, resume: bool = False) -> DistillSummary:
     quiet_data_context()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the same order again on resume: the data position holds
-    dataset = ray.data.read_parquet(store.shard_paths(), filesystem=store.filesystem).select_columns(TRAIN_COLUMNS)
+    dataset = verified_dataset(store, TRAIN_COLUMNS)
     if store.summary()["bytes"] <= MATERIALIZE_BYTES:
         dataset = dataset.materialize()
 

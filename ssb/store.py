@@ -189,6 +189,10 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
     return manifest
 
 
+def _size_problem(size: int | None, want: int) -> str:
+    return f"{size} bytes, manifest says {want}" + (" (truncated?)" if size is not None and size < want else "")
+
+
 @dataclass
 class Shard:
     """One committed shard and its manifest entry; small and picklable (Ray Data read tasks)."""
@@ -215,9 +219,11 @@ class Shard:
         info = self.filesystem.get_file_info(self.path)
         if info.type == pafs.FileType.NotFound:
             raise self._fail("missing from the store")
-        if verify and (info.type != pafs.FileType.File or (info.size is not None and info.size != want)):
+        if info.type != pafs.FileType.File:
+            raise self._fail("not a file")
+        if verify and info.size is not None and info.size != want:
             # Before reading: a wrong entry could name a file far larger than any shard.
-            raise self._fail(f"{info.size} bytes, manifest says {want} (truncated?)")
+            raise self._fail(_size_problem(info.size, want))
         try:
             with self.filesystem.open_input_stream(self.path) as f:
                 data = f.read()
@@ -225,7 +231,7 @@ class Shard:
             raise self._fail("missing from the store") from e
         if verify:
             if len(data) != want:  # changed since get_file_info
-                raise self._fail(f"{len(data)} bytes, manifest says {want} (truncated?)")
+                raise self._fail(_size_problem(len(data), want))
             if hashlib.sha256(data).hexdigest() != self.entry["sha256"]:
                 raise self._fail("sha256 differs from the manifest (corrupted)")
             rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows

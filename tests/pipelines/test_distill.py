@@ -1,45 +1,133 @@
 """The distillation job for real: SmolLM2-135M + LoRA, 2 Ray Train workers on CPU, the
-shards of a real curation run; the adapter in peft and in vLLM; a killed worker; bad stores."""
+shards of a real curation run; the adapter in peft and in vLLM; a worker SIGKILLed mid-run;
+bad stores."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from pipelines.distill import FAULT_MARKER, open_checked_store, read_metrics, run_distillation
+from pipelines.distill import EXPERIMENT, open_checked_store, read_metrics, run_distillation
 from ssb.config import load_config
 from ssb.store import MANIFEST, ChecksumError, LogitStore, StoreError
+from ssb.train import optimizer_steps
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 CHECKPOINT_EVERY = 2
+WORKER = "RayTrainWorker"  # Ray Train's worker actor class (v2 and v1)
 
 
 def train_overrides(run_dir: Path, store: str) -> list[str]:
-    # Small and quick: batch 2, LoRA r=8, a higher lr than the paper's so 3 short epochs show it.
+    # Small and quick: batch 2, LoRA r=8, a higher lr than the paper's so short epochs show it.
+    # Six epochs: the curation fixture keeps few rows (one step an epoch), and a worker killed
+    # after the first checkpoint must leave steps to redo and to resume into.
     return [f"run_dir={run_dir}", f"train.store={store}", "train.num_workers=2", "train.cpus_per_worker=1",
-            "train.batch_size=2", "train.epochs=3", "train.lr=5e-4", "train.lora.r=8", "train.lora.alpha=16",
+            "train.batch_size=2", "train.epochs=6", "train.lr=5e-4", "train.lora.r=8", "train.lora.alpha=16",
             f"train.checkpoint_every={CHECKPOINT_EVERY}", "train.log_every=1", "train.max_failures=2"]
+
+
+class _Train(threading.Thread):
+    """`run_distillation` in the background; its summary or its exception once it returns."""
+
+    def __init__(self, cfg: Any):
+        super().__init__(daemon=True, name="distill")
+        self.cfg, self.summary, self.error = cfg, None, None
+
+    def run(self) -> None:
+        try:
+            self.summary = run_distillation(self.cfg)
+        except BaseException as e:  # noqa: BLE001 - reported by the fixture
+            self.error = e
+
+
+def _train_workers(ray: Any) -> dict[str, dict[str, Any]]:
+    """Live Ray Train worker actors of this driver's job on this node, from this session's GCS
+    (not the dashboard's state API: see tests/pipelines/test_faults.py)."""
+    from ray._private import state
+
+    ctx = ray.get_runtime_context()
+    table = state.actors(job_id=ray.JobID.from_hex(ctx.get_job_id()))
+    return {aid: a for aid, a in table.items() if WORKER in a["ActorClassName"] and a["State"] == "ALIVE"
+            and a["Address"]["NodeID"] == ctx.get_node_id()}
+
+
+def _registered_step(run_dir: Path) -> int:
+    """The step of the latest checkpoint Ray Train's controller has registered (what a restarted
+    worker group resumes from): a checkpoint directory alone may still be uploading, or
+    reported but not yet collected by the controller."""
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+
+    path = run_dir / "train" / "ray" / EXPERIMENT / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+    try:
+        latest = json.loads(path.read_text())["latest_checkpoint_result"]
+    except (OSError, ValueError):  # not written yet, or read while being rewritten in place
+        return 0
+    return int(latest["metrics"]["step"]) if latest else 0
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    try:
+        return [m["step"] for m in read_metrics(run_dir) if "event" not in m]
+    except (OSError, ValueError):
+        return []
+
+
+def _watch(run_dir: Path, run: threading.Thread, seen: list[tuple[float, int]]) -> None:
+    """Append (time, step) each time the registered checkpoint changes, until `run` ends."""
+    while run.is_alive():
+        step = _registered_step(run_dir)
+        if step and (not seen or seen[-1][1] != step):
+            seen.append((time.time(), step))
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
 def distilled(curated_run, tmp_path_factory, ray_session):
-    """One real training run whose rank 0 kills itself once, right after the first checkpoint."""
+    """One real training run; once its first checkpoint is registered, one of its two worker
+    processes is SIGKILLed from here, in the middle of the next step."""
+    import psutil
+
     curated_cfg, curated = curated_run
     assert curated.kept >= 2, f"the curation fixture kept {curated.kept} rows: too few for 2 workers"
     run_dir = tmp_path_factory.mktemp("distill")
-    (run_dir / "train").mkdir()
-    (run_dir / "train" / FAULT_MARKER).touch()
     cfg = load_config(None, train_overrides(run_dir, curated_cfg.store_dir))
-    summary = run_distillation(cfg)
-    return cfg, summary, read_metrics(run_dir)
+    before = set(_train_workers(ray_session))  # earlier runs in this session
+    run, registered = _Train(cfg), []
+    run.start()
+    watcher = threading.Thread(target=_watch, args=(run_dir, run, registered), daemon=True)
+    watcher.start()
+    deadline = time.monotonic() + 1800
+    while not registered and run.is_alive():
+        assert time.monotonic() < deadline, "timed out waiting for the first registered checkpoint"
+        time.sleep(0.02)
+    assert run.is_alive(), f"training ended before a worker could be killed: make it longer ({run.error!r})"
+
+    workers = {aid: a for aid, a in _train_workers(ray_session).items() if aid not in before}
+    assert len(workers) == cfg.train.num_workers, f"expected {cfg.train.num_workers} live {WORKER}s: {workers}"
+    victim = psutil.Process(workers[min(workers)]["Pid"])
+    assert victim.is_running() and "ray::" in " ".join(victim.cmdline()), victim.cmdline()
+    os.kill(victim.pid, signal.SIGKILL)
+    kill = {"checkpoint": registered[-1][1], "running": run.is_alive(), "last_logged": max(_logged_steps(run_dir)),
+            "pid": victim.pid, "registered": registered}
+
+    run.join(timeout=1800)
+    watcher.join()
+    assert not run.is_alive(), "training hung after a worker was killed"
+    assert run.error is None, f"training failed after a worker was killed: {run.error!r}"
+    return cfg, run.summary, read_metrics(run_dir), kill
 
 
 def _steps(metrics: list[dict]) -> list[dict]:
@@ -47,7 +135,7 @@ def _steps(metrics: list[dict]) -> list[dict]:
 
 
 def test_two_workers_lower_the_loss(distilled):
-    cfg, summary, metrics = distilled
+    cfg, summary, metrics, _ = distilled
     steps = _steps(metrics)
     assert summary.steps == steps[-1]["step"] > 0
     by_epoch = [np.mean([m["loss"] for m in steps if m["epoch"] == e]) for e in range(cfg.train.epochs)]
@@ -58,15 +146,23 @@ def test_two_workers_lower_the_loss(distilled):
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(distilled):
-    cfg, summary, metrics = distilled
-    assert not (Path(cfg.output_dir) / "train" / FAULT_MARKER).exists(), "the fault was never injected"
+    cfg, summary, metrics, kill = distilled
+    planned = optimizer_steps(summary.rows, cfg.train, cfg.train.num_workers)
+    # Killed while training ran, with steps left to do, after a checkpoint was registered.
+    assert kill["running"] and kill["checkpoint"] <= kill["last_logged"] < planned, kill
     resumed = [m for m in metrics if m.get("event") == "resumed"]
-    assert [m["step"] for m in resumed] == [CHECKPOINT_EVERY]
-    assert summary.resumed_from_step == CHECKPOINT_EVERY
-    # Continued, not restarted: every step logged once, in order, up to the planned end.
-    assert [m["step"] for m in _steps(metrics)] == list(range(1, summary.steps + 1))
-    after = metrics[metrics.index(resumed[0]) + 1]
-    assert after["step"] == CHECKPOINT_EVERY + 1
+    assert len(resumed) == 1, resumed
+    # The last checkpoint is the last one the controller registered before the group restarted
+    # (a checkpoint reported but not yet collected when the worker died is lost with it).
+    last = [step for at, step in kill["registered"] if at < resumed[0]["time"]][-1]
+    assert last >= kill["checkpoint"] and resumed[0]["step"] == summary.resumed_from_step == last
+    # Continued, not restarted: the steps since that checkpoint redone once, then on to the end.
+    split = metrics.index(resumed[0])
+    before, after = ([m["step"] for m in _steps(part)] for part in (metrics[:split], metrics[split + 1:]))
+    assert before == list(range(1, len(before) + 1)) and len(before) >= max(last, kill["last_logged"])
+    assert after == list(range(last + 1, planned + 1)) and summary.steps == planned
+    print(f"FAULTS killed_pid={kill['pid']} registered_at_kill={kill['checkpoint']} "
+          f"logged_at_kill={kill['last_logged']} resumed_from={last} redone={len(before) - last} planned={planned}")
 
 
 def test_adapter_loads_in_peft_and_changes_the_model(distilled, model_path):
@@ -74,7 +170,7 @@ def test_adapter_loads_in_peft_and_changes_the_model(distilled, model_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg, summary, _ = distilled
+    cfg, summary, _, _ = distilled
     adapter = Path(summary.adapter_dir)
     assert adapter == Path(cfg.output_dir) / "adapter"
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
@@ -94,7 +190,7 @@ def test_merged_model_computes_what_base_plus_adapter_computes(distilled, model_
 
     from pipelines.merged import merge_adapter
 
-    _, summary, _ = distilled
+    _, summary, _, _ = distilled
     merged_dir = merge_adapter(model_path, summary.adapter_dir, tmp_path / "merged")
     assert (merged_dir / "tokenizer.json").exists()
     ids = torch.tensor([[1, 2, 3, 4, 5, 6, 100, 200]])
@@ -127,7 +223,7 @@ print("RESULT " + json.dumps({"base": [list(b) for b in base], "lora": [list(x) 
 
 
 def test_adapter_serves_in_vllm_and_changes_greedy_output(distilled, model_path):
-    cfg, summary, _ = distilled
+    cfg, summary, _, _ = distilled
     table = LogitStore.open(cfg.train.store).read_table()
     prompts = [list(map(int, p)) for p in table.column("student_prompt_ids").to_pylist()[:4]]
     out = subprocess.run([sys.executable, "-c", VLLM_GENERATE, model_path, summary.adapter_dir, json.dumps(prompts)],
@@ -185,6 +281,22 @@ def test_corrupted_shard_is_refused_by_name(store_copy, model_path):
     assert not (store_copy.parent / "train" / "ray").exists()
 
 
+def test_training_reads_only_the_bytes_it_verified(store_copy, model_path, ray_session):
+    import pyarrow.parquet as pq
+
+    from pipelines.distill import verified_dataset
+    from ssb.batching import TRAIN_COLUMNS
+
+    cfg = load_config(None, [f"run_dir={store_copy.parent}"])
+    store = open_checked_store(cfg, _tokenizer(model_path))
+    assert verified_dataset(store, TRAIN_COLUMNS).materialize().count() == store.summary()["rows"]
+    # Replaced after the check, by a valid Parquet file that a plain read would train on.
+    shard = store_copy / store.shards()[0].name
+    pq.write_table(pq.read_table(shard).slice(0, 1), shard)
+    with pytest.raises(ChecksumError, match=rf"shard {shard.name}: \d+ bytes, manifest says"):
+        verified_dataset(store, TRAIN_COLUMNS).materialize()
+
+
 def test_empty_store_is_refused(tmp_path, model_path):
     from ssb.prompts import tokenizer_fingerprint
 
@@ -197,7 +309,7 @@ def test_empty_store_is_refused(tmp_path, model_path):
 
 
 def test_an_existing_run_needs_resume_and_resume_needs_a_run(distilled, curated_run, tmp_path):
-    cfg, _, _ = distilled
+    cfg, _, _, _ = distilled
     with pytest.raises(ValueError, match="pass --resume to continue it"):
         run_distillation(cfg)
     fresh = load_config(None, train_overrides(tmp_path, curated_run[0].store_dir))
