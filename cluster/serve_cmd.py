@@ -1,6 +1,6 @@
 """`ssb serve`: the curation API, job runner, curation engine and OpenAI endpoint, locally.
 
-    SSB_API_TOKEN=... ssb serve --config configs/default.yaml --port 8000 --data-root ../shared/data
+    SSB_API_TOKEN=$(openssl rand -hex 24) ssb serve --config configs/default.yaml --port 8000 --data-root ../shared/data
     ssb serve --redis-url redis://127.0.0.1:6379/0 serve.jobs.backend=openai serve.llm.max_replicas=2
 
 Without `--redis-url` a `redis-server` is started on a free loopback port with its
@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
     p.add_argument("--redis-url", dest="redis_url", help="use this Redis instead of starting a local one")
     p.add_argument("--token-env", dest="token_env", default="SSB_API_TOKEN",
-                   help="environment variable holding the bearer token(s), comma-separated")
+                   help="environment variable holding the bearer token(s), comma-separated, "
+                        "each at least 16 characters")
     p.add_argument("--data-root", dest="data_roots", action="append", default=[],
                    help="a directory dataset references may point into (repeatable)")
     p.add_argument("--backend", choices=["engine", "openai"], help="how the runner reaches the model")
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.ray_setup import init_ray
-    from services.app import deploy, service_settings
+    from services.app import deploy, require_tokens, service_settings
     from services.redis_server import RedisServer
 
     serve_overrides = [o[len("serve."):] for o in args.overrides if o.startswith("serve.")]
@@ -52,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_openai:
         extra["llm.enabled"] = False
     settings = service_settings(cfg, serve_overrides, extra, token_env=args.token_env)
-    if not settings.api.token_sha256:
-        raise ValueError(f"no API token: set {args.token_env} (every route but /healthz needs one)")
+    require_tokens(settings, args.token_env)
 
     redis = None
     if args.redis_url is None:
@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
         init_ray(cfg.ray)
         url = deploy(settings)
         print(f"curation API: {url}/v1/curation-jobs   docs: {url}/docs   health: {url}/healthz")
-        if settings.llm.enabled or settings.jobs.backend == "openai":
-            print(f"OpenAI endpoint: {url}{settings.llm.route_prefix}/v1/completions (model {settings.llm.model_id!r})")
+        if settings.llm.enabled:
+            print(f"OpenAI endpoint: {url}{settings.llm.route_prefix}/v1/completions (model {settings.llm.model_id!r}, "
+                  "same bearer tokens)")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:

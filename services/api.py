@@ -7,21 +7,23 @@
     DELETE /v1/curation-jobs/{id}            cancel (a running job stops after its current batch)
     POST   /v1/curation-jobs/{id}/resume     requeue a failed or cancelled job (it resumes from its store)
     POST   /v1/curate                        a few problems, answered when curated
-    GET    /healthz                          liveness, no token
+    GET    /healthz                          liveness: {"status": "ok"}, no token; with one, Redis's state too
     GET    /metrics                          Prometheus
     GET    /openapi.json, /docs              the schema
 
-Every route but /healthz needs `Authorization: Bearer <token>`. Limits answer with the limit's
-name: 413 for the body size and problem counts, 422 for malformed input (FastAPI's own), 429
+Every request but GET /healthz needs `Authorization: Bearer <token>`, unknown paths included
+(services.settings.BearerAuth, outermost). Paths in job records and examples are relative to
+the jobs root: the server's own layout is not the client's business. Limits answer with the
+limit's name: 413 for the body size and problem counts, 422 for malformed input (FastAPI's own), 429
 for too many running jobs of one token. Redis down → 503 with a message; nothing else fails
 with a 5xx by design.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +32,9 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Res
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.jobs import JobStore, JobStoreUnavailable, TooManyJobs, token_owner
-from services.settings import ServiceSettings, resolve_under, token_digest
+from services.jobs import JobStore, JobStoreUnavailable, TooManyJobs
+from services.settings import (BearerAuth, ServiceSettings, bearer_error, deployment_salt, http_routes,
+                               owner_id, resolve_under)
 
 log = logging.getLogger("ssb.api")
 
@@ -117,19 +120,67 @@ class ExamplesOut(BaseModel):
     examples: list[dict[str, Any]]
 
 
+class Detail(BaseModel):
+    detail: str
+
+
 class CurateOut(BaseModel):
     job: JobOut
     examples: list[dict[str, Any]]
 
 
-def job_out(record: dict[str, Any]) -> JobOut:
+_ABS_PATH = re.compile(r"(?:file://)?/[^\s'\"():,]+")
+
+
+class ClientPaths:
+    """Server paths as a client sees them: relative to the jobs root, or hidden."""
+
+    def __init__(self, jobs_root: str, data_roots: list[str]):
+        self.jobs_root = str(Path(jobs_root).resolve())
+        self.data_roots = [str(Path(r).resolve()) for r in data_roots]
+
+    def path(self, value: str) -> str | None:
+        plain = Path(value.removeprefix("file://"))
+        if not plain.is_absolute():
+            return value
+        return plain.relative_to(self.jobs_root).as_posix() if plain.is_relative_to(self.jobs_root) else None
+
+    def text(self, value: str) -> str:
+        """Free text (an error): each absolute path relative to its root, or "<path>"."""
+        def one(m: re.Match) -> str:
+            plain = m.group(0).removeprefix("file://")
+            for root in (self.jobs_root, *self.data_roots):
+                if Path(plain).is_relative_to(root):
+                    return Path(plain).relative_to(root).as_posix()
+            return "<path>"
+        return _ABS_PATH.sub(one, value)
+
+    def tree(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: self.tree(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.tree(v) for v in value]
+        if isinstance(value, str) and value.startswith(("/", "file://")):
+            return self.path(value)
+        return value
+
+
+def _client_example(row: dict[str, Any], paths: ClientPaths) -> dict[str, Any]:
+    logits = row.get("logits")
+    if isinstance(logits, dict) and isinstance(logits.get("shard"), str):
+        row = {**row, "logits": {**logits, "shard": paths.path(logits["shard"])}}
+    return row
+
+
+def job_out(record: dict[str, Any], paths: ClientPaths) -> JobOut:
     progress = Progress(**{k: record.get(k, 0) for k in ("rolled_out", "verified", "kept", "skipped")},
                         skipped_by_reason=record.get("skipped_by_reason", {}))
     return JobOut(id=record["id"], status=record["status"], problems=record["problems"], progress=progress,
                   created_at=record["created_at"], updated_at=record["updated_at"],
                   started_at=record.get("started_at"), finished_at=record.get("finished_at"),
                   attempts=record["attempts"], cancel_requested=record["cancel_requested"],
-                  error=record.get("error"), resumable=record["resumable"], result=record.get("result"))
+                  error=paths.text(record["error"]) if record.get("error") else None,
+                  resumable=record["resumable"], result=paths.tree(record.get("result")))
 
 
 class _BodyLimit:
@@ -193,8 +244,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     api = settings.api
     j = settings.jobs
     app = FastAPI(title="ssb curation API", version="1", docs_url=None, redoc_url=None, openapi_url=None,
-                  description="Semantic Soft Bootstrapping: curate self-distillation examples over HTTP.")
+                  description="Semantic Soft Bootstrapping: curate self-distillation examples over HTTP.",
+                  responses={401: {"model": Detail, "description": "no valid bearer token (all but GET /healthz)"}})
     state: dict[str, Any] = {}
+    paths = ClientPaths(j.jobs_root, api.allowed_data_roots)
 
     def store() -> JobStore:
         if "jobs" not in state:  # built in the replica, never pickled with the app
@@ -207,16 +260,22 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             state["metrics"] = _Metrics()
         return state["metrics"]
 
+    def owner_salt() -> bytes:
+        if "owner_salt" not in state:
+            import redis
+
+            try:
+                state["owner_salt"] = deployment_salt(j.redis_url, f"{j.prefix}:owner-salt")
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise JobStoreUnavailable(f"the job store (Redis) is unavailable: {type(exc).__name__}") from None
+        return state["owner_salt"]
+
     def owner(authorization: str | None = Header(None, description="Bearer <token>")) -> str:
-        scheme, _, token = (authorization or "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        digest = token_digest(token)
-        if not any(hmac.compare_digest(digest, d) for d in api.token_sha256):
-            raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
-        return token_owner(token)
+        # BearerAuth already refused a bad token; checked again so a route never runs without one.
+        error = bearer_error(authorization, api)
+        if error is not None:
+            raise HTTPException(401, error, headers={"WWW-Authenticate": "Bearer"})
+        return owner_id(authorization.partition(" ")[2].strip(), owner_salt())
 
     @app.exception_handler(JobStoreUnavailable)
     async def _redis_down(request: Request, exc: JobStoreUnavailable) -> JSONResponse:
@@ -233,12 +292,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return response
 
     app.add_middleware(_BodyLimit, limit=api.max_request_bytes)
+    app.add_middleware(BearerAuth, api=api, open_paths=("/healthz",))
 
     def _get_own(job_id: str, who: str) -> dict[str, Any]:
         record = store().get(job_id) if len(job_id) <= 64 else None
         if record is None or record.get("owner") != who:  # another token's job does not exist for you
             raise HTTPException(404, f"no job {job_id[:64]!r}")
         return record
+
+    def _examples(record: dict[str, Any], offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        try:
+            total, page = read_examples(f"{record['run_dir']}/curated", offset, limit)
+        except HTTPException as exc:  # a damaged store's message names its files
+            raise HTTPException(exc.status_code, paths.text(str(exc.detail))) from None
+        return total, [_client_example(row, paths) for row in page]
 
     def _spec(body: JobRequest, max_problems: int, limit_name: str) -> tuple[dict[str, Any], int]:
         spec: dict[str, Any] = {"rollout": body.rollout.model_dump() if body.rollout else None,
@@ -290,7 +357,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return record
 
     @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, Any]:
+    def healthz(authorization: str | None = Header(None)) -> dict[str, Any]:
+        if bearer_error(authorization, api) is not None:  # a stranger learns only that this answers
+            return {"status": "ok"}
         try:
             redis_ok = store().ping()
         except JobStoreUnavailable:
@@ -310,17 +379,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                idempotency_key: str | None = Header(None, alias="Idempotency-Key")) -> JobOut:
         record = _create(body, who, idempotency_key, api.max_problems_per_job, "max_problems_per_job")
         response.headers["Location"] = f"/v1/curation-jobs/{record['id']}"
-        return job_out(record)
+        return job_out(record, paths)
 
     @app.get("/v1/curation-jobs/{job_id}", response_model=JobOut, tags=["jobs"])
     def status(job_id: str, who: str = Depends(owner)) -> JobOut:
-        return job_out(_get_own(job_id, who))
+        return job_out(_get_own(job_id, who), paths)
 
     @app.delete("/v1/curation-jobs/{job_id}", status_code=202, response_model=JobOut, tags=["jobs"])
     def cancel(job_id: str, who: str = Depends(owner)) -> JobOut:
         _get_own(job_id, who)
         store().cancel(job_id)
-        return job_out(_get_own(job_id, who))
+        return job_out(_get_own(job_id, who), paths)
 
     @app.post("/v1/curation-jobs/{job_id}/resume", status_code=202, response_model=JobOut, tags=["jobs"])
     def resume(job_id: str, who: str = Depends(owner)) -> JobOut:
@@ -331,14 +400,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             store().resume(job_id, api.max_concurrent_jobs_per_token)
         except TooManyJobs as exc:
             raise HTTPException(429, str(exc)) from None
-        return job_out(_get_own(job_id, who))
+        return job_out(_get_own(job_id, who), paths)
 
     @app.get("/v1/curation-jobs/{job_id}/examples", response_model=ExamplesOut, tags=["jobs"])
     def examples(job_id: str, offset: int = Query(0, ge=0, le=10**9),
                  limit: int = Query(20, ge=1, le=10**6), who: str = Depends(owner)) -> ExamplesOut:
         record = _get_own(job_id, who)
         limit = min(limit, api.max_page_size)
-        total, page = read_examples(f"{record['run_dir']}/curated", offset, limit)
+        total, page = _examples(record, offset, limit)
         next_offset = offset + len(page) if offset + len(page) < total else None
         return ExamplesOut(job_id=job_id, total=total, offset=offset, limit=limit, next_offset=next_offset,
                            examples=page)
@@ -354,9 +423,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             record = _get_own(record["id"], who)
         if record["status"] != "succeeded":
             response.status_code = 202 if record["status"] in ("queued", "running") else 200
-            return CurateOut(job=job_out(record), examples=[])
-        _, page = read_examples(f"{record['run_dir']}/curated", 0, api.max_sync_problems)
-        return CurateOut(job=job_out(record), examples=page)
+            return CurateOut(job=job_out(record, paths), examples=[])
+        _, page = _examples(record, 0, api.max_sync_problems)
+        return CurateOut(job=job_out(record, paths), examples=page)
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi(_: str = Depends(owner)) -> JSONResponse:
@@ -422,5 +491,7 @@ def build_api_deployment(settings: ServiceSettings) -> Any:
         def __init__(self, runner: Any = None):
             # Bound so the runner deploys (and is upgraded) with the API; jobs reach it via Redis.
             self.runner = runner
+
+        http_routes = http_routes
 
     return CurationAPI

@@ -3,7 +3,9 @@
 Applications on one Serve HTTP proxy:
 - "ssb" (route "/"): the curation API (ingress) → the job runner → the curation engine.
 - "ssb-llm" (route "/openai"): the OpenAI-compatible model endpoint (services/llm.py),
-  when `llm.enabled`.
+  when `llm.enabled`; with only the "openai" job backend asking for it, it has no route at
+  all (the runner reaches it through a handle).
+Both answer only with a bearer token of `SSB_API_TOKEN` (at least 16 characters).
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ def service_settings(run: RunConfig, serve_overrides: list[str], extra: dict[str
     for key, value in (extra or {}).items():
         set_dotted(tree, key, value)
     tree["run"] = run.model_dump()
-    return with_tokens(ServiceSettings.model_validate(tree), tokens_from_env(token_env))
+    settings = ServiceSettings.model_validate(tree)
+    try:
+        return with_tokens(settings, tokens_from_env(token_env))
+    except ValueError as exc:  # a token too short: say where it came from
+        raise ValueError(f"{token_env}: {exc}") from None
 
 
 def _settings_from_args(args: dict[str, Any]) -> ServiceSettings:
@@ -41,20 +47,26 @@ def _settings_from_args(args: dict[str, Any]) -> ServiceSettings:
                             token_env=args.get("token_env", "SSB_API_TOKEN"))
 
 
+def require_tokens(settings: ServiceSettings, token_env: str = "SSB_API_TOKEN") -> None:
+    if not settings.api.token_digests:
+        raise ValueError(f"no API token: set {token_env} (every route but /healthz needs one)")
+
+
 def build_app(args: dict[str, Any]) -> Any:
     """`import_path: services.app:build_app`: the curation API app (needs SSB_API_TOKEN)."""
     settings = _settings_from_args(args)
-    if not settings.api.token_sha256:
-        raise ValueError("no API token: set SSB_API_TOKEN (every route but /healthz needs one)")
+    require_tokens(settings, args.get("token_env", "SSB_API_TOKEN"))
     return build_curation_app(settings)
 
 
 def build_llm_app(args: dict[str, Any]) -> Any:
-    """`import_path: services.app:build_llm_app`: the OpenAI-compatible model endpoint app."""
+    """`import_path: services.app:build_llm_app`: the OpenAI-compatible model endpoint app
+    (the same tokens as the curation API)."""
     from services.llm import build_model_app
 
     settings = _settings_from_args(args)
-    return build_model_app(settings.run, resolve_model(settings.run.model.name), settings.llm)
+    require_tokens(settings, args.get("token_env", "SSB_API_TOKEN"))
+    return build_model_app(settings.run, resolve_model(settings.run.model.name), settings.llm, settings.api)
 
 
 def build_curation_app(settings: ServiceSettings, model_path: str | None = None) -> Any:
@@ -90,11 +102,12 @@ def deploy(settings: ServiceSettings, *, blocking: bool = False) -> str:
     from services.llm import build_model_app
 
     api = settings.api
+    require_tokens(settings)
     serve.start(http_options={"host": api.host, "port": api.port})
     model_path = resolve_model(settings.run.model.name)
     if settings.llm.enabled or settings.jobs.backend == "openai":
-        serve.run(build_model_app(settings.run, model_path, settings.llm), name=settings.llm.app_name,
-                  route_prefix=settings.llm.route_prefix)
+        serve.run(build_model_app(settings.run, model_path, settings.llm, api), name=settings.llm.app_name,
+                  route_prefix=settings.llm.route_prefix if settings.llm.enabled else None)
     serve.run(build_curation_app(settings, model_path), name=api.app_name, route_prefix=api.route_prefix,
               blocking=blocking)
     return f"http://{api.host}:{api.port}"

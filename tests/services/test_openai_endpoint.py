@@ -14,6 +14,9 @@ import httpx
 import pytest
 
 from tests.conftest import tiny_curation_overrides
+from tests.services.conftest import TOKEN
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +29,7 @@ def openai_app(tmp_path_factory, model_path, serve_port):
     from transformers import AutoModelForCausalLM
 
     from services.llm import build_model_app
-    from services.settings import LLMServiceConfig
+    from services.settings import LLMServiceConfig, ServiceSettings, with_tokens
     from ssb.config import load_config
 
     if "ssb" in serve.status().applications:  # free the curation engine an earlier module started
@@ -40,9 +43,10 @@ def openai_app(tmp_path_factory, model_path, serve_port):
                       + ["engine.max_lora_rank=8", "engine.max_num_seqs=16",
                          "engine.worker_niceness=3"])  # neither Ray's 15 nor a global 0
     llm = LLMServiceConfig(lora_root=str(lora_root), min_replicas=1, max_replicas=2, target_ongoing_requests=16)
-    serve.run(build_model_app(run, model_path, llm), name=llm.app_name, route_prefix=llm.route_prefix)
+    api = with_tokens(ServiceSettings(), [TOKEN]).api
+    serve.run(build_model_app(run, model_path, llm, api), name=llm.app_name, route_prefix=llm.route_prefix)
     url = f"http://127.0.0.1:{serve_port}{llm.route_prefix}"
-    with httpx.Client(timeout=60) as c:
+    with httpx.Client(timeout=60, headers=AUTH) as c:
         deadline = time.monotonic() + 300
         while c.get(f"{url}/v1/models").status_code != 200:
             assert time.monotonic() < deadline
@@ -54,7 +58,7 @@ def openai_app(tmp_path_factory, model_path, serve_port):
 def _complete(url: str, model: str = "ssb", **extra) -> dict:
     body = {"model": model, "prompt": "Question: what is 2 + 3? Answer:", "max_tokens": 12, "temperature": 0.8,
             "seed": 1234, "logprobs": 5, "return_tokens_as_token_ids": True, "return_token_ids": True, **extra}
-    r = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+    r = httpx.post(f"{url}/v1/completions", json=body, headers=AUTH, timeout=120)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -87,7 +91,7 @@ def test_a_lora_adapter_is_served_by_name(openai_app):
 def test_chat_completions_work_too(openai_app):
     url, _, _ = openai_app
     r = httpx.post(f"{url}/v1/chat/completions", json={"model": "ssb", "max_tokens": 8, "messages": [
-        {"role": "user", "content": "Say hi."}]}, timeout=120)
+        {"role": "user", "content": "Say hi."}]}, headers=AUTH, timeout=120)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
 
 
