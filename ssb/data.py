@@ -131,6 +131,14 @@ def extract_reference_answer(value: Any, field_name: str) -> str | None:
     return text or None
 
 
+class NoValidProblems(ValueError):
+    """A source with nothing to curate or evaluate; `report` says what each record was."""
+
+    def __init__(self, message: str, report: LoadReport):
+        super().__init__(message)
+        self.report = report
+
+
 def load_problems(cfg: DataConfig) -> tuple[list[Problem], LoadReport]:
     """Problems from `cfg.source`, and a report of what was skipped and why."""
     if cfg.source == "synthetic":
@@ -155,7 +163,7 @@ def load_problems(cfg: DataConfig) -> tuple[list[Problem], LoadReport]:
     if not problems:
         where = file if path is not None else f"{cfg.source} (split {cfg.split!r})"
         why = f": {report.first_reasons()}" if report.skipped else ""
-        raise ValueError(f"data source {where}: no valid problem in {report.total} records{why}")
+        raise NoValidProblems(f"data source {where}: no valid problem in {report.total} records{why}", report)
     return problems, report
 
 

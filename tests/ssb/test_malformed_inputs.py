@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ssb.config import DataConfig
-from ssb.data import MAX_ANSWER_CHARS, MAX_ID_CHARS, MAX_LINE_BYTES, load_problems
+from ssb.data import MAX_ANSWER_CHARS, MAX_ID_CHARS, MAX_LINE_BYTES, NoValidProblems, load_problems
 
 
 def _load(path: Path, **kw: object):
@@ -90,12 +90,12 @@ def test_odd_but_valid_and_invalid_jsonl_records(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"\xef\xbb\xbf"])
-def test_an_empty_jsonl_file_loads_nothing_and_says_so(tmp_path: Path, content: bytes) -> None:
+def test_an_empty_jsonl_file_is_an_error_naming_it(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "empty.jsonl"
     path.write_bytes(content)
-    problems, report = _load(path)
-    assert problems == [] and report.total == 0
-    assert "loaded 0 of 0" in report.summary()
+    with pytest.raises(NoValidProblems, match=r"empty\.jsonl: no valid problem in 0 records") as err:
+        _load(path)
+    assert err.value.report.total == 0 and "loaded 0 of 0" in err.value.report.summary()
 
 
 def test_a_binary_jsonl_file_is_all_counted_never_raised(tmp_path: Path) -> None:
@@ -145,8 +145,9 @@ def test_parquet_with_wrong_types_and_nulls_counts_each_row(tmp_path: Path) -> N
     # A list-typed answer column is a wrong type for every row; a string one is not.
     path = tmp_path / "typed.parquet"
     pq.write_table(table, path)
-    problems, report = _load(path)
-    assert problems == [] and report.skipped == {"wrong_type": 4, "missing_question": 1, "missing_answer": 1}
+    with pytest.raises(NoValidProblems, match=r"typed\.parquet: no valid problem in 6 records: wrong_type x4") as err:
+        _load(path)
+    assert err.value.report.skipped == {"wrong_type": 4, "missing_question": 1, "missing_answer": 1}
 
     table = pa.table({"question": ["A?", "B?", "C?", "D?"], "answer": [1.5, float("nan"), None, 2.0],
                       "id": [1, 2**40, 3, 4]})
