@@ -149,7 +149,7 @@ def test_ssb_doctor_reports_versions_device_and_the_pins_of_this_install(tmp_pat
 
 # The cluster configs that install the gpu extra. rayservice.yaml runs raycluster.yaml's image
 # too; its image lines are kept in step by hand (docs/scaling.md, "Versions").
-KUBERAY_CLUSTERS = ["raycluster.yaml", "rayjob-run.yaml"]
+KUBERAY_CLUSTERS = ["raycluster.yaml", "rayjob-run.yaml", "rayservice.yaml"]
 
 
 def test_ray_cluster_yaml_installs_the_gpu_extra_on_rays_cuda_image_not_the_llm_image():
@@ -167,7 +167,8 @@ def test_kuberay_images_name_the_pinned_vllm(name):
     import yaml
 
     doc = yaml.safe_load((REPO / "cluster" / "kuberay" / name).read_text())
-    spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+    # RayJob: rayClusterSpec; RayService: rayClusterConfig; RayCluster: the spec itself.
+    spec = doc["spec"].get("rayClusterSpec") or doc["spec"].get("rayClusterConfig") or doc["spec"]
     groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
     images = {c["image"] for g in groups for c in g["template"]["spec"]["containers"]}
     assert images == {f"ghcr.io/your-org/ssb:0.1.0-vllm{_pinned(_extra('gpu')['vllm'])}"}
