@@ -15,7 +15,7 @@ Every request but GET /healthz needs `Authorization: Bearer <token>`, unknown pa
 (services.settings.BearerAuth, outermost). Paths in job records and examples are relative to
 the jobs root: the server's own layout is not the client's business. Limits answer with the
 limit's name: 413 for the body size and problem counts, 422 for malformed input (FastAPI's own), 429
-for too many running jobs of one token. Redis down → 503 with a message; nothing else fails
+for too many queued or running jobs of one token, or too many stored ones. Redis down → 503 with a message; nothing else fails
 with a 5xx by design.
 """
 
@@ -109,6 +109,8 @@ class JobOut(BaseModel):
     error: str | None = None
     resumable: bool
     result: dict[str, Any] | None = None
+    # What the problem loader skipped and why (malformed records), once the job has started.
+    load_report: str | None = None
 
 
 class ExamplesOut(BaseModel):
@@ -180,7 +182,8 @@ def job_out(record: dict[str, Any], paths: ClientPaths) -> JobOut:
                   started_at=record.get("started_at"), finished_at=record.get("finished_at"),
                   attempts=record["attempts"], cancel_requested=record["cancel_requested"],
                   error=paths.text(record["error"]) if record.get("error") else None,
-                  resumable=record["resumable"], result=paths.tree(record.get("result")))
+                  resumable=record["resumable"], result=paths.tree(record.get("result")),
+                  load_report=paths.text(record["load_report"]) if record.get("load_report") else None)
 
 
 class _BodyLimit:
@@ -240,19 +243,30 @@ class _Metrics:
         self.jobs_created = Counter("ssb_api_jobs_created", "curation jobs created", registry=self.registry)
 
 
+def _doc(status: int, why: str) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": Detail, "description": why}}
+
+
+# Every answer a route can give is in the schema, so clients (and the schema-driven tests) can
+# rely on it: errors are always {"detail": ...}.
+COMMON = {**_doc(400, "the body is not valid JSON"), **_doc(401, "no valid bearer token (all but GET /healthz)"),
+          **_doc(503, "the job store (Redis) is unavailable: retry")}
+ONE_JOB = _doc(404, "no such job for this token")
+SUBMIT = {**_doc(413, "over a size or count limit"), **_doc(429, "too many jobs of this token")}
+
+
 def create_app(settings: ServiceSettings) -> FastAPI:
     api = settings.api
     j = settings.jobs
     app = FastAPI(title="ssb curation API", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="Semantic Soft Bootstrapping: curate self-distillation examples over HTTP.",
-                  responses={401: {"model": Detail, "description": "no valid bearer token (all but GET /healthz)"}})
+                  responses=COMMON)
     state: dict[str, Any] = {}
     paths = ClientPaths(j.jobs_root, api.allowed_data_roots)
 
     def store() -> JobStore:
         if "jobs" not in state:  # built in the replica, never pickled with the app
-            state["jobs"] = JobStore(j.redis_url, prefix=j.prefix, job_ttl_s=j.job_ttl_s,
-                                     idempotency_ttl_s=j.idempotency_ttl_s)
+            state["jobs"] = JobStore.from_config(j)
         return state["jobs"]
 
     def metrics() -> _Metrics:
@@ -373,25 +387,26 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return Response(generate_latest(metrics().registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/curation-jobs", status_code=202, response_model=JobOut, tags=["jobs"],
-              responses={413: {"description": "too large"}, 429: {"description": "too many jobs"},
-                         503: {"description": "job store unavailable"}})
+              responses=SUBMIT)
     def submit(body: JobRequest, response: Response, who: str = Depends(owner),
                idempotency_key: str | None = Header(None, alias="Idempotency-Key")) -> JobOut:
         record = _create(body, who, idempotency_key, api.max_problems_per_job, "max_problems_per_job")
         response.headers["Location"] = f"/v1/curation-jobs/{record['id']}"
         return job_out(record, paths)
 
-    @app.get("/v1/curation-jobs/{job_id}", response_model=JobOut, tags=["jobs"])
+    @app.get("/v1/curation-jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=ONE_JOB)
     def status(job_id: str, who: str = Depends(owner)) -> JobOut:
         return job_out(_get_own(job_id, who), paths)
 
-    @app.delete("/v1/curation-jobs/{job_id}", status_code=202, response_model=JobOut, tags=["jobs"])
+    @app.delete("/v1/curation-jobs/{job_id}", status_code=202, response_model=JobOut, tags=["jobs"], responses=ONE_JOB)
     def cancel(job_id: str, who: str = Depends(owner)) -> JobOut:
         _get_own(job_id, who)
         store().cancel(job_id)
         return job_out(_get_own(job_id, who), paths)
 
-    @app.post("/v1/curation-jobs/{job_id}/resume", status_code=202, response_model=JobOut, tags=["jobs"])
+    @app.post("/v1/curation-jobs/{job_id}/resume", status_code=202, response_model=JobOut, tags=["jobs"],
+              responses={**ONE_JOB, **_doc(409, "the job is not failed or cancelled"),
+                         **_doc(429, "too many jobs of this token")})
     def resume(job_id: str, who: str = Depends(owner)) -> JobOut:
         record = _get_own(job_id, who)
         if record["status"] not in ("failed", "cancelled"):
@@ -402,7 +417,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise HTTPException(429, str(exc)) from None
         return job_out(_get_own(job_id, who), paths)
 
-    @app.get("/v1/curation-jobs/{job_id}/examples", response_model=ExamplesOut, tags=["jobs"])
+    @app.get("/v1/curation-jobs/{job_id}/examples", response_model=ExamplesOut, tags=["jobs"],
+              responses={**ONE_JOB, **_doc(409, "the job's store is damaged")})
     def examples(job_id: str, offset: int = Query(0, ge=0, le=10**9),
                  limit: int = Query(20, ge=1, le=10**6), who: str = Depends(owner)) -> ExamplesOut:
         record = _get_own(job_id, who)
@@ -413,7 +429,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                            examples=page)
 
     @app.post("/v1/curate", response_model=CurateOut, tags=["jobs"],
-              responses={202: {"description": "not finished in time: poll the job"}})
+              responses={**SUBMIT, 202: {"model": CurateOut, "description": "not finished in time: poll the job"}})
     def curate(body: JobRequest, response: Response, who: str = Depends(owner),
                idempotency_key: str | None = Header(None, alias="Idempotency-Key")) -> CurateOut:
         record = _create(body, who, idempotency_key, api.max_sync_problems, "max_sync_problems")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -69,7 +72,9 @@ def test_a_job_over_http_writes_the_examples_ssb_curate_writes(service, referenc
             assert "topk_logprobs" not in example  # logits by location, never inline
             assert example["logits"]["shard"].endswith(".parquet") and example["logits"]["top_k"] == 20
 
-    job_store, reference = done["result"]["store"], reference_run / "curated"
+    # The API shows the store relative to the jobs root, never a server path.
+    assert not done["result"]["store"].startswith("/")
+    job_store, reference = Path(service.settings.jobs.jobs_root) / done["result"]["store"], reference_run / "curated"
     service_rows, reference_rows = _rows(job_store), _rows(reference)
     assert [r["problem_id"] for r in service_rows] == [r["problem_id"] for r in reference_rows]
     assert _skips(job_store) == _skips(reference)
@@ -151,3 +156,19 @@ def test_the_token_never_reaches_redis_or_the_logs(service):
         if os.path.isfile(path):
             with open(path, "rb") as f:
                 assert TOKEN.encode() not in f.read(), path
+
+
+def test_a_job_shows_what_its_loader_skipped(service):
+    good = {"id": "g-1", "question": "Tom has 2 apples. He buys 3 more apples. How many apples does Tom have now?",
+            "answer": "5"}
+    lines = [json.dumps(good), "{not json", json.dumps({"id": "g-2", "question": "No answer here?"})]
+    (service.data_root / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+    body = {"dataset": {"path": "mixed.jsonl"}, "rollout": {"n": 2, "max_tokens": 24},
+            "teacher": {"n": 1, "max_tokens": 24}}
+    with service.client() as c:
+        job = c.post("/v1/curation-jobs", json=body).json()
+    done = service.wait(job["id"])
+    assert done["status"] == "succeeded" and done["problems"] == 1, done
+    report = done["load_report"]
+    assert "loaded 1 of 3 records, skipped 2" in report and "line 2" in report and "line 3" in report
+    assert str(service.data_root) not in report  # reported relative to the allowed root, not as a server path
