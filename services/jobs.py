@@ -82,11 +82,6 @@ class Lease:
         return self.valid_until - time.monotonic()
 
 
-def token_owner(token: str) -> str:
-    """A stable, non-reversible name for a bearer token (what job records keep)."""
-    return hashlib.sha256(b"ssb-owner:" + token.encode()).hexdigest()[:24]
-
-
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from services.jobs import JobStore, JobStoreUnavailable, TooManyJobs, token_owner
+from services.jobs import JobStore, JobStoreUnavailable, TooManyJobs
+from services.settings import deployment_salt, owner_id
 from services.redis_server import RedisServer, free_port
 
 SPEC = {"source": {"kind": "synthetic", "n": 2}, "rollout": None, "teacher": None, "seed": None}
@@ -103,9 +104,10 @@ def test_redis_down_raises_a_clear_error_without_the_url():
 def test_records_hold_a_token_fingerprint_never_the_token(redis_dir):
     token = "tok-abcdef-123456"
     jobs = _store(redis_dir)
-    jobs.create(token_owner(token), SPEC, problems=1, jobs_root="/r", idempotency_key="idem", max_active=4)
+    owner = owner_id(token, deployment_salt(redis_dir.url, "ssb:owner-salt"))
+    jobs.create(owner, SPEC, problems=1, jobs_root="/r", idempotency_key="idem", max_active=4)
     import redis
 
     r = redis.Redis.from_url(redis_dir.url, decode_responses=True)
     dump = " ".join(k + str(r.hgetall(k) if r.type(k) == "hash" else r.dump(k)) for k in r.keys("*"))
-    assert token not in dump and token_owner(token) in dump
+    assert token not in dump and owner in dump
