@@ -170,5 +170,5 @@ def test_rayservice_curation_app_builds_from_its_args(monkeypatch):
     monkeypatch.delenv("SSB_API_TOKEN", raising=False)
     with pytest.raises(ValueError, match="SSB_API_TOKEN"):
         build_app(args)
-    monkeypatch.setenv("SSB_API_TOKEN", "a-token")
+    monkeypatch.setenv("SSB_API_TOKEN", "a-token-of-sixteen-chars")
     assert isinstance(build_app(args), Application)

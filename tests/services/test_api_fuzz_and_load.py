@@ -1,10 +1,12 @@
-"""Schemathesis against the API's own OpenAPI schema (no 5xx), and 100 concurrent submissions
-with status polling (0 lost, p99 reported). Both hit the API alone: no engine work is queued."""
+"""Schemathesis against the API's own OpenAPI schema (responses conform, with and without a
+token), and 100 concurrent submissions with status polling (0 lost, p99 reported). Both hit
+the API alone: no engine work is queued."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -14,34 +16,55 @@ from tests.services.conftest import TOKEN
 pytestmark = pytest.mark.slow
 
 
-def test_schemathesis_finds_no_server_error(api_only):
+PUBLIC = {("GET", "/healthz")}  # answers without a token, and says nothing but up/down
+
+
+def test_schemathesis_conforms_to_the_schema_with_and_without_a_token(api_only):
+    """Derandomized (the same cases on every run), each response checked against the API's own
+    schema (status code documented, body conforms, no 5xx); and every operation once more
+    without a token and with a wrong one, which must be a documented 401."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+    from schemathesis.core.failures import Failure, FailureGroup
+    from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
+                                     status_code_conformance)
 
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     with api_only.client() as c:
         raw = c.get("/openapi.json").json()
     schema = schemathesis.openapi.from_dict(raw)
     failures: list[str] = []
-    calls = 0
-    from schemathesis import GenerationMode
+    calls: Counter[str] = Counter()
+    auths = {"token": {"Authorization": f"Bearer {TOKEN}"}, "none": {},
+             "wrong": {"Authorization": "Bearer not-the-token-but-long-enough"}}
+    plan = [(o.ok(), m, a) for o in schema.get_all_operations()
+            for m, a in ((GenerationMode.POSITIVE, "token"), (GenerationMode.NEGATIVE, "token"),
+                         (GenerationMode.POSITIVE, "none"), (GenerationMode.POSITIVE, "wrong"))]
+    for operation, mode, auth in plan:
+        public = (operation.method.upper(), operation.path) in PUBLIC
 
-    for operation, mode in [(o.ok(), m) for o in schema.get_all_operations()
-                            for m in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]:
-        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=15 if auth == "token" else 3, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case):
-            nonlocal calls
-            response = case.call(base_url=api_only.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
-            calls += 1
-            if response.status_code >= 500:
-                failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:200]}")
+            response = case.call(base_url=api_only.url, headers=auths[auth], timeout=30)
+            calls[auth] += 1
+            where = f"{case.method} {case.formatted_path} ({auth} token, {mode.value})"
+            if auth != "token" and not public and response.status_code != 401:
+                failures.append(f"{where} -> {response.status_code}, not 401: {response.text[:200]}")
+            try:
+                case.validate_response(response, checks=checks)
+            except (Failure, FailureGroup) as e:
+                found = e.exceptions if isinstance(e, FailureGroup) else [e]
+                failures.extend(f"{where} -> {response.status_code}: {f.title}: {f.message[:300]}" for f in found)
 
         try:
             check()
         except Unsatisfiable:
             pass  # no negative input exists for this operation (e.g. GET /healthz)
-    assert calls >= 100
+    assert calls["token"] >= 100 and calls["none"] >= len(plan) // 4 and calls["wrong"] >= len(plan) // 4, calls
     assert not failures, "\n".join(failures[:10])
 
 
