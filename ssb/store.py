@@ -14,9 +14,8 @@ Problems rejected during curation are recorded with their reason, so a resumed r
 them too. A commit holding only skips writes no Parquet file: its manifest entry has
 `"name": null` (rows 0, bytes 0, sha256 null).
 
-A manifest is checked as a whole when a store is opened (ManifestError names the file and the
-entry): a store may come from another machine or a shared bucket, and a shard name such as
-`../x` would otherwise lead readers and the orphan sweep outside the store. Shards are read
+A manifest is checked as a whole when a store is opened (ssb/manifest.py; ManifestError names
+the file and the entry). Shards are read
 through `Shard`, which compares the file's size before reading it and its sha256 and row
 count before anything parses it.
 """
@@ -27,7 +26,6 @@ import hashlib
 import json
 import os
 import posixpath
-import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,25 +39,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ssb.manifest import (FORMAT, MANIFEST, SHARD_NAME, ChecksumError, ManifestError, StoreError,  # noqa: F401
+                          check_manifest)
 from ssb.records import CuratedExample
 
-FORMAT = "ssb-logit-store/1"
-MANIFEST = "manifest.json"
-_SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")
 _TMP_PREFIX = ".tmp-"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class StoreError(Exception):
-    pass
-
-
-class ChecksumError(StoreError):
-    pass
-
-
-class ManifestError(StoreError):
-    """manifest.json is malformed: refused before any name, size or checksum in it is used."""
 
 
 def _list(value_type: pa.DataType) -> pa.DataType:
@@ -121,72 +105,6 @@ def _list_column(chunks: Sequence[Any], field: pa.Field) -> pa.Array:
         raise StoreError(f"{field.name}: too many values for one shard; append fewer examples at a time")
     values = pa.array(np.concatenate(arrays) if arrays else np.zeros(0, dtype))
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values, type=field.type)
-
-
-_RUN_KEYS: dict[str, tuple[type, ...]] = {
-    "config_hash": (str,), "model": (str,), "tokenizer": (str,), "top_k": (int,), "shards": (list,)}
-_ENTRY_KEYS: dict[str, tuple[type, ...]] = {
-    "name": (str, type(None)), "rows": (int,), "tokens": (int,), "bytes": (int,),
-    "sha256": (str, type(None)), "problem_ids": (list,), "skipped": (dict,)}
-
-
-def _type_problem(key: str, value: Any, types: tuple[type, ...]) -> str | None:
-    # JSON true/false load as bool, a subclass of int: not a count.
-    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
-        return None
-    shown = repr(value)
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return f"{key} is {shown}, expected {' or '.join(t.__name__ for t in types)}"
-
-
-def _entry_problem(entry: Any, named: set[str]) -> str | None:
-    if not isinstance(entry, dict):
-        return f"not an object but {type(entry).__name__}"
-    for key, types in _ENTRY_KEYS.items():
-        if key not in entry:
-            return f"missing key {key!r}"
-        if problem := _type_problem(key, entry[key], types):
-            return problem
-    name, rows, ids = entry["name"], entry["rows"], entry["problem_ids"]
-    if min(rows, entry["tokens"], entry["bytes"]) < 0:
-        return "negative rows, tokens or bytes"
-    if not all(isinstance(pid, str) for pid in ids) or not all(
-            isinstance(pid, str) and isinstance(why, str) for pid, why in entry["skipped"].items()):
-        return "problem ids and skip reasons must be strings"
-    if name is None:
-        if rows or entry["bytes"] or entry["tokens"] or ids or entry["sha256"] is not None:
-            return "no file (name null) but rows, tokens, bytes, sha256 or problem_ids given"
-        return None
-    if not _SHARD_NAME.fullmatch(name):
-        return f"name {name!r} is not a shard file name of this store (shard-NNNNN.parquet)"
-    if name in named:
-        return f"{name} is named by an earlier entry too"
-    named.add(name)
-    if not _SHA256.fullmatch(entry["sha256"] or ""):
-        return f"sha256 {entry['sha256']!r} is not 64 lowercase hex digits"
-    if rows < 1 or rows != len(ids) or entry["bytes"] < 1:
-        return f"a shard file with {rows} rows, {len(ids)} problem ids and {entry['bytes']} bytes"
-    return None
-
-
-def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
-    """`manifest` if it is one this module writes; ManifestError naming `where` and the entry."""
-    if not isinstance(manifest, dict):
-        raise ManifestError(f"{where}: not a JSON object but {type(manifest).__name__}")
-    if manifest.get("format") != FORMAT:
-        raise ManifestError(f"{where}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    for key, types in _RUN_KEYS.items():
-        problem = f"missing key {key!r}" if key not in manifest else _type_problem(key, manifest[key], types)
-        if problem:
-            raise ManifestError(f"{where}: {problem}")
-    if manifest["top_k"] < 1:
-        raise ManifestError(f"{where}: top_k {manifest['top_k']} < 1")
-    named: set[str] = set()
-    for i, entry in enumerate(manifest["shards"]):
-        if problem := _entry_problem(entry, named):
-            label = f" ({entry['name']!r})" if isinstance(entry, dict) and isinstance(entry.get("name"), str) else ""
-            raise ManifestError(f"{where}: shards[{i}]{label}: {problem}")
-    return manifest
 
 
 def _size_problem(size: int | None, want: int) -> str:
@@ -356,7 +274,7 @@ class LogitStore:
         for info in self.filesystem.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)):
             name = posixpath.basename(info.path)
             if info.type == pafs.FileType.File and (
-                name.startswith(_TMP_PREFIX) or (_SHARD_NAME.fullmatch(name) and name not in named)
+                name.startswith(_TMP_PREFIX) or (SHARD_NAME.fullmatch(name) and name not in named)
             ):
                 self.filesystem.delete_file(info.path)
 
