@@ -53,6 +53,16 @@ class Service:
                 time.sleep(0.5)
 
 
+@pytest.fixture
+def redis_dir(tmp_path):
+    """A redis-server of the test's own (its data in tmp_path), for tests that stop or pause it."""
+    from services.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     from services.redis_server import RedisServer

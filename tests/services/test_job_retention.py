@@ -15,18 +15,11 @@ import redis
 
 from services.job_run import sweep_run_dirs
 from services.jobs import TERMINAL, JobStore, JobStoreUnavailable, TooManyJobs, TooManyStoredJobs
-from services.redis_server import RedisServer, free_port
+from services.redis_server import free_port
 from services.runner import CurationRunner
 from services.settings import ServiceSettings
 
 SPEC = {"source": {"kind": "synthetic", "n": 2}, "rollout": None, "teacher": None, "seed": None}
-
-
-@pytest.fixture
-def redis_dir(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def _new(jobs: JobStore, owner: str = "alice", spec: dict = SPEC, key: str | None = None) -> str:

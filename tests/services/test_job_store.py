@@ -13,13 +13,6 @@ from services.redis_server import RedisServer, free_port
 SPEC = {"source": {"kind": "synthetic", "n": 2}, "rollout": None, "teacher": None, "seed": None}
 
 
-@pytest.fixture
-def redis_dir(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
 def _store(server: RedisServer, **kw) -> JobStore:
     return JobStore(server.url, prefix="t", **kw)
 

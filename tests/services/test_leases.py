@@ -25,13 +25,6 @@ LEASE_S = 3.0
 SPEC = {"source": {"kind": "synthetic", "n": 8}, "rollout": None, "teacher": None, "seed": None}
 
 
-@pytest.fixture
-def redis_dir(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
 def settings_json(server: RedisServer, tmp: Path, **jobs: Any) -> str:
     tree: dict[str, Any] = {}
     for key, value in {"jobs.redis_url": server.url, "jobs.prefix": "t", "jobs.jobs_root": str(tmp / "jobs"),
