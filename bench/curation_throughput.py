@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from dataclasses import asdict
 
 
 def bare_generate(cfg, model_path: str, problems) -> tuple[int, float]:
@@ -23,14 +22,14 @@ def bare_generate(cfg, model_path: str, problems) -> tuple[int, float]:
 
     from pipelines.engine import build_llm, timed_generate
     from ssb.prompts import Prompts, render_ids, rollout_messages
-    from pipelines.stages import _sampling
+    from pipelines.stages import sampling_params
     import vllm
 
     llm = build_llm(model_path, cfg.model, cfg.engine, max_logprobs=cfg.curate.top_k)
     tok = AutoTokenizer.from_pretrained(model_path)
     prompts = Prompts.from_config(cfg.prompts)
     inputs = [TokensPrompt(prompt_token_ids=render_ids(tok, rollout_messages(p.question, prompts))) for p in problems]
-    params = _sampling(vllm, cfg.curate.rollout)
+    params = sampling_params(vllm, cfg.curate.rollout)
     tokens, seconds = timed_generate(llm, inputs, params)
     del llm
     return tokens, seconds

@@ -2,7 +2,7 @@
 
 The cluster is the tests' loopback one (tests/cluster/loopback.py): two `ray start` nodes
 of 3 logical CPUs each. Each replica is an actor running curation's own rollout stage
-(`pipelines.curate._load_engine` + `pipelines.stages.RolloutStage`, the code a
+(`pipelines.curate.load_engine` + `pipelines.stages.RolloutStage`, the code a
 `CurationWorker` runs first) with `engine.cpus_per_replica=2`, so two replicas land on the
 two nodes, as `engine.replicas=2` does in a curation job. Engines start before the clock
 does (start-up is not throughput); then the same problems are dealt out in
@@ -34,12 +34,12 @@ class RolloutReplica:
     """One engine replica doing curation's rollout step on batches of problem rows."""
 
     def __init__(self, cfg_json: str, model_path: str):
-        from pipelines.curate import _load_engine
+        from pipelines.curate import load_engine
         from pipelines.stages import RolloutStage
         from ssb.config import RunConfig
 
         cfg = RunConfig.model_validate_json(cfg_json)
-        llm, tok = _load_engine(cfg, model_path, seed_offset=os.getpid())
+        llm, tok = load_engine(cfg, model_path, seed_offset=os.getpid())
         self.stage = RolloutStage(llm, tok, cfg)
 
     def node(self) -> str:

@@ -13,52 +13,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
-from ssb.config import RunConfig, load_config
 from ssb.store import StoreError
 
-
-def _looks_like_a_path(name: str) -> bool:
-    # A hub name is "name" or "org/name"; anything else is meant as a local directory.
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1
-
-
-def _check_inputs(cfg: RunConfig) -> None:
-    """Missing local inputs fail here, in a line, before a tokenizer, Ray or an engine loads."""
-    from ssb.data import check_source
-
-    if _looks_like_a_path(cfg.model.name) and not Path(cfg.model.name).expanduser().exists():
-        raise FileNotFoundError(f"model {cfg.model.name!r} does not exist (a local model directory or a hub name "
-                                "such as Qwen/Qwen2.5-3B-Instruct)")
-    if cfg.model.adapter and "://" not in cfg.model.adapter and not Path(cfg.model.adapter).expanduser().exists():
-        raise FileNotFoundError(f"model.adapter {cfg.model.adapter!r} does not exist")
-    check_source(cfg.data)
-
-
-def _config(args: argparse.Namespace) -> RunConfig:
-    overrides = list(args.overrides)
-    for flag, key in (("model", "model.name"), ("data", "data.source"), ("run_dir", "run_dir"), ("name", "name"),
-                      ("store", "train.store")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    benchmarks = getattr(args, "benchmarks", None)
-    if benchmarks:
-        overrides.append("eval.benchmarks=" + json.dumps([b.strip() for b in benchmarks.split(",") if b.strip()]))
-    cfg = load_config(args.config, overrides)
-    _check_inputs(cfg)
-    return cfg
+from cluster.args import config_from_args
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
     from pipelines.curate import run_curation
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     summary = run_curation(cfg, progress=not args.quiet)
     print(summary.table())
     print(f"store: {cfg.store_dir}")
@@ -68,7 +35,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.distill import run_distillation
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     summary = run_distillation(cfg, resume=args.resume)
     print(summary.table())
     return 0
@@ -77,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pipelines.evaluate import run_evaluation
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     adapter = args.adapter or cfg.eval.adapter
     label = args.label or cfg.eval.label or ("ssb" if adapter else "base")
     adapters: dict[str, str | None] = {label: adapter}
@@ -92,7 +59,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import run_pipeline
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     report = run_pipeline(cfg, rounds=args.rounds, progress=not args.quiet, skip_base=args.skip_base)
     from ssb.report import render_table
 
@@ -104,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ssb.report import render_table, write_report
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     print(render_table(write_report(cfg.output_dir)))
     print(f"report: {cfg.output_dir}/report.md")
     return 0
@@ -114,7 +81,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from cluster import versions
     from cluster.doctor import report
 
-    print(report(_config(args), convert=not args.no_convert))
+    print(report(config_from_args(args), convert=not args.no_convert))
     # Warnings, not errors: a newer release often works, and doctor is how one finds out where.
     print(versions.report())
     return 0

@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
 
     serve_overrides = [o[len("serve."):] for o in args.overrides if o.startswith("serve.")]
     args.overrides = [o for o in args.overrides if not o.startswith("serve.")]
-    from cluster.cli import _config
+    from cluster.args import config_from_args
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     run_dir = Path(cfg.output_dir).resolve()
     extra: dict = {"jobs.jobs_root": str(run_dir / "jobs")}
     if any(o.startswith("jobs.jobs_root=") for o in serve_overrides):

@@ -40,7 +40,7 @@ from pipelines.stages import (JudgeStage, RolloutStage, Row, TeacherStage, Verif
 log = logging.getLogger(__name__)
 
 
-def _load_engine(cfg: RunConfig, model_path: str, seed_offset: int = 0) -> tuple[Any, Any]:
+def load_engine(cfg: RunConfig, model_path: str, seed_offset: int = 0) -> tuple[Any, Any]:
     from transformers import AutoTokenizer
 
     from pipelines.engine import build_llm
@@ -66,14 +66,14 @@ class CurationWorker(_Worker):
     def __init__(self, cfg_json: str, model_path: str):
         cfg = RunConfig.model_validate_json(cfg_json)
         # Sampling is seeded per request (pipelines/stages.py), not by the engine seed.
-        llm, tok = _load_engine(cfg, model_path)
+        llm, tok = load_engine(cfg, model_path)
         self.stages = curation_stages(llm, tok, cfg)
 
 
 class RolloutWorker(_Worker):
     def __init__(self, cfg_json: str, model_path: str):
         cfg = RunConfig.model_validate_json(cfg_json)
-        llm, tok = _load_engine(cfg, model_path)
+        llm, tok = load_engine(cfg, model_path)
         self.stages = [RolloutStage(llm, tok, cfg)]
 
 
@@ -88,7 +88,7 @@ class SelectWorker(_Worker):
 class TeacherWorker(_Worker):
     def __init__(self, cfg_json: str, model_path: str):
         cfg = RunConfig.model_validate_json(cfg_json)
-        llm, tok = _load_engine(cfg, model_path)
+        llm, tok = load_engine(cfg, model_path)
         self.stages = [TeacherStage(llm, tok, cfg), JudgeStage(cfg)]
 
 
@@ -311,5 +311,3 @@ def consume(batches: Iterable[pa.Table], cfg: RunConfig, store: LogitStore, summ
         bar.close()
         summary.skipped = dict(reasons)
 
-
-_consume = consume  # the name other modules used before it was shared with the service

@@ -62,7 +62,7 @@ def from_table(table: pa.Table) -> list[Row]:
     return rows
 
 
-def _sampling(llm_module: Any, s: Any, *, logprobs: int | None = None, seed: int | None = None) -> Any:
+def sampling_params(llm_module: Any, s: Any, *, logprobs: int | None = None, seed: int | None = None) -> Any:
     return llm_module.SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p,
                                      max_tokens=s.max_tokens, logprobs=logprobs, seed=seed)
 
@@ -105,7 +105,7 @@ class VLLMSampler:
     def sample(self, prompts: list[list[int]], seeds: list[int], params: SamplingConfig,
                logprobs: int | None = None) -> list[list[Completion]]:
         inputs = [self._vllm.inputs.TokensPrompt(prompt_token_ids=ids) for ids in prompts]
-        per_request = [_sampling(self._vllm, params, logprobs=logprobs, seed=seed) for seed in seeds]
+        per_request = [sampling_params(self._vllm, params, logprobs=logprobs, seed=seed) for seed in seeds]
         outputs = self.llm.generate(inputs, per_request, use_tqdm=False, lora_request=self.lora)
         return [list(out.outputs) for out in outputs]
 

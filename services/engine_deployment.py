@@ -32,10 +32,10 @@ class CurationEngine:
     """One vLLM engine and the four stages; `run_batch` is CurationWorker.__call__ with a per-job config."""
 
     def __init__(self, cfg_json: str, model_path: str):
-        from pipelines.curate import _load_engine
+        from pipelines.curate import load_engine
 
         self.cfg = RunConfig.model_validate_json(cfg_json)
-        self.llm, self.tokenizer = _load_engine(self.cfg, model_path)
+        self.llm, self.tokenizer = load_engine(self.cfg, model_path)
         self._stages: dict[str, list[Any]] = {}
         # vllm.LLM is not re-entrant: batches from concurrent jobs take turns.
         self._lock = threading.Lock()

@@ -57,11 +57,12 @@ def test_results_merge_per_label_and_read_back(tmp_path):
 
 
 def test_cli_eval_and_run_parse_their_flags():
-    from cluster.cli import _config, build_parser
+    from cluster.args import config_from_args
+    from cluster.cli import build_parser
 
     args = build_parser().parse_args(["eval", "--benchmarks", "gsm8k-test, math500", "--adapter", "a",
                                       "--with-base", "eval.n=2"])
     assert (args.adapter, args.with_base) == ("a", True)
-    assert _config(args).eval.benchmarks == ["gsm8k-test", "math500"]
+    assert config_from_args(args).eval.benchmarks == ["gsm8k-test", "math500"]
     args = build_parser().parse_args(["run", "--rounds", "2", "--run-dir", str(Path("x"))])
-    assert args.rounds == 2 and _config(args).run_dir == "x"
+    assert args.rounds == 2 and config_from_args(args).run_dir == "x"
