@@ -100,6 +100,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", dest="run_dir", help="output directory (default runs/<name>)")
     p.add_argument("--name", help="run name")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show Ray's, vLLM's and the workers' logs on the console (else in <run-dir>/logs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. curate.rollout.n=8")
 
 
@@ -180,14 +182,31 @@ def error_line(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
 
 
+# Commands that run a job here: their library and worker logs go to <run-dir>/logs/.
+LOGGED = ("curate", "train", "eval", "run")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.run_logs import route_library_logs, save_worker_logs
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    run_dir = None
     try:
+        if args.command in LOGGED:
+            if getattr(args, "verbose", False):
+                args.overrides = [*args.overrides, "ray.log_to_driver=true"]
+            else:
+                run_dir = config_from_args(args).output_dir
+                route_library_logs(run_dir)
         return args.fn(args)
     except (ValueError, OSError, RuntimeError, StoreError) as exc:
-        print(f"ssb {args.command}: {error_line(exc)}", file=sys.stderr)
+        where = f" (logs: {run_dir}/logs/)" if run_dir is not None else ""
+        print(f"ssb {args.command}: {error_line(exc)}{where}", file=sys.stderr)
         return 2
+    finally:
+        if run_dir is not None:
+            save_worker_logs(run_dir)
 
 
 if __name__ == "__main__":

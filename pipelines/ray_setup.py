@@ -14,16 +14,16 @@ def init_ray(cfg: RayConfig) -> None:
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=cfg.log_to_driver)
         return
     # A local Ray on a small box: more logical CPUs than cores, or an engine actor and the
-    # stages beside it wait on each other for CPU slots (../shared/DESIGN.md).
+    # stages beside it wait on each other for CPU slots and deadlock.
     ray.init(
         num_cpus=cfg.num_cpus or max(8, os.cpu_count() or 1),
         object_store_memory=cfg.object_store_memory,
         include_dashboard=cfg.include_dashboard,
         ignore_reinit_error=True,
-        log_to_driver=True,
+        log_to_driver=cfg.log_to_driver,
     )
 
 

@@ -217,6 +217,9 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(default=None, ge=1)
     object_store_memory: int = Field(default=1_000_000_000, ge=75 * 1024 * 1024)  # Ray's minimum
     include_dashboard: bool = False
+    # Workers' stdout/stderr on the driver's console. Off: the CLI keeps them in the run's logs/
+    # (pipelines/run_logs.py); `ssb ... --verbose` turns it on.
+    log_to_driver: bool = False
 
 
 class RunConfig(_Strict):

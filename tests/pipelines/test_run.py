@@ -4,10 +4,14 @@ the round-1 student → train → evaluate base, round 1 and round 2 → report.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import tiny_curation_overrides
+from tests.conftest import REPO, tiny_curation_overrides
 
 
 CURATED, EVALUATED = 12, 10  # problems per round and per evaluated model
@@ -21,12 +25,22 @@ def tiny_run_overrides(run_dir) -> list[str]:
 
 
 @pytest.mark.slow
-def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, model_path, ray_session):
-    from cluster.cli import main
+def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, model_path):
+    """As a user runs it (its own process and local Ray): a quiet console, the logs in the run."""
     from ssb.config import load_config
 
     run_dir = tmp_path / "run"
-    assert main(["run", "-q", "--rounds", "2", *tiny_run_overrides(run_dir)]) == 0
+    cmd = [sys.executable, "-m", "cluster.cli", "run", "--rounds", "2", *tiny_run_overrides(run_dir)]
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
+                          timeout=2400)
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console[-3000:]
+    noise = [line for line in console.splitlines() if "Traceback" in line or re.search(r"\bERROR\b", line)]
+    assert not noise, "\n".join(noise[:20])
+    assert "== curate (round 1)" in done.stdout and f"report: {run_dir}/report.md" in done.stdout
+    logs = run_dir / "logs"
+    assert (logs / "driver.log").stat().st_size > 0  # Ray's and the libraries' own lines went here
+    assert any(logs.glob("ray/worker-*.out")) and any(logs.glob("ray/worker-*.err"))
 
     # Round 2 curated with round 1's student: base model + round 1's adapter.
     round2 = load_config(run_dir / "round-2" / "config.yaml")

@@ -1,0 +1,94 @@
+"""Where a run's logs go: the console shows ssb's own output, the rest is kept in the run.
+
+A successful `ssb run` prints stage headers, progress bars, summary tables and where the
+report is. Ray, Ray Data, Ray Train, vLLM and transformers log a great deal at INFO, and the
+engines' worker processes print tracebacks while Ray tears actors down after the work is
+done; shown on the console, a newcomer reads that as a crash. So, unless `--verbose`:
+- library loggers and Python warnings go to `<run_dir>/logs/driver.log`, not the console
+  (ssb's own loggers keep the console at the level asked for);
+- Ray does not forward its workers' output to the driver (`ray.log_to_driver: false`), and
+  once the command ends the worker logs of a local Ray session are copied to
+  `<run_dir>/logs/ray/`, beside the run they belong to.
+A failure still prints its one-line error, followed by where these logs are.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+# Library loggers whose INFO chatter belongs in the log file, not on the console.
+LIBRARIES = ("ray", "vllm", "transformers", "torch", "urllib3", "filelock", "httpx", "py.warnings")
+_HANDLER_NAME = "ssb-run-log"
+
+
+def log_dir(run_dir: str) -> Path | None:
+    """`<run_dir>/logs` for a local run directory; None for remote ones (s3://, gs://)."""
+    return None if "://" in run_dir else Path(run_dir) / "logs"
+
+
+class _LazyFile(logging.FileHandler):
+    """Creates its folder and file at the first record: a command refused before it starts
+    leaves no run directory behind."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True)
+
+    def _open(self):  # type: ignore[override]
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
+def route_library_logs(run_dir: str) -> Path | None:
+    """Sends library loggers and warnings to `<run_dir>/logs/driver.log`; returns the folder."""
+    folder = log_dir(run_dir)
+    if folder is None:
+        return None
+    handler = _LazyFile(folder / "driver.log")
+    handler.name = _HANDLER_NAME
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.captureWarnings(True)
+    for name in LIBRARIES:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if h.name == _HANDLER_NAME]:
+            logger.removeHandler(old)  # an earlier run's file, in the same process
+            old.close()
+        # vLLM and Ray attach console handlers of their own: those go, the file takes their place.
+        for console in [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
+                        and not isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(console)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return folder
+
+
+def save_worker_logs(run_dir: str) -> Path | None:
+    """Copies this process's local Ray session logs (workers, raylet, GCS) to `<run_dir>/logs/ray`.
+
+    Nothing for a remote cluster: its workers' logs stay on its nodes (and in its dashboard)."""
+    folder = log_dir(run_dir)
+    session = _local_session_logs()
+    if folder is None or session is None:
+        return None
+    target = folder / "ray"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in session.iterdir():
+        if path.is_file() and path.suffix in (".out", ".err", ".log"):
+            shutil.copy2(path, target / path.name)
+    return target
+
+
+def _local_session_logs() -> Path | None:
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    # Ray has no public accessor for the session directory; the node object of a local
+    # cluster's driver holds it. A driver attached to a remote cluster has no local workers.
+    node = getattr(ray._private.worker.global_worker, "node", None)
+    if node is None or not getattr(node, "head", False):
+        return None
+    path = Path(node.get_logs_dir_path())
+    return path if path.is_dir() else None
