@@ -18,8 +18,9 @@ import logging
 import shutil
 from pathlib import Path
 
-# Library loggers whose INFO chatter belongs in the log file, not on the console.
-LIBRARIES = ("ray", "vllm", "transformers", "torch", "urllib3", "filelock", "httpx", "py.warnings")
+# Library loggers whose INFO chatter belongs in the log file, not on the console. Not torch:
+# its modules keep console handlers of their own, and INFO on its root logger would wake them.
+LIBRARIES = ("ray", "vllm", "transformers", "urllib3", "filelock", "httpx", "py.warnings")
 _HANDLER_NAME = "ssb-run-log"
 
 
