@@ -1,9 +1,9 @@
 """Curation rollout throughput with 2 engine replicas vs 1 on a two-node Ray cluster.
 
 The cluster is the tests' loopback one (tests/cluster/loopback.py): two `ray start` nodes
-of 3 logical CPUs each. Each replica is an actor running curation's own rollout stage
-(`pipelines.curate.load_engine` + `pipelines.stages.RolloutStage`, the code a
-`CurationWorker` runs first) with `engine.cpus_per_replica=2`, so two replicas land on the
+of 3 logical CPUs each. Each replica is an actor running curation's own rollout step
+(`pipelines.curation_engine.CurationEngine.roll_out`, what a `CurationWorker` with
+`engine.colocate: false` runs first) with `engine.cpus_per_replica=2`, so two replicas land on the
 two nodes, as `engine.replicas=2` does in a curation job. Engines start before the clock
 does (start-up is not throughput); then the same problems are dealt out in
 `engine.batch_size` batches to whichever replica is free, and rollout tokens per second of
@@ -34,24 +34,21 @@ class RolloutReplica:
     """One engine replica doing curation's rollout step on batches of problem rows."""
 
     def __init__(self, cfg_json: str, model_path: str):
-        from pipelines.curate import load_engine
-        from pipelines.stages import RolloutStage
+        from pipelines.curation_engine import CurationEngine
         from ssb.config import RunConfig
 
-        cfg = RunConfig.model_validate_json(cfg_json)
-        llm, tok = load_engine(cfg, model_path, seed_offset=os.getpid())
-        self.stage = RolloutStage(llm, tok, cfg)
+        self.engine = CurationEngine(RunConfig.model_validate_json(cfg_json), model_path)
 
     def node(self) -> str:
         import ray
 
         return ray.get_runtime_context().get_node_id()
 
-    def rollouts(self, problems: list[dict]) -> int:
-        from pipelines.stages import new_row
+    async def rollouts(self, problems: list[dict]) -> int:
+        from ssb.records import Problem
 
-        rows = self.stage([new_row(p) for p in problems])
-        return sum(r["rollout_tokens"] or 0 for r in rows)
+        states = await self.engine.roll_out([Problem(**p) for p in problems])
+        return sum(s.rollout_tokens for s in states)
 
 
 def measure(cfg, model_path: str, problems: list[dict], replicas: int) -> tuple[float, int, float, set[str]]:

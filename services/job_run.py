@@ -4,8 +4,8 @@ The job's config is the service's run config with the request's overrides and it
 directory; problems come from a file under the allowed roots, the synthetic set, or the
 request itself (written to `<run_dir>/inline.jsonl` and read back by the normal loader, so
 they are validated and named exactly as a file given to `ssb curate` would be). Batches of
-`engine.batch_size` problems go through `curation_stages` with a `ServedSampler`, and
-`pipelines.curate.consume` commits them to the LogitStore: the shards and manifest `ssb curate`
+`engine.batch_size` problems go to the CurationEngine deployment (or a Curator sampling
+through the OpenAI endpoint), and `pipelines.curate.consume` commits them to the LogitStore: the shards and manifest `ssb curate`
 writes for the same problems and seed (each request is seeded from the problem id, not from
 the engine or the batch; services/engine_deployment.py says how far "the same" goes).
 
@@ -26,13 +26,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import pyarrow as pa
-
 from ssb.config import RunConfig
-from ssb.records import SkipReason
+from ssb.layout import RunLayout
+from ssb.manifest import MANIFEST
+from ssb.records import Problem, ProblemState, SkipReason
 
 from pipelines.curate import CurationSummary, close_run, consume, open_run
-from pipelines.stages import Row, new_row, to_table
 from services.settings import ServiceSettings, resolve_under
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def job_config(settings: ServiceSettings, spec: dict[str, Any], run_dir: str) ->
             raise ValueError("the dataset is no longer inside the allowed roots")
         data["source"], data["split"] = str(path), source.get("split") or data["split"]
     else:
-        data["source"] = str(Path(run_dir) / "inline.jsonl")
+        data["source"] = str(RunLayout(run_dir).inline)
     curate = tree["curate"]
     for role in ("rollout", "teacher"):
         for key, value in (spec.get(role) or {}).items():
@@ -83,7 +82,7 @@ def job_config(settings: ServiceSettings, spec: dict[str, Any], run_dir: str) ->
 
 
 def write_inline(run_dir: str, problems: list[dict[str, Any]]) -> None:
-    path = Path(run_dir) / "inline.jsonl"
+    path = RunLayout(run_dir).inline
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():  # a resumed job keeps the file its first attempt wrote
         tmp = path.with_suffix(".tmp")
@@ -91,29 +90,29 @@ def write_inline(run_dir: str, problems: list[dict[str, Any]]) -> None:
         tmp.replace(path)
 
 
-def progress_of(rows: list[Row]) -> dict[str, int]:
+def progress_of(states: list[ProblemState]) -> dict[str, int]:
     """What a committed batch adds to the job's counters."""
     counts: Counter[str] = Counter()
-    for row in rows:
-        if row["rollout_texts"] is not None:
+    for state in states:
+        if state.rollouts is not None:
             counts["rolled_out"] += 1
-        if row["rollout_verdicts"] is not None:
+        if state.verified:
             counts["verified"] += 1
-        if row["status"]:
+        if state.status is not None:
             counts["skipped"] += 1
-            counts[f"skipped:{row['status']}"] += 1
+            counts[f"skipped:{state.status.value}"] += 1
         else:
             counts["kept"] += 1
     return dict(counts)
 
 
-Processor = Callable[[list[Row]], list[Row]]
+Processor = Callable[[list[Problem]], list[ProblemState]]
 
 
-def _batches(cfg: RunConfig, todo: list[dict[str, Any]], process: Processor, concurrency: int,
-             should_stop: Callable[[], bool], timeout_s: float | None = None) -> Iterator[pa.Table]:
-    """Problem batches through the stages, `concurrency` batches in flight (one per engine
-    replica). Batches are `ssb curate`'s: `engine.batch_size` problems in order. A batch not
+def _batches(cfg: RunConfig, todo: list[Problem], process: Processor, concurrency: int,
+             should_stop: Callable[[], bool], timeout_s: float | None = None) -> Iterator[list[ProblemState]]:
+    """Problem batches through curation, `concurrency` batches in flight (engine replicas ×
+    `engine.max_concurrent_batches`). Batches are `engine.batch_size` problems in order. A batch not
     back within `timeout_s` of being waited for raises BatchTimeout: a hung engine must not
     hold a job (and its lease) forever."""
     size = cfg.engine.batch_size
@@ -121,9 +120,9 @@ def _batches(cfg: RunConfig, todo: list[dict[str, Any]], process: Processor, con
     stopped = False
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ssb-batch")
 
-    def result(future: Any) -> pa.Table:
+    def result(future: Any) -> list[ProblemState]:
         try:
-            return to_table(future.result(timeout=timeout_s))
+            return future.result(timeout=timeout_s)
         except FutureTimeout:
             raise BatchTimeout(f"a batch took longer than batch_timeout_s={timeout_s}") from None
 
@@ -133,7 +132,7 @@ def _batches(cfg: RunConfig, todo: list[dict[str, Any]], process: Processor, con
             if should_stop():
                 stopped = True
                 break
-            running.append(pool.submit(process, [new_row(p) for p in chunk]))
+            running.append(pool.submit(process, chunk))
             if len(running) >= concurrency:
                 yield result(running.pop(0))
         for future in running:  # batches already sent are finished and kept, cancelled or not
@@ -163,7 +162,7 @@ def run_job(settings: ServiceSettings, spec: dict[str, Any], run_dir: str,
             on_start: Callable[[int, str], None] | None = None,
             fence: Callable[[], None] | None = None) -> CurationSummary:
     """Runs (or resumes) a job to the end; JobCancelled when `should_stop` turned true.
-    `processor(cfg)` gives the function that runs the four stages on one batch of rows;
+    `processor(cfg)` gives the function that curates one batch of problems;
     `on_start(problems, load_report)` learns how many problems the job really has (a dataset's
     limit is a bound) and what the loader skipped and why; `fence()` runs before every write
     to the run directory and raises to stop the job writing."""
@@ -181,7 +180,7 @@ def run_job(settings: ServiceSettings, spec: dict[str, Any], run_dir: str,
         batches = _batches(cfg, run.todo, processor(cfg), concurrency, should_stop, settings.jobs.batch_timeout_s)
         consume(batches, cfg, _FencedStore(run.store, check), summary,  # type: ignore[arg-type]
                 run.model, run.tokenizer, progress=False, total=len(run.todo), start=start,
-                on_commit=lambda rows: on_commit(progress_of(rows)))
+                on_commit=lambda states: on_commit(progress_of(states)))
     check()
     close_run(cfg, run, summary, start)
     return summary
@@ -189,7 +188,7 @@ def run_job(settings: ServiceSettings, spec: dict[str, Any], run_dir: str,
 
 def result_of(cfg_store_dir: str, summary: CurationSummary) -> dict[str, Any]:
     """Where the job's examples are: the store (shards + manifest) and what it holds."""
-    return {"store": cfg_store_dir, "manifest": f"{cfg_store_dir.rstrip('/')}/manifest.json",
+    return {"store": cfg_store_dir, "manifest": f"{cfg_store_dir.rstrip('/')}/{MANIFEST}",
             "rows": summary.store.get("rows", 0), "shards": summary.store.get("shards", 0),
             "kept": summary.kept, "skipped": summary.skipped, "problems": summary.problems,
             "already_done": summary.already_done}

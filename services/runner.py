@@ -7,10 +7,10 @@ restarted by Serve) puts the job back at the head of the queue, and the job resu
 its store: no job is lost silently, and none is stored twice.
 
 Backends (`jobs.backend`):
-- "engine" (default): batches go to the CurationEngine deployment, which runs `ssb curate`'s
-  own stages on its own engine: the job's shards equal `ssb curate`'s for the same problems
-  and seed (services/engine_deployment.py says why that takes the same batches).
-- "openai": the stages run here and sample through the OpenAI LLMServer deployment
+- "engine" (default): batches go to the CurationEngine deployment, which curates them on
+  `ssb curate`'s own engine: the job's shards equal `ssb curate`'s for the same problems and
+  seed (services/engine_deployment.py says how far "the same" goes).
+- "openai": a Curator runs here and samples through the OpenAI LLMServer deployment
   (services/llm.py) with per-request seeds: reproducible per request, but numerically equal
   to `ssb curate` only where the engine's kernels are batch-invariant.
 
@@ -36,8 +36,9 @@ from collections import Counter
 from typing import Any, Callable
 
 from ssb.config import RunConfig
+from ssb.layout import RunLayout
 
-from pipelines.stages import Row, curation_stages, from_table, run_stages, to_table
+from ssb.records import Problem, ProblemState
 from services.job_run import JobCancelled, Processor, result_of, run_job, sweep_run_dirs
 from services.jobs import JobStore, JobStoreUnavailable, Lease, LeaseLost
 from services.settings import ServiceSettings
@@ -50,7 +51,7 @@ class CurationRunner:
                  processor: Callable[[RunConfig], Processor] | None = None):
         """`engine`: the CurationEngine deployment's handle (backend "engine"); else the
         OpenAI LLMServer is looked up by application name (backend "openai"). `processor`
-        replaces both: cfg -> the function that runs the stages on one batch."""
+        replaces both: cfg -> the function that curates one batch of problems."""
         self.settings = ServiceSettings.model_validate_json(settings_json)
         self.jobs = JobStore.from_config(self.settings.jobs)
         self.engine = engine
@@ -116,10 +117,10 @@ class CurationRunner:
             cfg_json = cfg.model_dump_json()
             timeout = self.settings.jobs.batch_timeout_s
 
-            def on_engine(rows: list[Row]) -> list[Row]:
-                response = self.engine.run_batch.remote(cfg_json, to_table(rows))
+            def on_engine(problems: list[Problem]) -> list[ProblemState]:
+                response = self.engine.run_batch.remote(cfg_json, problems)
                 try:
-                    return from_table(response.result(timeout_s=timeout))
+                    return response.result(timeout_s=timeout)
                 except TimeoutError:
                     response.cancel()
                     raise
@@ -129,14 +130,24 @@ class CurationRunner:
 
         from services.llm import llm_server_handle
         from services.served_sampler import ServedSampler
+        from ssb.curator import Curator
         from ssb.default_model import resolve_model
+        from ssb.verify import VerifierPool
 
         if self._openai is None:
-            handle = llm_server_handle(self.settings.llm.app_name)
-            self._openai = (handle, AutoTokenizer.from_pretrained(resolve_model(cfg.model.name)))
-        handle, tokenizer = self._openai
-        stages = curation_stages(ServedSampler(handle, self.settings.llm.model_id), tokenizer, cfg)
-        return lambda rows: run_stages(stages, rows)
+            sampler = ServedSampler(llm_server_handle(self.settings.llm.app_name), self.settings.llm.model_id)
+            self._openai = (sampler, AutoTokenizer.from_pretrained(resolve_model(cfg.model.name)))
+        sampler, tokenizer = self._openai
+        v = cfg.verify
+        curator = Curator(cfg, tokenizer, sampler, VerifierPool(v.workers, timeout_s=v.timeout_s,
+                                                                fallbacks=v.fallbacks))
+        # Each batch runs in a thread of its own (job_run._batches): its own event loop.
+        return lambda problems: asyncio.run(curator.curate_many(problems))
+
+    def _concurrency(self) -> int:
+        """Batches a job keeps in flight: enough for every engine replica's concurrent batches."""
+        e = self.settings.run.engine
+        return max(1, e.replicas) * e.max_concurrent_batches
 
     def _run_one(self, lease: Lease) -> None:
         job_id = lease.job_id
@@ -190,8 +201,8 @@ class CurationRunner:
         try:
             summary = run_job(self.settings, record["spec"], record["run_dir"], self._processor,
                               on_commit=on_commit, should_stop=should_stop, on_start=on_start, fence=fence,
-                              concurrency=max(1, self.settings.run.engine.replicas))
-            status, fields = "succeeded", {"result": result_of(f"{record['run_dir']}/curated", summary),
+                              concurrency=self._concurrency())
+            status, fields = "succeeded", {"result": result_of(RunLayout(record["run_dir"]).curated, summary),
                                            "kept": summary.store.get("rows", 0)}
         except JobCancelled:
             status, fields = "cancelled", {}

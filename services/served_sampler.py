@@ -1,17 +1,19 @@
-"""A curation `Sampler` (pipelines/stages.py) backed by the LLMServer deployment.
+"""An `AsyncSampler` (ssb/curator.py) backed by the LLMServer deployment.
 
-The stages build the same token-id prompts and per-request seeds as in `ssb curate`; this
+The Curator builds the same token-id prompts and per-request seeds as in `ssb curate`; this
 sends each one as an OpenAI completions request through a DeploymentHandle and turns the
 answer back into what vLLM's CompletionOutput holds (text, token ids, finish reason, and
 per-token {token id: log-prob} with the sampled token always present), so `encode_topk`
 reads it exactly as it reads an in-process engine's output.
 
-Called from a worker thread (never the replica's event loop): handle responses are waited
-on synchronously.
+Each request is waited on in a thread of the sampler's own pool, so the Curator's event
+loop (never the replica's) keeps every problem's requests in flight at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -46,13 +48,14 @@ def to_completions(response: Any) -> list[ServedCompletion]:
 
 
 class ServedSampler:
-    def __init__(self, handle: Any, model: str):
+    def __init__(self, handle: Any, model: str, max_in_flight: int = 256):
         """`model`: the served model id, or "<id>:<adapter>" for a LoRA adapter."""
         self.model = model
         options: dict[str, Any] = {"stream": True}
         if ":" in model:
             options["multiplexed_model_id"] = model
         self.handle = handle.options(**options)
+        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="ssb-served")
 
     def request(self, prompt_ids: Sequence[int], seed: int, params: SamplingConfig, logprobs: int | None) -> Any:
         from ray.serve.llm.openai_api_models import CompletionRequest
@@ -65,19 +68,18 @@ class ServedSampler:
             return_tokens_as_token_ids=True, return_token_ids=True, stream=False,
         )
 
-    def sample(self, prompts: list[list[int]], seeds: list[int], params: SamplingConfig,
-               logprobs: int | None = None) -> list[list[ServedCompletion]]:
-        # All requests go out before any answer is awaited: the engine batches them itself.
-        pending = [self.handle.completions.remote(self.request(ids, seed, params, logprobs), None)
-                   for ids, seed in zip(prompts, seeds)]
-        results = []
-        for gen in pending:
-            answers = list(gen)
-            if not answers:
-                raise RuntimeError("the model deployment returned no answer")
-            last = answers[-1]
-            error = getattr(last, "error", None)
-            if error is not None:
-                raise RuntimeError(f"the model deployment refused a request: {getattr(error, 'message', error)}")
-            results.append(to_completions(last))
-        return results
+    async def sample(self, prompt_ids: list[int], seed: int, params: SamplingConfig,
+                     logprobs: int | None = None) -> list[ServedCompletion]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._sample, prompt_ids, seed, params, logprobs)
+
+    def _sample(self, prompt_ids: list[int], seed: int, params: SamplingConfig,
+                logprobs: int | None) -> list[ServedCompletion]:
+        answers = list(self.handle.completions.remote(self.request(prompt_ids, seed, params, logprobs), None))
+        if not answers:
+            raise RuntimeError("the model deployment returned no answer")
+        last = answers[-1]
+        error = getattr(last, "error", None)
+        if error is not None:
+            raise RuntimeError(f"the model deployment refused a request: {getattr(error, 'message', error)}")
+        return to_completions(last)

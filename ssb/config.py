@@ -84,6 +84,7 @@ class VerifyConfig(_Strict):
     timeout_s: float = Field(default=5.0, gt=0)
     # Fall-backs after the last \boxed{}: "gsm8k" (#### answer), "answer_is", "last_number".
     fallbacks: list[str] = Field(default_factory=lambda: ["answer_is"])
+    # Verifier processes per curation engine: checks of different problems run side by side.
     workers: int = Field(default=1, ge=1)
 
 
@@ -96,7 +97,7 @@ class EngineConfig(_Strict):
     max_num_seqs: int = Field(default=64, ge=1)
     enforce_eager: bool = True
     batch_size: int = Field(default=32, ge=1)  # problems per Ray Data batch sent to one engine call
-    # Batches one evaluation engine works on at once (async actor): their requests share the
+    # Batches one curation or evaluation engine works on at once: their requests share the
     # running batch, so a batch's slowest answer or its verification never idles the engine.
     max_concurrent_batches: int = Field(default=4, ge=1)
     seed: int = Field(default=0, ge=0)

@@ -11,19 +11,11 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ssb.records import Rollout, SkipReason, Verdict
+from ssb.records import Rollout, Selection, SkipReason, Verdict
 
 SameAnswer = Callable[[str, str], bool]
-
-
-@dataclass(frozen=True)
-class Selection:
-    correct: Rollout
-    incorrect: Rollout
-    incorrect_answer: str | None
 
 
 def _answer_key(answer: str) -> str:

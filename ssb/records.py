@@ -1,14 +1,20 @@
 """The record types that travel from the problem file to the trained student.
 
 One vocabulary end to end: a Problem is sampled into
-Rollouts, a selection picks one correct and one incorrect Rollout, and the teacher's
-answer becomes a CuratedExample in the logit store.
+Rollouts, a Selection picks one correct and one incorrect Rollout, and the teacher's
+accepted TeacherAnswer becomes a CuratedExample in the logit store. While a problem is
+being curated, everything known about it is one ProblemState, whichever process or
+service holds it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ssb.logits import TopK
 
 
 @dataclass(frozen=True)
@@ -78,3 +84,48 @@ class CuratedExample:
     config_hash: str
     seed: int
     meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Selection:
+    correct: Rollout
+    incorrect: Rollout
+    incorrect_answer: str | None
+
+
+@dataclass
+class TeacherAnswer:
+    """One teacher sample: the accepted one carries its top-k distribution, a rejected one none."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    answer: str | None
+    topk: TopK | None = None
+
+
+@dataclass
+class ProblemState:
+    """One problem on its way through curation. `status` is None while it is still in play
+    (and once kept); a skip reason ends it. The `engine_*` fields are accounting handed out
+    by the engine that curated it: its busy time shared over the problems of a batch, and on
+    the first problem it returned its start-up seconds and when (epoch seconds) it was up."""
+
+    problem: Problem
+    status: SkipReason | None = None
+    rollouts: list[Rollout] | None = None  # None: never sampled
+    rollout_finish: list[str] = field(default_factory=list)
+    rollout_tokens: int = 0
+    verified: bool = False
+    selection: Selection | None = None
+    student_prompt_ids: list[int] | None = None
+    teacher_prompt_ids: list[int] | None = None
+    teacher: TeacherAnswer | None = None  # the accepted answer, or the first rejected one
+    teacher_tokens: int = 0  # over every teacher sample
+    engine_seconds: float = 0.0
+    engine_load_seconds: float = 0.0
+    engine_ready_at: float = 0.0
+
+    @property
+    def kept(self) -> bool:
+        return self.status is None and self.teacher is not None and self.teacher.topk is not None

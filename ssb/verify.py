@@ -15,13 +15,15 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 
 from ssb.records import Verdict
@@ -349,6 +351,49 @@ class Verifier:
             self._stop_zygote()
         except Exception:  # noqa: BLE001  (interpreter shutdown: best effort only)
             pass
+
+
+class VerifierPool:
+    """`workers` Verifiers (a child process each) behind the Verifier interface: calls from
+    different threads run side by side, each on whichever verifier is free."""
+
+    def __init__(self, workers: int = 1, timeout_s: float = 5.0, fallbacks: Sequence[str] = ("answer_is",)):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.verifiers = [Verifier(timeout_s=timeout_s, fallbacks=fallbacks) for _ in range(workers)]
+        self._free: queue.SimpleQueue[Verifier] = queue.SimpleQueue()
+        for verifier in self.verifiers:
+            self._free.put(verifier)
+
+    @contextmanager
+    def _one(self) -> Iterator[Verifier]:
+        verifier = self._free.get()
+        try:
+            yield verifier
+        finally:
+            self._free.put(verifier)
+
+    def start(self) -> None:
+        for verifier in self.verifiers:
+            verifier.start()
+
+    def check_many(self, items: Sequence[tuple[str, str]]) -> list[tuple[str | None, str]]:
+        with self._one() as verifier:
+            return verifier.check_many(items)
+
+    def equivalent(self, pred: str | None, gold: str) -> bool:
+        with self._one() as verifier:
+            return verifier.equivalent(pred, gold)
+
+    def close(self) -> None:
+        for verifier in self.verifiers:
+            verifier.close()
+
+    def __enter__(self) -> VerifierPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _default: Verifier | None = None

@@ -1,6 +1,6 @@
 """Fenced leases: a runner that lost its job (Redis away past the lease) can neither store a
 problem twice nor end the job twice. Real redis-server, real JobStore, real CurationRunner and
-store; only the engine is replaced by a cheap processor that fills rows the way the stages do."""
+store; only the engine is replaced by a cheap processor that returns states the way a Curator does."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 
 from services.jobs import JobStore, LeaseLost
 from services.redis_server import RedisServer
 from services.runner import CurationRunner
 from services.settings import ServiceSettings, set_dotted
+from ssb.logits import TopK
+from ssb.records import Problem, ProblemState, Rollout, Selection, TeacherAnswer, Verdict
 from ssb.store import LogitStore
 
 LEASE_S = 3.0
@@ -31,26 +34,29 @@ def settings_json(server: RedisServer, tmp: Path, **jobs: Any) -> str:
                        "jobs.lease_s": LEASE_S, "jobs.poll_s": 0.1, "jobs.max_attempts": 5,
                        "api.allowed_data_roots": [str(tmp)], "llm.enabled": False,
                        "run.engine.batch_size": 2, "run.curate.shard_rows": 2,
+                       "run.engine.max_concurrent_batches": 1,  # one batch at a time: "the third" is well defined
                        **{f"jobs.{k}": v for k, v in jobs.items()}}.items():
         set_dotted(tree, key, value)
     return ServiceSettings.model_validate(tree).model_dump_json()
 
 
-def fake_stages(tag: str, before: Callable[[list[dict]], None] = lambda rows: None) -> Callable[[Any], Any]:
+def fake_stages(tag: str, before: Callable[[list[Problem]], None] = lambda problems: None) -> Callable[[Any], Any]:
     """cfg -> a processor that keeps every problem with a 2-token answer; `tag` is its response text."""
-    def for_config(cfg: Any) -> Callable[[list[dict]], list[dict]]:
+    def for_config(cfg: Any) -> Callable[[list[Problem]], list[ProblemState]]:
         k = cfg.curate.top_k
 
-        def process(rows: list[dict]) -> list[dict]:
-            before(rows)
-            for row in rows:
-                row.update(status="", rollout_texts=["r"], rollout_answers=["1"], rollout_verdicts=["correct"],
-                           rollout_tokens=1, rollout_seconds=0.0, correct_text="c", incorrect_text="i",
-                           incorrect_answer="0", student_prompt_ids=[1, 2], teacher_prompt_ids=[3, 4],
-                           response_ids=[5, 6], response_text=tag, finish_reason="stop", teacher_tokens=2,
-                           topk_ids=list(range(2 * k)), topk_logprobs=[-1.0] * (2 * k), tail_logprob=[-5.0, -5.0],
-                           teacher_answer=row["answer"], teacher_seconds=0.0)
-            return rows
+        def process(problems: list[Problem]) -> list[ProblemState]:
+            before(problems)
+            states = []
+            for p in problems:
+                right, wrong = Rollout(p.id, 0, "c", [], p.answer, Verdict.CORRECT), Rollout(p.id, 1, "i", [], "0")
+                topk = TopK(ids=np.arange(2 * k, dtype=np.int32).reshape(2, k),
+                            logprobs=np.full((2, k), -1.0, np.float32), tail_logprob=np.full(2, -5.0, np.float32))
+                states.append(ProblemState(
+                    p, rollouts=[right, wrong], rollout_finish=["stop", "stop"], rollout_tokens=1, verified=True,
+                    selection=Selection(right, wrong, "0"), student_prompt_ids=[1, 2], teacher_prompt_ids=[3, 4],
+                    teacher=TeacherAnswer(tag, [5, 6], "stop", p.answer, topk), teacher_tokens=2))
+            return states
         return process
     return for_config
 
@@ -107,8 +113,8 @@ def test_two_runners_and_redis_paused_past_the_lease_store_each_problem_once(red
                          max_active=4)[0]["id"]
     calls, in_third, release = [], threading.Event(), threading.Event()
 
-    def hold_the_third_batch(rows: list[dict]) -> None:
-        calls.append([r["id"] for r in rows])
+    def hold_the_third_batch(problems: list[Problem]) -> None:
+        calls.append([p.id for p in problems])
         if len(calls) == 3:
             in_third.set()
             release.wait(60)
@@ -144,7 +150,7 @@ def test_two_runners_and_redis_paused_past_the_lease_store_each_problem_once(red
 def test_a_hung_engine_call_fails_the_job_after_batch_timeout_s(redis_dir, tmp_path, model_path):
     hang = threading.Event()
     runner = CurationRunner(settings_json(redis_dir, tmp_path, batch_timeout_s=1.0),
-                            processor=fake_stages("A", lambda rows: hang.wait(60)))
+                            processor=fake_stages("A", lambda problems: hang.wait(60)))
     jobs = JobStore(redis_dir.url, prefix="t")
     job_id = jobs.create("alice", SPEC, problems=8, jobs_root=str(tmp_path / "jobs"), idempotency_key=None,
                          max_active=4)[0]["id"]

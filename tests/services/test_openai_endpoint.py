@@ -125,25 +125,28 @@ def test_engine_replicas_run_at_the_engine_niceness_not_rays_worker_default(open
     assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in replicas} == {run.engine.worker_niceness}
 
 
-def test_curation_stages_sample_through_the_deployment_handle(openai_app, model_path):
-    """The "openai" job backend: the same stages, a ServedSampler instead of an in-process engine."""
+def test_curation_samples_through_the_deployment_handle(openai_app, model_path):
+    """The "openai" job backend: the same Curator, a ServedSampler instead of an in-process engine."""
+    import asyncio
+
     from transformers import AutoTokenizer
 
-    from pipelines.stages import curation_stages, new_row, run_stages
     from services.llm import llm_server_handle
     from services.served_sampler import ServedSampler
+    from ssb.curator import Curator
     from ssb.data import synthetic_problems
+    from ssb.verify import Verifier
 
     _, run, llm = openai_app
     cfg = run.model_copy(deep=True)
     cfg.curate.rollout.n, cfg.curate.rollout.max_tokens = 4, 64
     cfg.curate.teacher.n, cfg.curate.teacher.max_tokens = 2, 96
-    stages = curation_stages(ServedSampler(llm_server_handle(llm.app_name), llm.model_id),
-                             AutoTokenizer.from_pretrained(model_path), cfg)
-    rows = run_stages(stages, [new_row(vars(p)) for p in synthetic_problems(2, seed=5)])
-    assert all(len(r["rollout_texts"]) == 4 and r["rollout_tokens"] > 0 for r in rows)
-    for row in rows:
-        if not row["status"]:  # kept: fixed-shape top-k of the ids the teacher generated
-            t = len(row["response_ids"])
-            assert len(row["topk_ids"]) == t * cfg.curate.top_k and len(row["tail_logprob"]) == t
-    stages[1].verifier.close()
+    with Verifier() as verifier:
+        curator = Curator(cfg, AutoTokenizer.from_pretrained(model_path),
+                          ServedSampler(llm_server_handle(llm.app_name), llm.model_id), verifier)
+        states = asyncio.run(curator.curate_many(synthetic_problems(2, seed=5)))
+    assert all(s.rollouts is not None and len(s.rollouts) == 4 and s.rollout_tokens > 0 for s in states)
+    for state in states:
+        if state.kept:  # fixed-shape top-k of the ids the teacher generated
+            topk, t = state.teacher.topk, len(state.teacher.token_ids)
+            assert topk.ids.shape == (t, cfg.curate.top_k) and topk.tail_logprob.shape == (t,)
