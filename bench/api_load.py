@@ -80,14 +80,15 @@ def start_local(token: str) -> tuple[str, object]:
     from services.api import build_api_deployment
     from services.redis_server import RedisServer, free_port
     from services.settings import ServiceSettings, with_tokens
+    from ssb.layout import RunLayout
 
-    work = Path(tempfile.mkdtemp(prefix="ssb-api-load-"))
-    redis = RedisServer(work / "redis").start()
+    work = RunLayout(tempfile.mkdtemp(prefix="ssb-api-load-"))
+    redis = RedisServer(work.redis).start()
     ray.init(num_cpus=8, object_store_memory=300_000_000, include_dashboard=False, log_to_driver=False)
     port = free_port()
     settings = ServiceSettings.model_validate({
         "api": {"port": port, "max_concurrent_jobs_per_token": 1_000_000},
-        "jobs": {"redis_url": redis.url, "jobs_root": str(work / "jobs")}})
+        "jobs": {"redis_url": redis.url, "jobs_root": str(work.jobs)}})
     settings = with_tokens(settings, [token])
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_api_deployment(settings).bind(None), name="ssb", route_prefix="/")

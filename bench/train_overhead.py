@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssb.config import RunConfig, load_config  # noqa: E402
+from ssb.layout import RunLayout  # noqa: E402
 from ssb.store import LogitStore, StoreError  # noqa: E402
 
 
@@ -84,7 +85,7 @@ def stand_in_store(workdir: Path, n: int = 16, max_new_tokens: int = 80, k: int 
     path = resolve_model("default")
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    store_dir = str(workdir / "stand-in" / "curated")
+    store_dir = RunLayout(workdir / "stand-in").curated
     store = LogitStore.create_or_resume(store_dir, config_hash="stand-in", model=model_identity("default"),
                                         tokenizer=tokenizer_fingerprint(tok), top_k=k)
     problems, _ = load_problems(cfg.data)

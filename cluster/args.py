@@ -26,6 +26,25 @@ def check_inputs(cfg: RunConfig) -> None:
     check_source(cfg.data)
 
 
+def check_run_dir(cfg: RunConfig, command: str) -> None:
+    """A command that keeps files a remote (URI) run directory cannot hold refuses one here,
+    in a line, before logs, Ray or an engine start; its stage would refuse it later anyway,
+    with the same message."""
+    if not cfg.layout.remote:
+        return
+    from pipelines.evaluate import STAGE as EVALUATION
+    from pipelines.merged import MERGED_STAGE, merges_adapters
+    from pipelines.run import STAGE as RUN
+    from services.settings import SERVICE_STAGE
+    from ssb.report import STAGE as REPORT
+
+    stages = {"eval": EVALUATION, "run": RUN, "report": REPORT, "serve": SERVICE_STAGE}
+    if cfg.model.adapter and merges_adapters(cfg.curate.merge_adapter, cfg):
+        stages["curate"] = MERGED_STAGE
+    if command in stages:
+        cfg.layout.local(stages[command])
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run config of a command: --config, the flags that stand for settings, then overrides;
     local inputs checked before anything heavy loads."""

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ssb.store import StoreError
 
-from cluster.args import config_from_args
+from cluster.args import check_run_dir, config_from_args
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
@@ -52,7 +52,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         adapters = {"base": None, **adapters}
     summary = run_evaluation(cfg, adapters, progress=not args.quiet)
     print(summary.table())
-    print(f"outputs: {cfg.output_dir}/eval/")
+    print(f"outputs: {cfg.layout.eval}/")
     return 0
 
 
@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ssb.report import render_table
 
     print(render_table(report))
-    print(f"report: {cfg.output_dir}/report.md")
+    print(f"report: {cfg.layout.report_md}")
     return 0
 
 
@@ -73,7 +73,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     print(render_table(write_report(cfg.output_dir)))
-    print(f"report: {cfg.output_dir}/report.md")
+    print(f"report: {cfg.layout.report_md}")
     return 0
 
 
@@ -186,22 +186,39 @@ def error_line(exc: BaseException) -> str:
 LOGGED = ("curate", "train", "eval", "run")
 
 
+def _run_config(args: argparse.Namespace) -> Any:
+    if args.command != "serve":
+        return config_from_args(args)
+    # `serve.*` overrides are the service's settings, not the run config's.
+    run_overrides = [o for o in args.overrides if not o.startswith("serve.")]
+    return config_from_args(argparse.Namespace(**{**vars(args), "overrides": run_overrides}))
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipelines.run_logs import route_library_logs, save_worker_logs
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    run_dir = None
+    run_dir = logs = None
     try:
+        if args.command in (*LOGGED, "report", "serve"):
+            cfg = _run_config(args)
+            check_run_dir(cfg, args.command)
         if args.command in LOGGED:
             if getattr(args, "verbose", False):
                 args.overrides = [*args.overrides, "ray.log_to_driver=true"]
+            elif cfg.layout.remote:
+                # Nothing would keep the workers' output: it goes to the console instead.
+                print(f"ssb {args.command}: the run directory {cfg.output_dir} is remote, so logs are shown here "
+                      "rather than kept in it (logs/ needs a local or shared-filesystem run directory)",
+                      file=sys.stderr)
+                args.overrides = [*args.overrides, "ray.log_to_driver=true"]
             else:
-                run_dir = config_from_args(args).output_dir
-                route_library_logs(run_dir)
+                run_dir = cfg.output_dir
+                logs = route_library_logs(run_dir)
         return args.fn(args)
     except (ValueError, OSError, RuntimeError, StoreError) as exc:
-        where = f" (logs: {run_dir}/logs/)" if run_dir is not None else ""
+        where = f" (logs: {logs}/)" if logs is not None else ""
         print(f"ssb {args.command}: {error_line(exc)}{where}", file=sys.stderr)
         return 2
     finally:

@@ -1,7 +1,7 @@
 """`ssb submit`: run an ssb command as a Ray job on a cluster, through the Jobs API.
 
     ssb submit curate configs/default.yaml --address http://HEAD:8265 engine.replicas=4
-    ssb submit run configs/qwen2.5-3b-gsm8k.yaml --address http://HEAD:8265 run_dir=s3://b/r -- --rounds 2
+    ssb submit run configs/qwen2.5-3b-gsm8k.yaml --address http://HEAD:8265 run_dir=/shared/runs/q -- --rounds 2
     ssb submit train configs/default.yaml --no-follow run_dir=/shared/runs/demo train.num_workers=8
 
 The project directory (the one holding this package) is uploaded as the job's working
@@ -13,7 +13,9 @@ manifests do that; `--pip` adds packages for one job).
 Everything after CONFIG is passed to the command: dotted overrides (checked here against
 the config model before anything is uploaded) and, after `--`, the command's own flags.
 The job's working directory is a temporary copy on the head node: give `run_dir` as shared
-storage (an absolute path every node mounts, or s3:// / gs://), not a relative path.
+storage (an absolute path every node mounts), not a relative path. An s3:// / gs:// run
+directory holds only the logit store and Ray Train's checkpoints: `curate` and `train` take
+one, `eval` and `run` are refused here (ssb/layout.py).
 
 Secrets: `--env` values travel in the job's runtime_env, which Ray keeps in the job's record
 for the life of the cluster and hands back in clear to `ray job list`, the SDK and the jobs
@@ -170,14 +172,19 @@ def runtime_env(working_dir: Path, *, env: dict[str, str] | None = None, pip: li
     return renv
 
 
-def check_config(config: str, overrides: list[str]) -> Any:
-    """Fail here, not minutes later on the cluster, on a bad config or override."""
+def check_config(config: str, overrides: list[str], command: str | None = None) -> Any:
+    """Fail here, not minutes later on the cluster, on a bad config or override, or on a
+    remote run directory `command` cannot use."""
     from ssb.config import load_config
 
+    from cluster.args import check_run_dir
+
     cfg = load_config(config, overrides)
-    if "://" not in cfg.output_dir and not Path(cfg.output_dir).is_absolute():
+    if command is not None:
+        check_run_dir(cfg, command)
+    if not cfg.layout.remote and not Path(cfg.output_dir).is_absolute():
         print(f"ssb submit: warning: run_dir {cfg.output_dir!r} is relative: the job writes it inside its temporary "
-              "working directory on the head node. Pass run_dir=<shared path or s3://...> to keep the outputs.",
+              "working directory on the head node. Pass run_dir=<shared path> to keep the outputs.",
               file=sys.stderr)
     return cfg
 
@@ -227,7 +234,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     overrides, flags = split_passthrough(parse_passthrough(args))
     if "=" in args.config:
         raise ValueError(f"ssb submit {args.job_command}: CONFIG comes before the overrides (got {args.config!r})")
-    check_config(args.config, overrides)
+    check_config(args.config, overrides, args.job_command)
     # Flags first: argparse takes no options after a run of overrides has started.
     entry = entrypoint(args.job_command, args.config, flags + overrides, working_dir=working_dir,
                        progress=args.progress)

@@ -40,6 +40,7 @@ from typing import Any
 from ssb.batching import TRAIN_COLUMNS, bucketed, collate, rows_of
 from ssb.config import RunConfig, TrainConfig, dump_config
 from ssb.default_model import resolve_model
+from ssb.layout import EXPERIMENT, RunLayout
 from ssb.prompts import tokenizer_fingerprint
 from ssb.store import LogitStore, Shard, StoreError
 from ssb.train import (ADAPTER_DIR, BUCKET_WINDOW, DistillStudent, TrainState, build_student, default_device,
@@ -51,7 +52,6 @@ from pipelines.merged import merge_adapter
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT = "distill"
 # Stores up to this size (Parquet bytes) are read once into Ray's object store: streaming
 # the shards again costs ~8 s at each epoch start on a small box (measured), far more than
 # a short epoch. Larger stores stream from their files every epoch.
@@ -146,7 +146,7 @@ def train_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.model_validate(config["train"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    train_dir = Path(config["train_dir"]) if config["train_dir"] else None
+    layout = RunLayout(config["run_dir"]) if config["run_dir"] else None
     if not cfg.use_gpu:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))  # Ray's OMP default may be 1
     device = ray.train.torch.get_device() if cfg.use_gpu else default_device(False)
@@ -175,7 +175,7 @@ def train_worker(config: dict[str, Any]) -> None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         if rank == 0:
             log.warning("resuming from step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch)
-            _append(train_dir, {"event": "resumed", **asdict(state)})
+            append_metrics(layout, {"event": "resumed", **asdict(state)})
 
     shard = ray.train.get_dataset_shard("train")
 
@@ -189,12 +189,12 @@ def train_worker(config: dict[str, Any]) -> None:
             yield collate(group, config["pad_id"])
 
     last_logged = state.step
-    board = _tensorboard(train_dir) if rank == 0 else None
+    board = _tensorboard(layout) if rank == 0 else None
 
     def on_report(metrics: dict[str, float], state: TrainState, save: bool) -> None:
         nonlocal last_logged
         if rank == 0 and metrics and metrics["step"] > last_logged:
-            _append(train_dir, metrics)
+            append_metrics(layout, metrics)
             last_logged = metrics["step"]
             if board is not None:
                 for key in ("loss", "kl", "ce", "tokens_per_s", "grad_norm", "lr"):
@@ -207,7 +207,7 @@ def train_worker(config: dict[str, Any]) -> None:
             ray.train.report(dict(metrics))
             return
         adapter_state, optim_state = _fsdp_states(module, optimizer) if fsdp else (None, None)
-        with _staging(train_dir, config["local_mode"], state.step) as tmp:
+        with _staging(layout, config["local_mode"], state.step) as tmp:
             if rank == 0:  # DDP replicas are identical; FSDP gathered the full state on rank 0
                 save_checkpoint(tmp, student, optimizer, scheduler, state, adapter_state, optim_state)
                 ray.train.report({**metrics, **asdict(state)}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -217,31 +217,32 @@ def train_worker(config: dict[str, Any]) -> None:
     train_loop(module, optimizer, scheduler, epoch_batches, cfg, state, device=device, on_report=on_report)
 
 
-def _staging(train_dir: Path | None, local_mode: bool, step: int) -> Any:
+def _staging(layout: RunLayout | None, local_mode: bool, step: int) -> Any:
     """Where a checkpoint is written before Ray Train persists it. With num_workers=0 (Ray
     Train's local mode: one in-process worker, for debugging) nothing is copied, so it
     must outlive the report."""
-    if local_mode and train_dir is not None:
-        path = train_dir / "local-checkpoints" / f"step-{step:06d}"
+    if local_mode and layout is not None:
+        path = layout.local_checkpoint(step)
         path.mkdir(parents=True, exist_ok=True)
         return nullcontext(str(path))
     return tempfile.TemporaryDirectory()
 
 
-def _tensorboard(train_dir: Path | None) -> Any:
+def _tensorboard(layout: RunLayout | None) -> Any:
     """A TensorBoard writer into <run_dir>/train/tensorboard when tensorboardX is installed."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(train_dir / "tensorboard")) if train_dir is not None else None
+    return SummaryWriter(str(layout.train_tensorboard)) if layout is not None else None
 
 
-def _append(train_dir: Path | None, record: dict[str, Any]) -> None:
-    if train_dir is None:  # a remote run directory: metrics only in Ray's results
+def append_metrics(layout: RunLayout | None, record: dict[str, Any]) -> None:
+    """One line of train/metrics.jsonl (rank 0 only)."""
+    if layout is None:  # a remote run directory: metrics only in Ray's results
         return
-    train_dir.mkdir(parents=True, exist_ok=True)
-    with open(train_dir / "metrics.jsonl", "a") as f:
+    layout.train.mkdir(parents=True, exist_ok=True)
+    with open(layout.train_metrics, "a") as f:
         f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 
@@ -274,7 +275,7 @@ def verified_dataset(store: LogitStore, columns: list[str]) -> Any:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "train" / "metrics.jsonl"
+    path = RunLayout(run_dir).train_metrics
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -299,18 +300,24 @@ def run_distillation(cfg: RunConfig, *, resume: bool = False) -> DistillSummary:
     store = open_checked_store(cfg, tokenizer)
     rows = store.summary()["rows"]
 
-    local = "://" not in cfg.output_dir
-    out = Path(cfg.output_dir).resolve() if local else None
-    storage = str(out / "train" / "ray") if out else cfg.output_dir.rstrip("/") + "/train/ray"
-    if local:
-        experiment = Path(storage) / EXPERIMENT
+    # A remote run directory keeps the checkpoints (Ray Train writes through pyarrow) but none
+    # of the files written here with local file operations.
+    layout = None if cfg.layout.remote else RunLayout(Path(cfg.output_dir).resolve())
+    storage = cfg.layout.train_ray if layout is None else layout.train_ray
+    if layout is not None:
+        experiment = layout.train_experiment
         if experiment.exists() and not resume:
             raise ValueError(f"a training run already exists in {experiment}: pass --resume to continue it, "
                              "or remove it (or use another run directory) to start over")
         if resume and not experiment.exists():
             raise ValueError(f"nothing to resume: no training run in {experiment}")
-        (out / "train").mkdir(parents=True, exist_ok=True)
-        (out / "train" / "config.yaml").write_text(dump_config(cfg))
+        layout.train.mkdir(parents=True, exist_ok=True)
+        layout.train_config.write_text(dump_config(cfg))
+    else:
+        log.warning("run directory %s is remote: Ray Train's checkpoints go to %s, but train/metrics.jsonl, "
+                    "train/summary.json and train/config.yaml are not written and the adapter goes to a local "
+                    "temporary directory (a local or shared-filesystem run directory keeps them all)",
+                    cfg.output_dir, storage)
 
     workers = max(t.num_workers, 1)
     if rows < workers:
@@ -327,7 +334,7 @@ def run_distillation(cfg: RunConfig, *, resume: bool = False) -> DistillSummary:
         train_worker,
         train_loop_config={"train": t.model_dump(mode="json"), "model_path": model_path, "pad_id": pad_id,
                            "total_steps": optimizer_steps(rows, t, workers),
-                           "train_dir": str(out / "train") if out else None, "local_mode": t.num_workers == 0},
+                           "run_dir": layout.root if layout is not None else None, "local_mode": t.num_workers == 0},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"GPU": 1, "CPU": t.cpus_per_worker} if t.use_gpu
                                      else {"CPU": t.cpus_per_worker}),
@@ -344,21 +351,23 @@ def run_distillation(cfg: RunConfig, *, resume: bool = False) -> DistillSummary:
         raise RuntimeError("training ended without a checkpoint")
 
     summary = DistillSummary(rows=rows, final_metrics=dict(result.metrics or {}),
-                             metrics_path=str(out / "train" / "metrics.jsonl") if out else "")
+                             metrics_path=str(layout.train_metrics) if layout is not None else "")
     summary.steps = int(summary.final_metrics.get("step", 0))
     summary.epochs = t.epochs
-    adapter_dir = (out / "adapter") if out else Path(tempfile.mkdtemp()) / "adapter"
+    # A remote run directory's adapter and merged model go to a local stand-in run directory.
+    outputs = layout or RunLayout(tempfile.mkdtemp())
+    adapter_dir = outputs.adapter
     with result.checkpoint.as_directory() as ckpt:
         if adapter_dir.exists():
             shutil.rmtree(adapter_dir)
         shutil.copytree(Path(ckpt) / ADAPTER_DIR, adapter_dir)
     summary.adapter_dir = str(adapter_dir)
-    if local:
-        resumed = [m for m in read_metrics(out) if m.get("event") == "resumed"]
+    if layout is not None:
+        resumed = [m for m in read_metrics(layout.root) if m.get("event") == "resumed"]
         summary.resumed_from_step = resumed[-1]["step"] if resumed else None
     if t.merge:
-        summary.merged_dir = str(merge_adapter(model_path, adapter_dir, adapter_dir.parent / "merged"))
+        summary.merged_dir = str(merge_adapter(model_path, adapter_dir, outputs.merged))
     summary.wall_seconds = time.perf_counter() - start
-    if local:
-        (out / "train" / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
+    if layout is not None:
+        layout.train_summary.write_text(json.dumps(asdict(summary), indent=2, default=str))
     return summary

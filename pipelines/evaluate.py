@@ -42,12 +42,15 @@ from pipelines.merged import merged_copy, merges_adapters
 from ssb.config import DataConfig, RunConfig, SyntheticConfig
 from ssb.data import load_problems
 from ssb.default_model import resolve_model
+from ssb.layout import RunLayout
 from ssb.records import Verdict
 from ssb.scoring import BenchmarkResult, ProblemOutcome, majority_vote, score
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
+# Outputs, results and merged copies are written with local file operations (ssb/layout.py).
+STAGE = "evaluation"
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,8 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
     from pipelines.ray_setup import init_ray, quiet_data_context
 
     start = time.perf_counter()
+    layout = cfg.layout
+    layout.local(STAGE)
     if adapters is None:
         adapters = {cfg.eval.label or ("ssb" if cfg.eval.adapter else "base"): cfg.eval.adapter}
     adapters = {label: _checked_adapter(path) for label, path in adapters.items()}
@@ -336,11 +341,10 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
 
     init_ray(cfg.ray)
     quiet_data_context(cfg.engine.wait_for_replicas_s)
-    out_dir = Path(cfg.output_dir) / "eval"
     got: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     bar = tqdm(total=len(rows), unit="problem", disable=not progress, dynamic_ncols=True, desc="eval")
     try:
-        for engine_model, labels in engine_groups(cfg, adapters, model_path, out_dir / "merged"):
+        for engine_model, labels in engine_groups(cfg, adapters, model_path, layout.eval_merged):
             group_rows = [r for r in rows if r["label"] in labels]
             for batch in build_eval_dataset(cfg, group_rows, engine_model, labels).iter_batches(
                     batch_format="pyarrow", batch_size=None):
@@ -361,18 +365,23 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
         if missing:
             raise RuntimeError(f"evaluation lost {len(missing)} problems of {key} ({label}), e.g. {missing[:3]}")
         records = [by_id[i] for i in ids]
-        path = out_dir / label / f"{key}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-        summary.files.append(str(path))
+        summary.files.append(str(write_outputs(layout, label, key, records)))
         tokens = sum((r["sample_tokens"] or 0) + (r["greedy_tokens"] or 0) for r in records)
         seconds = sum(r["generate_seconds"] or 0.0 for r in records)
         summary.results.setdefault(label, {})[key] = score(key, label, [outcome(r) for r in records],
                                                            tokens=tokens, seconds=seconds)
-    merge_results(out_dir / "results.json", summary.results)
+    merge_results(layout.eval_results, summary.results)
     return summary
+
+
+def write_outputs(layout: RunLayout, label: str, benchmark: str, records: list[dict[str, Any]]) -> Path:
+    """Every evaluated problem of one label and benchmark, one JSON line each."""
+    path = layout.eval_outputs(label, benchmark)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return path
 
 
 def engine_groups(cfg: RunConfig, adapters: dict[str, str | None], model_path: str,
@@ -411,7 +420,7 @@ def merge_results(path: Path, results: dict[str, dict[str, BenchmarkResult]]) ->
 
 
 def load_results(run_dir: str | Path) -> dict[str, dict[str, BenchmarkResult]]:
-    path = Path(run_dir) / "eval" / "results.json"
+    path = RunLayout(run_dir).eval_results
     if not path.exists():
         return {}
     raw = json.loads(path.read_text())

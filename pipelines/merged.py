@@ -13,6 +13,9 @@ from pathlib import Path
 
 from ssb.config import RunConfig, digest_dir
 
+# Curation's merged copies go under <run_dir>/merged/, written with local file operations.
+MERGED_STAGE = "curation with a merged adapter (curate.merge_adapter=false serves it by LoRA requests instead)"
+
 
 def merges_adapters(setting: bool | None, cfg: RunConfig) -> bool:
     """An explicit setting wins; None merges on CPU engines only."""

@@ -20,18 +20,21 @@ import inspect
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from ssb.config import RunConfig
+from ssb.layout import round_name
 
 log = logging.getLogger(__name__)
+
+# Evaluation and the report keep their files with local file operations (ssb/layout.py).
+STAGE = "ssb run (curate, train, evaluate, report)"
 
 
 def round_config(cfg: RunConfig, r: int) -> RunConfig:
     if r == 1:
         return cfg
-    return cfg.model_copy(update={"run_dir": str(Path(cfg.output_dir) / f"round-{r}")})
+    return cfg.model_copy(update={"run_dir": cfg.layout.round(r).root})
 
 
 def _curate(cfg: RunConfig, adapter: str | None, progress: bool) -> Any:
@@ -47,14 +50,14 @@ def _curate(cfg: RunConfig, adapter: str | None, progress: bool) -> Any:
 
 
 def _train(cfg: RunConfig) -> str:
-    from pipelines.distill import EXPERIMENT, run_distillation
+    from pipelines.distill import run_distillation
 
-    out = Path(cfg.output_dir)
-    adapter = out / "adapter"
-    if (out / "train" / "summary.json").exists() and (adapter / "adapter_config.json").exists():
-        log.warning("%s: training already finished; reusing %s", out, adapter)
-        return str(adapter)
-    resume = (out / "train" / "ray" / EXPERIMENT).exists()
+    layout = cfg.layout
+    out = layout.local(STAGE)
+    if layout.train_summary.exists() and layout.adapter_config.exists():
+        log.warning("%s: training already finished; reusing %s", out, layout.adapter)
+        return str(layout.adapter)
+    resume = layout.train_experiment.exists()
     summary = run_distillation(cfg, resume=resume)
     print(summary.table(), flush=True)
     return summary.adapter_dir
@@ -68,7 +71,8 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
     if rounds < 1:
         raise ValueError(f"--rounds {rounds}: need at least 1")
     start = time.perf_counter()
-    out = Path(cfg.output_dir)
+    layout = cfg.layout
+    out = layout.local(STAGE)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     adapters: list[str] = []
@@ -82,11 +86,11 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
         if summary.store.get("rows", 0) == 0 and r > 1:
             # The earlier rounds' students are still worth evaluating and reporting.
             print(f"round {r} kept no examples: stopping after round {r - 1} "
-                  f"(see {rcfg.output_dir}/curation_summary.json)", flush=True)
+                  f"(see {rcfg.layout.curation_summary})", flush=True)
             break
         if summary.store.get("rows", 0) == 0:
-            raise RuntimeError(f"curation{tag} kept no examples: nothing to train on (see {rcfg.output_dir}/"
-                               "curation_summary.json; try more rollouts, more problems or easier ones)")
+            raise RuntimeError(f"curation{tag} kept no examples: nothing to train on (see "
+                               f"{rcfg.layout.curation_summary}; try more rollouts, more problems or easier ones)")
         t1 = time.perf_counter()
         print(f"== train{tag}", flush=True)
         adapters.append(_train(rcfg))
@@ -99,14 +103,14 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
     if not (skip_base and all(b in have.get("base", {}) for b in _keys(cfg))):
         labels["base"] = None
     for r, adapter in enumerate(adapters, start=1):
-        labels["ssb" if r == len(adapters) else f"round-{r}"] = adapter
+        labels["ssb" if r == len(adapters) else round_name(r)] = adapter
     print("== evaluate " + ", ".join(labels), flush=True)
     t3 = time.perf_counter()
     ev = run_evaluation(cfg, labels, progress=progress)
     print(ev.table(), flush=True)
     timings["eval"] = time.perf_counter() - t3
     timings["total"] = time.perf_counter() - start
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    layout.timings.write_text(json.dumps(timings, indent=2))
     return write_report(out)
 
 

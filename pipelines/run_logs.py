@@ -9,7 +9,9 @@ done; shown on the console, a newcomer reads that as a crash. So, unless `--verb
 - Ray does not forward its workers' output to the driver (`ray.log_to_driver: false`), and
   once the command ends the worker logs of a local Ray session are copied to
   `<run_dir>/logs/ray/`, beside the run they belong to.
-A failure still prints its one-line error, followed by where these logs are.
+A failure still prints its one-line error, followed by where these logs are. A remote run
+directory (s3://...) cannot hold logs/: there the CLI shows everything on the console, as
+with `--verbose`, and says so.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from ssb.layout import RunLayout
+
 # Library loggers whose INFO chatter belongs in the log file, not on the console. Not torch:
 # its modules keep console handlers of their own, and INFO on its root logger would wake them.
 LIBRARIES = ("ray", "vllm", "transformers", "urllib3", "filelock", "httpx", "py.warnings")
@@ -25,8 +29,10 @@ _HANDLER_NAME = "ssb-run-log"
 
 
 def log_dir(run_dir: str) -> Path | None:
-    """`<run_dir>/logs` for a local run directory; None for remote ones (s3://, gs://)."""
-    return None if "://" in run_dir else Path(run_dir) / "logs"
+    """`<run_dir>/logs` for a local run directory; None for remote ones (s3://, gs://), whose
+    logs stay on the console (the CLI turns `ray.log_to_driver` on and says so)."""
+    layout = RunLayout(run_dir)
+    return None if layout.remote else layout.logs
 
 
 class _LazyFile(logging.FileHandler):
@@ -46,7 +52,7 @@ def route_library_logs(run_dir: str) -> Path | None:
     folder = log_dir(run_dir)
     if folder is None:
         return None
-    handler = _LazyFile(folder / "driver.log")
+    handler = _LazyFile(RunLayout(run_dir).driver_log)
     handler.name = _HANDLER_NAME
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.captureWarnings(True)
@@ -73,7 +79,7 @@ def save_worker_logs(run_dir: str) -> Path | None:
     session = _local_session_logs()
     if folder is None or session is None:
         return None
-    target = folder / "ray"
+    target = RunLayout(run_dir).worker_logs
     target.mkdir(parents=True, exist_ok=True)
     for path in session.iterdir():
         if path.is_file() and path.suffix in (".out", ".err", ".log"):

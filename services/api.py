@@ -33,6 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.jobs import JobStore, JobStoreUnavailable, TooManyJobs
+from ssb.layout import RunLayout
 from services.settings import (BearerAuth, ServiceSettings, bearer_error, deployment_salt, http_routes,
                                owner_id, resolve_under)
 
@@ -316,7 +317,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     def _examples(record: dict[str, Any], offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         try:
-            total, page = read_examples(f"{record['run_dir']}/curated", offset, limit)
+            total, page = read_examples(RunLayout(record["run_dir"]).curated, offset, limit)
         except HTTPException as exc:  # a damaged store's message names its files
             raise HTTPException(exc.status_code, paths.text(str(exc.detail))) from None
         return total, [_client_example(row, paths) for row in page]

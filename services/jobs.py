@@ -41,6 +41,7 @@ from typing import Any
 import redis
 
 from services.settings import JobsConfig
+from ssb.layout import job_dir
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 COUNTERS = ("rolled_out", "verified", "kept", "skipped")
@@ -314,7 +315,7 @@ class JobStore:
         job_id = uuid.uuid4().hex
         stamp = now_iso()
         fields = {"id": job_id, "owner": owner, "status": "queued", "created_at": stamp, "updated_at": stamp,
-                  "spec": json.dumps(spec), "problems": str(problems), "run_dir": f"{jobs_root.rstrip('/')}/{job_id}",
+                  "spec": json.dumps(spec), "problems": str(problems), "run_dir": job_dir(jobs_root, job_id),
                   "attempts": "0", "epoch": "0",
                   "cancel_requested": "0", **{c: "0" for c in COUNTERS}}
         idem = ""

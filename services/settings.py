@@ -21,9 +21,13 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ssb.config import RunConfig, set_dotted  # noqa: F401  (re-exported: service overrides use it too)
+from ssb.layout import is_remote, needs_local
+
+# Job run directories are swept, listed and shown to clients with local file operations.
+SERVICE_STAGE = "the curation service (ssb serve)"
 
 
 class _Strict(BaseModel):
@@ -78,7 +82,7 @@ class JobsConfig(_Strict):
     run_dir_retention_s: int = 7 * 86400
     sweep_every_s: float = 600.0
     batch_timeout_s: float = 3600.0  # one batch through the engine; past it the job fails, resumable
-    jobs_root: str = "runs/serve/jobs"  # a job's run directory is <jobs_root>/<job id>
+    jobs_root: str = "runs/serve/jobs"  # a job's run directory is ssb.layout.job_dir: <jobs_root>/<job id>
     runner_replicas: int = 1
     lease_s: float = 30.0  # a runner that stops renewing for this long has lost its job
     max_attempts: int = 3  # runner losses before a job is failed (resumable)
@@ -86,6 +90,13 @@ class JobsConfig(_Strict):
     # "engine": a CurationEngine deployment runs `ssb curate`'s batches (equal shards);
     # "openai": the runner samples through the OpenAI LLMServer deployment (services/llm.py).
     backend: str = "engine"
+
+    @field_validator("jobs_root")
+    @classmethod
+    def _local_jobs_root(cls, value: str) -> str:
+        if is_remote(value):
+            raise needs_local(SERVICE_STAGE, value, "jobs root")
+        return value
 
 
 class ServiceSettings(_Strict):

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ssb.layout import RunLayout
+
 
 _NUMBERS = (int, float, int | None, float | None)
 
@@ -241,8 +243,12 @@ class RunConfig(_Strict):
         return self.run_dir or str(Path("runs") / self.name)
 
     @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.output_dir)
+
+    @property
     def store_dir(self) -> str:
-        return _join(self.output_dir, "curated")
+        return self.layout.curated
 
     def curation_hash(self) -> str:
         """Identifies what a stored example depends on; a resume only reuses matching shards."""
@@ -267,10 +273,6 @@ def digest_dir(path: str) -> str:
         digest.update(file.relative_to(root).as_posix().encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def _join(base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

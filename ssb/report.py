@@ -2,7 +2,7 @@
 funnel, tokens, bytes, times, and plots, written to <run_dir>/report.{md,json} and *.png.
 
 Reads only files a run leaves behind (no Ray, no engine), so it can be rebuilt any time
-with `ssb report --run-dir DIR`:
+with `ssb report --run-dir DIR` (the names are ssb/layout.py's; a remote run directory is refused):
 
 - eval/results.json             label → benchmark → ssb.scoring.BenchmarkResult as a dict
                                 (labels: "base", "ssb", and "round-<r>" for earlier rounds)
@@ -17,13 +17,14 @@ were drawn, else pass@1 over the n samples; each entry's `metric` says which.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+from ssb.layout import ROUND_PREFIX, RunLayout, round_number
+
 # The curation skip reasons that mean a problem never reached the teacher.
 NOT_MIXED = ("no_correct_rollout", "no_incorrect_rollout", "prompt_too_long")
-_ROUND = re.compile(r"round-(\d+)$")
+STAGE = "the report"
 
 
 def _read_json(path: Path) -> Any:
@@ -34,16 +35,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def round_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    """(round, directory): round 1 is the run directory itself, round r ≥ 2 is round-<r>/."""
-    rounds = [(1, run_dir)]
-    for child in sorted(run_dir.glob("round-*")):
-        m = _ROUND.match(child.name)
-        if m and child.is_dir() and int(m.group(1)) >= 2:
-            rounds.append((int(m.group(1)), child))
-    return sorted(rounds)
 
 
 def funnel(summary: dict[str, Any]) -> dict[str, Any]:
@@ -79,16 +70,16 @@ def _round_of(label: str, last_round: int) -> int | None:
         return 0
     if label == "ssb":
         return last_round
-    m = _ROUND.match(label)
-    return int(m.group(1)) if m else None
+    return round_number(label)
 
 
 def build_report(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    results: dict[str, dict[str, Any]] = _read_json(run_dir / "eval" / "results.json") or {}
-    rounds = round_dirs(run_dir)
+    layout = RunLayout(run_dir)
+    root = layout.local(STAGE)
+    results: dict[str, dict[str, Any]] = _read_json(layout.eval_results) or {}
+    rounds = layout.rounds()
     # "ssb" is the last round that trained a student (a later round may have kept nothing).
-    trained = [r for r, d in rounds if (d / "adapter" / "adapter_config.json").exists()]
+    trained = [r for r, d in rounds if d.adapter_config.exists()]
     last_round = trained[-1] if trained else rounds[-1][0]
 
     benchmarks: dict[str, dict[str, Any]] = {}
@@ -111,7 +102,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     per_round: list[dict[str, Any]] = []
     for label, per in results.items():
         r = _round_of(label, last_round)
-        if r is None or (label.startswith("round-") and r == last_round and "ssb" in results):
+        if r is None or (label.startswith(ROUND_PREFIX) and r == last_round and "ssb" in results):
             continue
         per_round.append({"round": r, "label": label,
                           "benchmarks": {b: {"accuracy": d["accuracy"], "ci95": d["ci95"], "n": d["n"]}
@@ -120,11 +111,11 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
 
     curation, training = [], []
     for r, d in rounds:
-        cur = _read_json(d / "curation_summary.json")
+        cur = _read_json(d.curation_summary)
         if cur is not None:
             curation.append({"round": r, **funnel(cur)})
-        metrics = [m for m in _read_jsonl(d / "train" / "metrics.jsonl") if "loss" in m and "step" in m]
-        summary = _read_json(d / "train" / "summary.json") or {}
+        metrics = [m for m in _read_jsonl(d.train_metrics) if "loss" in m and "step" in m]
+        summary = _read_json(d.train_summary) or {}
         if metrics or summary:
             training.append({
                 "round": r, "steps": summary.get("steps") or (metrics[-1]["step"] if metrics else 0),
@@ -135,7 +126,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             })
     eval_tokens = sum(d.get("tokens", 0) for per in results.values() for d in per.values())
     return {
-        "run_dir": str(run_dir),
+        "run_dir": str(root),
         "accuracy_metric": sorted({e[l]["metric"] for e in benchmarks.values() for l in ("base", "ssb") if l in e}),
         "benchmarks": benchmarks,
         "rounds": per_round,
@@ -145,7 +136,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
                    "teacher": sum(c["teacher_tokens"] for c in curation),
                    "eval": eval_tokens},
         "bytes": {"store": sum(c["store_bytes"] for c in curation)},
-        "times": _read_json(run_dir / "timings.json") or {},
+        "times": _read_json(layout.timings) or {},
         "plots": [],
     }
 
@@ -282,12 +273,13 @@ def plot_loss(report: dict[str, Any], path: str | Path) -> Path:
 
 def write_report(run_dir: str | Path) -> dict[str, Any]:
     """Builds the report from the run's files; writes report.json, report.md and the plots."""
-    run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
+    layout.local(STAGE)
     report = build_report(run_dir)
     if report["benchmarks"]:
-        report["plots"].append(str(plot_accuracy(report, run_dir / "accuracy.png")))
+        report["plots"].append(str(plot_accuracy(report, layout.accuracy_plot)))
     if any(t["loss_curve"] for t in report["training"]):
-        report["plots"].append(str(plot_loss(report, run_dir / "loss.png")))
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (run_dir / "report.md").write_text(render_markdown(report))
+        report["plots"].append(str(plot_loss(report, layout.loss_plot)))
+    layout.report_json.write_text(json.dumps(report, indent=2))
+    layout.report_md.write_text(render_markdown(report))
     return report

@@ -29,6 +29,7 @@ from torch import nn
 
 from ssb.batching import Batch, Row, bucketed, collate
 from ssb.config import LoraConfig, TrainConfig
+from ssb.layout import CHECKPOINT_ADAPTER, CHECKPOINT_STATE
 from ssb.loss import LossOutput, topk_kl_loss
 
 BUCKET_WINDOW = 16  # batches sorted by length together (ssb.batching.bucketed)
@@ -195,7 +196,7 @@ def train_loop(module: nn.Module, optimizer: Any, scheduler: Any,
 
 # -- checkpoints (Ray-free; pipelines/distill.py puts them in Ray Train checkpoints) --------
 
-ADAPTER_DIR, STATE_FILE = "adapter", "train_state.pt"
+ADAPTER_DIR, STATE_FILE = CHECKPOINT_ADAPTER, CHECKPOINT_STATE
 
 
 def save_checkpoint(directory: str | Path, peft_model: Any, optimizer: Any, scheduler: Any,
