@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 
 from pipelines.engine import engine_actor_options
-from pipelines.merged import merged_copy, merges_adapters
+from pipelines.merged import MERGED_STAGE, merged_copy, merges_adapters
 from pipelines.state_table import problems_of, to_states, to_table
 from ssb.config import RunConfig, dump_config
 from ssb.curator import to_example
@@ -142,48 +142,114 @@ def model_identity(name: str) -> str:
 
 
 def write_run_config(cfg: RunConfig) -> None:
-    out = Path(cfg.output_dir)
-    if "://" not in cfg.output_dir:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_config(cfg))
+    if not cfg.layout.remote:
+        cfg.layout.config.parent.mkdir(parents=True, exist_ok=True)
+        cfg.layout.config.write_text(dump_config(cfg))
 
 
-@dataclass
-class OpenedRun:
-    """A run's store opened for writing and the problems it still has to do."""
+class CurationRun:
+    """One curation run's bookkeeping, the same for `ssb curate` and a service job: `open`
+    loads the problems and opens (or resumes) the store, leaving out problems already done
+    (`todo`); `consume` commits curated problems as shards; `close` records and returns the
+    summary (also written to the run directory)."""
 
-    store: LogitStore
-    model: str  # the model identity stored with every example
-    tokenizer: str  # the tokenizer fingerprint
-    model_path: str
-    todo: list[Problem]
+    def __init__(self, cfg: RunConfig, store: LogitStore, model: str, tokenizer: str, model_path: str,
+                 todo: list[Problem], summary: CurationSummary, start: float):
+        self.cfg, self.store, self.summary, self.todo = cfg, store, summary, todo
+        self.model = model  # the model identity stored with every example
+        self.tokenizer = tokenizer  # the tokenizer fingerprint
+        self.model_path = model_path
+        self._start = start
 
+    @classmethod
+    def open(cls, cfg: RunConfig) -> CurationRun:
+        from transformers import AutoTokenizer
 
-def open_run(cfg: RunConfig, summary: CurationSummary) -> OpenedRun:
-    """Loads the problems, opens (or resumes) the store, and leaves out problems already done."""
-    from transformers import AutoTokenizer
+        start = time.perf_counter()
+        summary = CurationSummary()
+        model_path = resolve_model(cfg.model.name)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model, tok_id = model_identity(cfg.model.name), tokenizer_fingerprint(tokenizer)
+        problems, report = load_problems(cfg.data)
+        summary.problems, summary.load_report = len(problems), report.summary()
+        if report.skipped:
+            log.warning("problem source: %s", report.summary())
+        write_run_config(cfg)
+        store = LogitStore.create_or_resume(cfg.store_dir, config_hash=cfg.curation_hash(), model=model,
+                                            tokenizer=tok_id, top_k=cfg.curate.top_k)
+        done = store.done_ids()
+        todo = [p for p in problems if p.id not in done]
+        summary.already_done = len(problems) - len(todo)
+        return cls(cfg, store, model, tok_id, model_path, todo, summary, start)
 
-    model_path = resolve_model(cfg.model.name)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model, tok_id = model_identity(cfg.model.name), tokenizer_fingerprint(tokenizer)
-    problems, report = load_problems(cfg.data)
-    summary.problems, summary.load_report = len(problems), report.summary()
-    if report.skipped:
-        log.warning("problem source: %s", report.summary())
-    write_run_config(cfg)
-    store = LogitStore.create_or_resume(cfg.store_dir, config_hash=cfg.curation_hash(), model=model,
-                                        tokenizer=tok_id, top_k=cfg.curate.top_k)
-    done = store.done_ids()
-    todo = [p for p in problems if p.id not in done]
-    summary.already_done = len(problems) - len(todo)
-    return OpenedRun(store, model, tok_id, model_path, todo)
+    def consume(self, batches: Iterable[list[ProblemState]], *, progress: bool,
+                on_commit: Callable[[list[ProblemState]], None] | None = None,
+                before_commit: Callable[[], None] | None = None) -> None:
+        """Commits a shard every `shard_rows` kept examples (and every `commit_every_s`), so a
+        killed run loses at most that much work and a rerun resumes after it.
 
+        `on_commit` sees the problems of each commit once it is durable (the service's progress
+        counters count only what a restart would not redo); `before_commit` runs before each
+        commit and raises to stop the run writing (the service's lease fence)."""
+        from tqdm import tqdm
 
-def close_run(cfg: RunConfig, run: OpenedRun, summary: CurationSummary, start: float) -> None:
-    summary.store = run.store.summary()
-    summary.wall_seconds = time.perf_counter() - start
-    if "://" not in cfg.output_dir:
-        (Path(cfg.output_dir) / "curation_summary.json").write_text(json.dumps(asdict(summary), indent=2))
+        cfg, summary = self.cfg, self.summary
+        kept: list[CuratedExample] = []
+        skipped: dict[str, str] = {}
+        pending: list[ProblemState] = []
+        reasons: Counter[str] = Counter()
+        last_commit = time.monotonic()
+        started_at = time.time() - (time.perf_counter() - self._start)  # the run's start on the epoch clock
+
+        def commit() -> None:
+            nonlocal kept, skipped, pending, last_commit
+            if kept or skipped:
+                if before_commit is not None:
+                    before_commit()
+                self.store.append(kept, skipped)
+                if on_commit is not None:
+                    on_commit(pending)
+            kept, skipped, pending, last_commit = [], {}, [], time.monotonic()
+
+        bar = tqdm(total=len(self.todo), unit="problem", disable=not progress, dynamic_ncols=True)
+        try:
+            for batch in batches:
+                for state in batch:
+                    pending.append(state)
+                    summary.processed += 1
+                    summary.rollout_tokens += state.rollout_tokens
+                    summary.teacher_tokens += state.teacher_tokens
+                    summary.engine_seconds += state.engine_seconds
+                    summary.engine_load_seconds += state.engine_load_seconds
+                    if state.engine_ready_at:
+                        up = state.engine_ready_at - started_at
+                        summary.startup_seconds = min(summary.startup_seconds, up) if summary.startup_seconds else up
+                    if state.status is not None:
+                        skipped[state.problem.id] = state.status.value
+                        reasons[state.status.value] += 1
+                    else:
+                        kept.append(to_example(state, cfg, self.model, self.tokenizer))
+                        summary.kept += 1
+                bar.update(len(batch))
+                elapsed = time.perf_counter() - self._start
+                bar.set_postfix(kept=summary.kept, skipped=sum(reasons.values()),
+                                tok_s=f"{summary.generated_tokens / max(elapsed, 1e-9):.0f}")
+                if len(kept) >= cfg.curate.shard_rows or time.monotonic() - last_commit >= cfg.curate.commit_every_s:
+                    commit()
+            commit()
+        except BaseException:
+            commit()  # problems already finished are complete: keep them, then fail loudly
+            raise
+        finally:
+            bar.close()
+            summary.skipped = dict(reasons)
+
+    def close(self) -> CurationSummary:
+        self.summary.store = self.store.summary()
+        self.summary.wall_seconds = time.perf_counter() - self._start
+        if not self.cfg.layout.remote:
+            self.cfg.layout.curation_summary.write_text(json.dumps(asdict(self.summary), indent=2))
+        return self.summary
 
 
 def with_adapter(cfg: RunConfig, adapter: str | None) -> RunConfig:
@@ -198,7 +264,8 @@ def engine_model_for(cfg: RunConfig, model_path: str) -> tuple[RunConfig, str]:
     base model's identity either way: only how the same student is served differs."""
     if not cfg.model.adapter or not merges_adapters(cfg.curate.merge_adapter, cfg):
         return cfg, model_path
-    merged = merged_copy(model_path, cfg.model.adapter, Path(cfg.output_dir) / "merged")
+    cfg.layout.local(MERGED_STAGE)
+    merged = merged_copy(model_path, cfg.model.adapter, cfg.layout.merged)
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": None})}), merged
 
 
@@ -208,76 +275,12 @@ def run_curation(cfg: RunConfig, *, progress: bool = True, adapter: str | None =
     `on_commit`: called in this thread with the problems of each durable commit (progress)."""
     from pipelines.ray_setup import init_ray, quiet_data_context
 
-    cfg = with_adapter(cfg, adapter)
-    start = time.perf_counter()
-    summary = CurationSummary()
-    run = open_run(cfg, summary)
+    run = CurationRun.open(with_adapter(cfg, adapter))
     if run.todo:
-        init_ray(cfg.ray)
-        quiet_data_context(cfg.engine.wait_for_replicas_s)
-        engine_cfg, engine_model = engine_model_for(cfg, run.model_path)
+        init_ray(run.cfg.ray)
+        quiet_data_context(run.cfg.engine.wait_for_replicas_s)
+        engine_cfg, engine_model = engine_model_for(run.cfg, run.model_path)
         dataset = build_curation_dataset(engine_cfg, [asdict(p) for p in run.todo], engine_model)
-        batches = (to_states(b) for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None))
-        consume(batches, cfg, run.store, summary, run.model, run.tokenizer, progress=progress, total=len(run.todo),
-                start=start, on_commit=on_commit)
-    close_run(cfg, run, summary, start)
-    return summary
-
-
-def consume(batches: Iterable[list[ProblemState]], cfg: RunConfig, store: LogitStore, summary: CurationSummary,
-            model: str, tok_id: str, *, progress: bool, total: int, start: float,
-            on_commit: Callable[[list[ProblemState]], None] | None = None) -> None:
-    """Commits a shard every `shard_rows` kept examples (and every `commit_every_s`), so a
-    killed run loses at most that much work and a rerun resumes after it.
-
-    `on_commit` sees the problems of each commit once it is durable (the service's progress
-    counters count only what a restart would not redo)."""
-    from tqdm import tqdm
-
-    kept: list[CuratedExample] = []
-    skipped: dict[str, str] = {}
-    pending: list[ProblemState] = []
-    reasons: Counter[str] = Counter()
-    last_commit = time.monotonic()
-    started_at = time.time() - (time.perf_counter() - start)  # `start` on the epoch clock
-
-    def commit() -> None:
-        nonlocal kept, skipped, pending, last_commit
-        if kept or skipped:
-            store.append(kept, skipped)
-            if on_commit is not None:
-                on_commit(pending)
-        kept, skipped, pending, last_commit = [], {}, [], time.monotonic()
-
-    bar = tqdm(total=total, unit="problem", disable=not progress, dynamic_ncols=True)
-    try:
-        for batch in batches:
-            for state in batch:
-                pending.append(state)
-                summary.processed += 1
-                summary.rollout_tokens += state.rollout_tokens
-                summary.teacher_tokens += state.teacher_tokens
-                summary.engine_seconds += state.engine_seconds
-                summary.engine_load_seconds += state.engine_load_seconds
-                if state.engine_ready_at:
-                    up = state.engine_ready_at - started_at
-                    summary.startup_seconds = min(summary.startup_seconds, up) if summary.startup_seconds else up
-                if state.status is not None:
-                    skipped[state.problem.id] = state.status.value
-                    reasons[state.status.value] += 1
-                else:
-                    kept.append(to_example(state, cfg, model, tok_id))
-                    summary.kept += 1
-            bar.update(len(batch))
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(kept=summary.kept, skipped=sum(reasons.values()),
-                            tok_s=f"{(summary.rollout_tokens + summary.teacher_tokens) / max(elapsed, 1e-9):.0f}")
-            if len(kept) >= cfg.curate.shard_rows or time.monotonic() - last_commit >= cfg.curate.commit_every_s:
-                commit()
-        commit()
-    except BaseException:
-        commit()  # problems already finished are complete: keep them, then fail loudly
-        raise
-    finally:
-        bar.close()
-        summary.skipped = dict(reasons)
+        run.consume((to_states(b) for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None)),
+                    progress=progress, on_commit=on_commit)
+    return run.close()

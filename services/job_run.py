@@ -5,9 +5,10 @@ directory; problems come from a file under the allowed roots, the synthetic set,
 request itself (written to `<run_dir>/inline.jsonl` and read back by the normal loader, so
 they are validated and named exactly as a file given to `ssb curate` would be). Batches of
 `engine.batch_size` problems go to the CurationEngine deployment (or a Curator sampling
-through the OpenAI endpoint), and `pipelines.curate.consume` commits them to the LogitStore: the shards and manifest `ssb curate`
-writes for the same problems and seed (each request is seeded from the problem id, not from
-the engine or the batch; services/engine_deployment.py says how far "the same" goes).
+through the OpenAI endpoint), and a `pipelines.curate.CurationRun` commits them to the
+LogitStore: the shards and manifest `ssb curate` writes for the same problems and seed (each
+request is seeded from the problem id, not from the engine or the batch;
+services/engine_deployment.py says how far "the same" goes).
 
 A job stopped anywhere (runner killed, cancelled, Redis gone) resumes from its store.
 """
@@ -31,7 +32,7 @@ from ssb.layout import RunLayout
 from ssb.manifest import MANIFEST
 from ssb.records import Problem, ProblemState, SkipReason
 
-from pipelines.curate import CurationSummary, close_run, consume, open_run
+from pipelines.curate import CurationRun, CurationSummary
 from services.settings import ServiceSettings, resolve_under
 
 log = logging.getLogger(__name__)
@@ -144,18 +145,6 @@ def _batches(cfg: RunConfig, todo: list[Problem], process: Processor, concurrenc
         raise JobCancelled()
 
 
-class _FencedStore:
-    """The store as `consume` sees it: each commit first asks `fence`, which raises when this
-    runner may no longer write (its lease ran out), so a stale runner never adds a shard."""
-
-    def __init__(self, store: Any, fence: Callable[[], None]):
-        self._store, self._fence = store, fence
-
-    def append(self, *args: Any, **kwargs: Any) -> Any:
-        self._fence()
-        return self._store.append(*args, **kwargs)
-
-
 def run_job(settings: ServiceSettings, spec: dict[str, Any], run_dir: str,
             processor: Callable[[RunConfig], Processor], *, on_commit: Callable[[dict[str, int]], None],
             should_stop: Callable[[], bool], concurrency: int = 1,
@@ -171,19 +160,16 @@ def run_job(settings: ServiceSettings, spec: dict[str, Any], run_dir: str,
     if spec["source"]["kind"] == "inline":
         write_inline(run_dir, spec["problems"])
     cfg = job_config(settings, spec, run_dir)
-    start = time.perf_counter()
-    summary = CurationSummary()
-    run = open_run(cfg, summary)
+    run = CurationRun.open(cfg)
     if on_start is not None:
-        on_start(summary.problems, summary.load_report)
+        on_start(run.summary.problems, run.summary.load_report)
     if run.todo:
         batches = _batches(cfg, run.todo, processor(cfg), concurrency, should_stop, settings.jobs.batch_timeout_s)
-        consume(batches, cfg, _FencedStore(run.store, check), summary,  # type: ignore[arg-type]
-                run.model, run.tokenizer, progress=False, total=len(run.todo), start=start,
-                on_commit=lambda states: on_commit(progress_of(states)))
+        # The fence runs before every commit: a runner that lost its lease never adds a shard.
+        run.consume(batches, progress=False, on_commit=lambda states: on_commit(progress_of(states)),
+                    before_commit=check)
     check()
-    close_run(cfg, run, summary, start)
-    return summary
+    return run.close()
 
 
 def result_of(cfg_store_dir: str, summary: CurationSummary) -> dict[str, Any]:

@@ -26,8 +26,10 @@ def service_overrides(run_dir: Path) -> list[str]:
         # bf16 on CPU is not batch-invariant: the engine in the service and the one `ssb curate`
         # starts batch differently, and bf16 rounding then flips sampled tokens. float32 does not.
         "model.dtype=float32",
-        # A commit after every batch: the fault tests kill a runner between two commits.
-        "curate.commit_every_s=0"]
+        # A commit after every batch, and one batch in flight at a time (the engine still curates
+        # a batch's problems side by side): the fault tests kill a runner between two commits,
+        # which a job whose batches all come back at once would not have.
+        "curate.commit_every_s=0", "engine.max_concurrent_batches=1"]
 
 
 @dataclass
