@@ -85,8 +85,10 @@ def build_curation_app(settings: ServiceSettings, model_path: str | None = None)
             CurationEngine, name="CurationEngine", ray_actor_options=engine_actor_options(e, serve=True),
             autoscaling_config={"min_replicas": settings.llm.min_replicas, "max_replicas": max(
                 settings.llm.max_replicas, e.replicas), "target_ongoing_requests": e.max_concurrent_batches},
-            # each replica works on this many batches at once; more wait in Serve's queue
-            max_ongoing_requests=e.max_concurrent_batches, health_check_timeout_s=120, graceful_shutdown_timeout_s=5,
+            # each replica works on this many batches at once; more wait in Serve's queue.
+            # The replica's __del__ stops its AsyncLLM (about 5 s on CPU): Serve kills the actor
+            # once this grace is over, so it must outlast that stop.
+            max_ongoing_requests=e.max_concurrent_batches, health_check_timeout_s=120, graceful_shutdown_timeout_s=30,
         ).bind(run.model_dump_json(), model_path or resolve_model(run.model.name))
     runner = serve.deployment(
         CurationRunner, name="CurationRunner", num_replicas=settings.jobs.runner_replicas,
