@@ -27,12 +27,21 @@ def merge_adapter(model_path: str, adapter_dir: str | Path, target: str | Path) 
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    target = Path(target)
-    merged.to(torch.bfloat16).save_pretrained(target, safe_serialization=True)
-    AutoTokenizer.from_pretrained(model_path).save_pretrained(target)
+    # transformers' load/save bars would sit between the run's own progress lines: a merge
+    # is a step of its stage, reported by the stage.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        target = Path(target)
+        merged.to(torch.bfloat16).save_pretrained(target, safe_serialization=True)
+        AutoTokenizer.from_pretrained(model_path).save_pretrained(target)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return target
 
 

@@ -56,8 +56,12 @@ def route_library_logs(run_dir: str) -> Path | None:
     handler.name = _HANDLER_NAME
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.captureWarnings(True)
-    for name in LIBRARIES:
-        logger = logging.getLogger(name)
+    # Ray and Ray Data attach their console handlers when imported: imported first, so that
+    # those handlers exist to be replaced (vLLM is imported by the engine actors, not here).
+    import ray  # noqa: F401
+    import ray.data  # noqa: F401
+
+    for name, logger in _library_loggers():
         for old in [h for h in logger.handlers if h.name == _HANDLER_NAME]:
             logger.removeHandler(old)  # an earlier run's file, in the same process
             old.close()
@@ -65,10 +69,20 @@ def route_library_logs(run_dir: str) -> Path | None:
         for console in [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
                         and not isinstance(h, logging.FileHandler)]:
             logger.removeHandler(console)
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+        if name in LIBRARIES:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+        else:
+            logger.propagate = True  # to its library's logger, and so to the file
     return folder
+
+
+def _library_loggers() -> list[tuple[str, logging.Logger]]:
+    """The libraries' loggers, and every logger below them that exists by now."""
+    names = set(LIBRARIES) | {n for n in logging.root.manager.loggerDict
+                              if any(n.startswith(lib + ".") for lib in LIBRARIES)}
+    return [(n, logging.getLogger(n)) for n in sorted(names)]
 
 
 def save_worker_logs(run_dir: str) -> Path | None:
