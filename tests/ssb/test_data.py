@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ssb.config import DataConfig, SyntheticConfig
-from ssb.data import MAX_LINE_BYTES, extract_reference_answer, last_boxed, load_problems
+from ssb.data import MAX_LINE_BYTES, check_source, extract_reference_answer, last_boxed, load_problems
 from ssb.synthetic import TEMPLATES, apply_ops, synthetic_items, synthetic_problems
 
 DATA = Path("/work/shared/data")
@@ -328,3 +328,63 @@ def test_load_problems_synthetic_source() -> None:
     problems, report = load_problems(cfg)
     assert problems == synthetic_problems(40, seed=5, difficulty="twostep", split="test")[:10]
     assert report.loaded == 10 and report.skipped == {}
+
+
+def test_a_named_dataset_reads_its_local_copy_under_the_data_root(tmp_path, monkeypatch):
+    (tmp_path / "svamp").mkdir()
+    (tmp_path / "svamp" / "train.jsonl").write_text('{"id": "s1", "question": "2 and 3?", "answer": "5"}\n')
+    problems, report = load_problems(DataConfig(source="svamp", split="train", data_root=str(tmp_path)))
+    assert [(p.id, p.answer, p.source) for p in problems] == [("s1", "5", "svamp")] and report.source == "svamp"
+    monkeypatch.setenv("SSB_DATA_ROOT", str(tmp_path))  # the environment names the root when the config does not
+    assert load_problems(DataConfig(source="svamp", split="train"))[0] == problems
+
+
+def test_a_named_dataset_without_that_split_is_refused_before_loading(tmp_path):
+    with pytest.raises(ValueError, match="has no split 'train'"):
+        check_source(DataConfig(source="math500", split="train", data_root=str(tmp_path)))
+
+
+def _mix(tmp_path, limit, weights=(1, 1)):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": f"a{i}", "question": f"q{i}?", "answer": str(i)}) + "\n"
+                                              for i in range(30)))
+    return DataConfig(sources=[{"source": str(tmp_path / "a.jsonl"), "weight": weights[0]},
+                               {"source": "synthetic", "synthetic": {"n": 50, "difficulty": "word"}, "weight": weights[1]}],
+                      limit=limit)
+
+
+def test_a_mix_splits_the_limit_by_weight_and_is_seeded(tmp_path):
+    problems, report = load_problems(_mix(tmp_path, 20, weights=(1, 3)))
+    file_ids = [p.id for p in problems if p.id.startswith("a")]
+    assert len(problems) == 20 and len(file_ids) == 5 and report.source == "mix (a 5, synthetic 15)"
+    assert problems == load_problems(_mix(tmp_path, 20, weights=(1, 3)))[0]  # same config, same problems and order
+    assert problems != sorted(problems, key=lambda p: p.id.startswith("a"))  # shuffled together, not one after the other
+    other_seed = _mix(tmp_path, 20, weights=(1, 3)).model_copy(update={"mix_seed": 1})
+    assert load_problems(other_seed)[0] != problems
+
+
+def test_a_mix_without_a_limit_takes_what_the_scarcest_source_allows(tmp_path):
+    problems, report = load_problems(_mix(tmp_path, None, weights=(1, 1)))  # 30 from the file, so 30 synthetic
+    assert len(problems) == 60 and report.source == "mix (a 30, synthetic 30)"
+
+
+def test_a_source_short_of_its_share_is_reported(tmp_path):
+    _, report = load_problems(_mix(tmp_path, 100, weights=(1, 1)))
+    assert report.source == "mix (a 30 of 50 asked, synthetic 50)"
+
+
+def test_data_source_and_sources_together_are_refused():
+    with pytest.raises(ValueError, match="not both"):
+        DataConfig(source="svamp", sources=[{"source": "synthetic"}])
+
+
+def test_word_problems_use_all_four_operations_with_exact_answers_and_disjoint_templates():
+    train = synthetic_items(400, seed=0, difficulty="word")
+    test = synthetic_items(400, seed=0, difficulty="word", split="test")
+    assert {i.ops for i in train} == {"+", "-", "*", "/"}
+    for item in train + test:
+        a, b = item.operands
+        expected = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[item.ops]
+        assert int(item.problem.answer) == expected and expected > 0 and (item.ops != "/" or a % b == 0)
+    assert not {i.template for i in train} & {i.template for i in test}
+    assert any(len(re.findall(r"\d+", i.problem.question)) > 2 for i in train)  # distractor numbers
+    assert synthetic_problems(50, seed=3, difficulty="word") == synthetic_problems(50, seed=3, difficulty="word")
