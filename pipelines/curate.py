@@ -109,6 +109,14 @@ class CurationSummary:
     wall_seconds: float = 0.0
     store: dict[str, Any] = field(default_factory=dict)
     load_report: str = ""
+    # Rollout verdicts under the tutor's few-shot prompt, over every verified problem and over
+    # the mixed ones (right and wrong rollouts, sent to the teacher): the diagnostics
+    # (ssb/diagnostics.py) set the latter beside the student's zero-shot accuracy on them.
+    rollouts: int = 0
+    rollouts_correct: int = 0
+    mixed: int = 0
+    mixed_rollouts: int = 0
+    mixed_rollouts_correct: int = 0
 
     @property
     def kept_share(self) -> float:
@@ -221,6 +229,14 @@ class CurationRun:
                     summary.teacher_tokens += state.teacher_tokens
                     summary.engine_seconds += state.engine_seconds
                     summary.engine_load_seconds += state.engine_load_seconds
+                    if state.verified and state.rollouts:
+                        correct = sum(r.verdict.is_correct for r in state.rollouts)
+                        summary.rollouts += len(state.rollouts)
+                        summary.rollouts_correct += correct
+                        if state.selection is not None and state.teacher_prompt_ids is not None:
+                            summary.mixed += 1
+                            summary.mixed_rollouts += len(state.rollouts)
+                            summary.mixed_rollouts_correct += correct
                     if state.engine_ready_at:
                         up = state.engine_ready_at - started_at
                         summary.startup_seconds = min(summary.startup_seconds, up) if summary.startup_seconds else up

@@ -10,8 +10,12 @@ requests on GPUs: `curate.merge_adapter`), then trains a fresh LoRA on the base 
 store. The evaluation runs once, at the end, over the base model ("base"), each earlier
 round's adapter ("round-<r>") and the last one ("ssb"): one LoRA engine for all on GPUs, a
 merged copy per adapter on CPU (pipelines/evaluate.py).
+After each round's curation the model that curated it answers the round's mixed problems
+zero-shot (student prompt, greedy; at most ssb.diagnostics.MAX_PROBLEMS of them), which the
+report sets against the teacher's accuracy with hints on the same problems (ssb/diagnostics.py).
 Re-running a finished or stopped run reuses what is done: curation resumes from its store,
-a finished training (train/summary.json and adapter/) is kept, a stopped one resumes.
+a finished training (train/summary.json and adapter/) is kept, a stopped one resumes, and a
+zero-shot pass over the same problems is not redone.
 """
 
 from __future__ import annotations
@@ -49,6 +53,46 @@ def _curate(cfg: RunConfig, adapter: str | None, progress: bool) -> Any:
     return run_curation(cfg, progress=progress, adapter=adapter)
 
 
+def _diagnose(cfg: RunConfig, r: int, adapter: str | None, progress: bool) -> bool:
+    """Round r's zero-shot pass: `adapter` (None: the base model) answers the round's mixed
+    problems as the evaluation asks the student, greedy only, into <round>/diagnostics/.
+    False when there was nothing to do (no mixed problem, or the same problems done before)."""
+    from pipelines.evaluate import benchmark_key, run_evaluation
+    from pipelines.merged import merged_copy, merges_adapters
+    from ssb.data import load_problems
+    from ssb.default_model import resolve_model
+    from ssb.diagnostics import mixed_ids, pick, store_outcomes, write_problems, zero_shot_ids, zero_shot_label
+
+    layout = cfg.layout
+    wanted = set(pick(mixed_ids(store_outcomes(layout.curated) or {}), seed=cfg.curate.seed))
+    problems = [p for p in load_problems(cfg.data)[0] if p.id in wanted] if wanted else []
+    if len(problems) != len(wanted):
+        log.warning("round %d diagnostics: %d of the store's %d mixed problems are no longer in the data; "
+                    "evaluating the rest", r, len(wanted) - len(problems), len(wanted))
+    if not problems:
+        return False
+    if zero_shot_ids(layout, r) == sorted(p.id for p in problems):
+        log.warning("%s: round %d's zero-shot pass over these %d problems is done; reusing it",
+                    layout.diagnostics.root, r, len(problems))
+        return False
+    path = layout.diagnostic_problems
+    write_problems(path, problems)
+    ev = cfg.eval.model_copy(update={"benchmarks": [str(path)], "limit": None, "n": 0, "greedy": True,
+                                     "adapter": None, "label": None})
+    update: dict[str, Any] = {"run_dir": layout.diagnostics.root, "eval": ev}
+    if adapter is not None and merges_adapters(cfg.eval.merge_adapters, cfg):
+        # The copy this round's curation loaded (or would have): one merge per adapter, not two.
+        merged = merged_copy(resolve_model(cfg.model.name), adapter, layout.merged)
+        update["model"] = cfg.model.model_copy(update={"name": merged, "adapter": None})
+        adapter = None
+    label = zero_shot_label(r)
+    summary = run_evaluation(cfg.model_copy(update=update), {label: adapter}, progress=progress)
+    result = summary.results[label][benchmark_key(str(path))]
+    print(f"zero-shot ({'base' if r == 1 else f'round {r - 1} student'}, greedy) on round {r}'s "
+          f"{result.n} mixed problems: {100 * result.accuracy:.1f}%", flush=True)
+    return True
+
+
 def _train(cfg: RunConfig) -> str:
     from pipelines.distill import run_distillation
 
@@ -63,8 +107,12 @@ def _train(cfg: RunConfig) -> str:
     return summary.adapter_dir
 
 
-def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip_base: bool = False) -> dict[str, Any]:
-    """Runs every stage and returns the report (also written to <run_dir>/report.{md,json})."""
+def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip_base: bool = False,
+                 diagnostics: bool | None = None) -> dict[str, Any]:
+    """Runs every stage and returns the report (also written to <run_dir>/report.{md,json}).
+    `diagnostics` (None: `eval.diagnostics`): the zero-shot pass after each round's curation
+    (an engine start and one greedy answer per mixed problem); without it the report's
+    diagnostics lack the student's zero-shot accuracy and the gap."""
     from pipelines.evaluate import load_results, run_evaluation
     from ssb.report import write_report
 
@@ -92,11 +140,16 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
             raise RuntimeError(f"curation{tag} kept no examples: nothing to train on (see "
                                f"{rcfg.layout.curation_summary}; try more rollouts, more problems or easier ones)")
         t1 = time.perf_counter()
+        suffix = "" if rounds == 1 else f" round {r}"
+        timings[f"curate{suffix}"] = t1 - t0
+        if cfg.eval.diagnostics if diagnostics is None else diagnostics:
+            print(f"== diagnostics{tag}: zero-shot on the mixed problems", flush=True)
+            _diagnose(rcfg, r, adapters[-1] if adapters else None, progress)
+            timings[f"diagnostics{suffix}"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
         print(f"== train{tag}", flush=True)
         adapters.append(_train(rcfg))
-        t2 = time.perf_counter()
-        timings[f"curate{'' if rounds == 1 else f' round {r}'}"] = t1 - t0
-        timings[f"train{'' if rounds == 1 else f' round {r}'}"] = t2 - t1
+        timings[f"train{suffix}"] = time.perf_counter() - t1
 
     labels: dict[str, str | None] = {}
     have = load_results(out)

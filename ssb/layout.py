@@ -14,6 +14,8 @@
       eval/results.json              label → benchmark → score
       eval/<label>/<benchmark>.jsonl every evaluated problem's outputs and verdicts
       eval/merged/                   adapters merged for evaluation
+      diagnostics/curated_problems.jsonl   the round's mixed problems its zero-shot pass answered (`ssb run`)
+      diagnostics/eval/              that pass's results and outputs, laid out as eval/ is
       round-<r>/                     bootstrapping round r ≥ 2: the same layout again
       timings.json                   stage → seconds (`ssb run`)
       report.json, report.md, accuracy.png, loss.png
@@ -64,6 +66,20 @@ INLINE = "inline.jsonl"
 # A Ray Train checkpoint directory (under train/ray/distill/checkpoint_*/) holds these.
 CHECKPOINT_ADAPTER = ADAPTER
 CHECKPOINT_STATE = "train_state.pt"
+
+# Per-round diagnostics (ssb/diagnostics.py): the curating model's zero-shot pass over the
+# round's mixed problems, kept apart from the run's own evaluation.
+DIAGNOSTICS = "diagnostics"
+DIAGNOSTIC_PROBLEMS = "curated_problems.jsonl"
+
+# `ssb sweep` (pipelines/sweep.py): several training settings on the run's one store.
+#   sweep/<setting>/                 one training setting: a run directory of its own (round 1 trains
+#                                    on the shared curated/; round-<r>/ as in `ssb run --rounds`)
+#   sweep/evaluated.json             label → what its results in eval/results.json measured
+#   sweep.md, sweep.json, sweep.png  the comparison: accuracy per setting and benchmark, losses
+SWEEP = "sweep"
+SWEEP_EVALUATED = "evaluated.json"
+SWEEP_MD, SWEEP_JSON, SWEEP_PLOT = "sweep.md", "sweep.json", "sweep.png"
 
 ROUND_PREFIX = "round-"
 _ROUND = re.compile(re.escape(ROUND_PREFIX) + r"(\d+)$")
@@ -267,3 +283,35 @@ class RunLayout:
     @property
     def inline(self) -> Path:
         return self._path(INLINE)
+
+    # -- per-round diagnostics ------------------------------------------------------------------
+    @property
+    def diagnostics(self) -> RunLayout:
+        """`diagnostics/` as a run directory of its own: the zero-shot pass's eval/ lives there,
+        so its results never mix with the benchmarks' in eval/results.json."""
+        return RunLayout(str(self._path(DIAGNOSTICS)))
+
+    @property
+    def diagnostic_problems(self) -> Path:
+        return self._path(DIAGNOSTICS, DIAGNOSTIC_PROBLEMS)
+
+    # -- ssb sweep ------------------------------------------------------------------------------
+    def sweep_setting(self, name: str) -> RunLayout:
+        """`sweep/<name>/`: one training setting of a sweep, laid out as a run directory."""
+        return RunLayout(self.uri(SWEEP, name))
+
+    @property
+    def sweep_evaluated(self) -> Path:
+        return self._path(SWEEP, SWEEP_EVALUATED)
+
+    @property
+    def sweep_md(self) -> Path:
+        return self._path(SWEEP_MD)
+
+    @property
+    def sweep_json(self) -> Path:
+        return self._path(SWEEP_JSON)
+
+    @property
+    def sweep_plot(self) -> Path:
+        return self._path(SWEEP_PLOT)

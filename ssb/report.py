@@ -1,5 +1,6 @@
 """The run report: base vs SSB accuracy per benchmark with 95% intervals, the curation
-funnel, tokens, bytes, times, and plots, written to <run_dir>/report.{md,json} and *.png.
+funnel, the diagnostics that predict the gain, tokens, bytes, times, and plots, written to
+<run_dir>/report.{md,json} and *.png.
 
 Reads only files a run leaves behind (no Ray, no engine), so it can be rebuilt any time
 with `ssb report --run-dir DIR` (the names are ssb/layout.py's; a remote run directory is refused):
@@ -9,6 +10,8 @@ with `ssb report --run-dir DIR` (the names are ssb/layout.py's; a remote run dir
 - curation_summary.json         round 1's curation (round-<r>/curation_summary.json later rounds)
 - train/metrics.jsonl, train/summary.json   (round-<r>/train/... for later rounds)
 - timings.json                  stage → seconds, written by `ssb run`
+- curated/manifest.json, diagnostics/eval/   each round's per-problem curation outcomes and its
+                                zero-shot pass (ssb/diagnostics.py; round-<r>/... later rounds)
 
 `accuracy` is greedy accuracy (one temperature-0 answer per problem) when greedy samples
 were drawn, else pass@1 over the n samples; each entry's `metric` says which.
@@ -20,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ssb.diagnostics import build_diagnostics
 from ssb.layout import ROUND_PREFIX, RunLayout, round_number
 
 # The curation skip reasons that mean a problem never reached the teacher.
@@ -105,7 +109,8 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         if r is None or (label.startswith(ROUND_PREFIX) and r == last_round and "ssb" in results):
             continue
         per_round.append({"round": r, "label": label,
-                          "benchmarks": {b: {"accuracy": d["accuracy"], "ci95": d["ci95"], "n": d["n"]}
+                          "benchmarks": {b: {"accuracy": d["accuracy"], "ci95": d["ci95"], "n": d["n"],
+                                             "answered_share": d.get("answered_share")}
                                          for b, d in per.items()}})
     per_round.sort(key=lambda x: x["round"])
 
@@ -132,6 +137,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "rounds": per_round,
         "curation": curation,
         "training": training,
+        "diagnostics": build_diagnostics(root, results),
         "tokens": {"rollout": sum(c["rollout_tokens"] for c in curation),
                    "teacher": sum(c["teacher_tokens"] for c in curation),
                    "eval": eval_tokens},
@@ -149,6 +155,71 @@ def _ci(ci: list[float] | None) -> str:
     return "–" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def _pts(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f} pts"
+
+
+def _count(share: float | None, num: int, den: int) -> str:
+    return "–" if share is None else f"{_pct(share)} ({num} of {den})"
+
+
+def render_diagnostics(diagnostics: dict[str, Any]) -> list[str]:
+    """The report.md section: one table per curation round, then the answered shares."""
+    rounds, answered = diagnostics.get("rounds") or [], diagnostics.get("answered_share") or {}
+    if not rounds and not answered:
+        return []
+    out = ["", "## Diagnostics", "",
+           "The student is trained on the teacher's answers to the mixed problems (both right and wrong "
+           "rollouts: the ones the teacher answers), so what it gains depends on how much better the teacher "
+           "(the same model, shown a right and a wrong attempt) answers them than the model does alone: the gap "
+           "below; published work finds the final gain tracks it. The zero-shot pass is over the mixed problems "
+           "rather than the kept ones because kept problems are those the teacher got right (100% teacher "
+           "accuracy by construction). The model "
+           "is the one that curated the round (the base model in round 1, the previous round's student after), "
+           "asked as the evaluation asks (student prompt, bare question, greedy); the rollout accuracy is under "
+           "the tutor's few-shot prompt, another quantity (ssb/diagnostics.py)."]
+    for d in rounds:
+        z = d["zero_shot"]
+        if not d["teacher_accuracy_is_lower_bound"]:
+            bound = "curate.teacher.n = 1"
+        elif d["teacher_samples"]:
+            bound = f"a lower bound: of curate.teacher.n = {d['teacher_samples']} samples a correct one is seen " \
+                    "only when accepted"
+        else:
+            bound = "a lower bound unless curate.teacher.n = 1 (no config.yaml to tell)"
+        out += ["", f"### Round {d['round']}: curated by {d['model']}", "",
+                "| diagnostic | value | over |", "|---|---|---|",
+                f"| share mixed | {_count(d['mixed_share'], d['mixed'], d['problems'])} | problems curated |",
+                f"| teacher acceptance rate | {_count(d['acceptance_rate'], d['accepted'], d['mixed'])} | mixed "
+                "problems (answer finished, verified, no mention of the hints) |",
+                f"| teacher accuracy with hints | {_count(d['teacher_accuracy'], d['teacher_correct'], d['mixed'])} "
+                f"| mixed problems, before the hint check ({bound}) |",
+                f"| rollout accuracy (few-shot tutor prompt) | {_pct(d['rollout_accuracy_fewshot'])} | the mixed "
+                "problems' rollouts (curation_summary.json; – when the curation resumed) |"]
+        if z is None:
+            out.append("| student zero-shot accuracy | – | no zero-shot pass in this run directory (`ssb run` "
+                       "makes it) |")
+            continue
+        over = (f"the {z['n']} mixed problems" if z["all_mixed"]
+                else f"{z['n']} of the {d['mixed']} mixed problems (a fixed-seed draw)")
+        out += [f"| student zero-shot accuracy ({d['model']}, {z['metric']}) | {_pct(z['accuracy'])} "
+                f"{_ci(z['ci95'])} | {over} |",
+                f"| teacher accuracy with hints, same problems | "
+                f"{_count(z['teacher_accuracy'], z['teacher_correct'], z['n'])} | the same problems |",
+                f"| **gap** (teacher with hints − student zero-shot) | **{_pts(z['gap'])}** | "
+                "the same problems |",
+                f"| zero-shot answered share | {_pct(z['answered_share'])} | greedy answers with a final answer |"]
+    if answered:
+        names = sorted({b for per in answered.values() for b in per})
+        out += ["", "### Answered share", "",
+                "The share of drawn answers (samples and greedy) with an extractable final answer, per model and "
+                "benchmark: a drop in accuracy with a drop here is a format failure, not a reasoning one.", "",
+                "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for label, per in answered.items():
+            out.append(f"| {label} | " + " | ".join(_pct(per.get(b)) for b in names) + " |")
+    return out
+
+
 def render_table(report: dict[str, Any]) -> str:
     """Plain-text table of base vs SSB per benchmark, printed at the end of `ssb run`."""
     header = f"{'benchmark':<20} {'metric':<7} {'base':>7} {'95% CI':>14} {'ssb':>7} {'95% CI':>14} {'delta':>7}  n"
@@ -160,6 +231,14 @@ def render_table(report: dict[str, Any]) -> str:
         n = (s or b or {}).get("n", "")
         lines.append(f"{name:<20} {metric:<7} {_pct(b and b['accuracy']):>7} {_ci(b and b['ci95']):>14} "
                      f"{_pct(s and s['accuracy']):>7} {_ci(s and s['ci95']):>14} {delta:>7}  {n}")
+    for d in (report.get("diagnostics") or {}).get("rounds", []):
+        line = (f"round {d['round']} ({d['model']}): mixed {_pct(d['mixed_share'])}, teacher accepted "
+                f"{_pct(d['acceptance_rate'])}, teacher with hints {_pct(d['teacher_accuracy'])}")
+        z = d["zero_shot"]
+        if z is not None:
+            line += (f"; on {z['n']} mixed problems teacher {_pct(z['teacher_accuracy'])} vs zero-shot "
+                     f"{_pct(z['accuracy'])}: gap {_pts(z['gap'])}")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -199,6 +278,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append(f"| {c['round']} | {c['problems']} | {c['mixed']} | {c['accepted']} | {skipped} | "
                        f"{c['rollout_tokens']} | {c['teacher_tokens']} | {c['store_rows']} | {c['store_bytes']} | "
                        f"{bpt} | {c['wall_seconds']:.1f} |")
+    out += render_diagnostics(report.get("diagnostics") or {})
     if report["training"]:
         out += ["", "## Training", "", "| round | rows | steps | first loss | final loss | seconds |",
                 "|---|---|---|---|---|---|"]

@@ -37,6 +37,11 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, mode
     assert done.returncode == 0, console[-3000:]
     noise = [line for line in console.splitlines() if "Traceback" in line or re.search(r"\bERROR\b", line)]
     assert not noise, "\n".join(noise[:20])
+    # nor the libraries' own log lines ("2026-12-03 04:07:36,319\tINFO worker.py:2038 -- ...") or load/save bars
+    chatter = [line for line in console.splitlines()
+               if re.match(r"\d{4}-\d\d-\d\d[ T][\d:,.]+\s+(INFO|WARNING)\b", line)
+               or "Loading weights" in line or "Writing model shards" in line]
+    assert not chatter, "\n".join(chatter[:20])
     assert "== curate (round 1)" in done.stdout and f"report: {run_dir}/report.md" in done.stdout
     logs = run_dir / "logs"
     assert (logs / "driver.log").stat().st_size > 0  # Ray's and the libraries' own lines went here
@@ -58,6 +63,12 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, mode
     assert [t["round"] for t in report["training"]] == [1, 2] and all(t["steps"] >= 1 for t in report["training"])
     assert [(r["round"], r["label"]) for r in report["rounds"]] == [(0, "base"), (1, "round-1"), (2, "ssb")]
     assert "Accuracy per round" in (run_dir / "report.md").read_text()
+    # Each round's curating model answered its mixed problems zero-shot, apart from the benchmarks.
+    diagnostics = report["diagnostics"]["rounds"]
+    assert [(d["round"], d["model"]) for d in diagnostics] == [(1, "base"), (2, "round-1")]
+    assert all(d["zero_shot"]["n"] == d["mixed"] for d in diagnostics)  # fewer than 64: all of them
+    assert "## Diagnostics" in (run_dir / "report.md").read_text()
+    assert set(json.loads((run_dir / "eval" / "results.json").read_text())) == {"base", "round-1", "ssb"}
     for name in ("report.md", "accuracy.png", "loss.png", "adapter/adapter_config.json", "timings.json"):
         assert (run_dir / name).exists(), name
     for label in ("base", "round-1", "ssb"):

@@ -89,3 +89,42 @@ def test_report_says_so_when_the_student_is_not_better(tmp_path):
 def test_report_of_an_empty_run_dir_still_writes_files(tmp_path):
     report = write_report(tmp_path)
     assert report["benchmarks"] == {} and (tmp_path / "report.md").exists()
+    assert report["diagnostics"] == {"rounds": [], "answered_share": {}}
+    assert "Diagnostics" not in (tmp_path / "report.md").read_text()
+
+
+def test_report_shows_the_diagnostics_of_each_round(tmp_path):
+    from tests.ssb.test_diagnostics import make_store, write_zero_shot, KEPT, SKIPPED
+    from ssb.layout import RunLayout
+
+    _fake_run(tmp_path)
+    make_store(tmp_path, KEPT, SKIPPED)
+    write_zero_shot(RunLayout(tmp_path), 1, {"p0": True, "p1": False, "p6": False, "p7": False})
+    report = write_report(tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    (d,) = saved["diagnostics"]["rounds"]
+    assert (d["round"], d["model"], d["mixed_share"], d["acceptance_rate"]) == (1, "base", 0.8, 0.5)
+    assert d["zero_shot"]["accuracy"] == 0.25 and abs(d["zero_shot"]["gap"] - 0.5) < 1e-9
+    # _results: 2 of each problem's 3 answers (2 samples, greedy) have a final answer
+    assert saved["diagnostics"]["answered_share"] == {"base": {"synthetic-heldout": 2 / 3},
+                                                      "ssb": {"synthetic-heldout": 2 / 3}}
+    assert report["rounds"][0]["benchmarks"]["synthetic-heldout"]["answered_share"] == 2 / 3
+    md = (tmp_path / "report.md").read_text()
+    section = md[md.index("## Diagnostics"):md.index("## Training")]
+    for text in ("### Round 1: curated by base", "| share mixed | 80.0% (8 of 10) |",
+                 "| teacher acceptance rate | 50.0% (4 of 8) |", "| teacher accuracy with hints | 62.5% (5 of 8) |",
+                 "4 of the 8 mixed problems (a fixed-seed draw)", "**+50.0 pts**", "### Answered share",
+                 "| ssb | 66.7% |"):
+        assert text in section, text
+    assert "gap +50.0 pts" in render_table(report)
+
+
+def test_report_without_a_zero_shot_pass_still_shows_the_curation_diagnostics(tmp_path):
+    from tests.ssb.test_diagnostics import make_store, KEPT, SKIPPED
+
+    _fake_run(tmp_path)
+    make_store(tmp_path, KEPT, SKIPPED)
+    report = write_report(tmp_path)
+    (d,) = report["diagnostics"]["rounds"]
+    assert d["mixed"] == 8 and d["zero_shot"] is None
+    assert "no zero-shot pass in this run directory" in (tmp_path / "report.md").read_text()
