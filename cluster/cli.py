@@ -68,6 +68,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipelines.run_logs import route_library_logs, save_worker_logs
+    from pipelines.sweep import parse_rounds, plan_sweep, render_text, run_sweep, split_axes
+
+    plain, axes = split_axes(args.overrides)
+    if args.verbose:
+        plain.append("ray.log_to_driver=true")
+    cfg = config_from_args(argparse.Namespace(**{**vars(args), "overrides": plain}))
+    plan = plan_sweep(cfg, axes, parse_rounds(args.rounds))  # every setting is checked before anything starts
+    # main() keeps the logs of the other job commands; a sweep's run directory is known only here.
+    logs = None if args.verbose else route_library_logs(cfg.output_dir)
+    try:
+        sweep = run_sweep(plan, progress=not args.quiet)
+    except (ValueError, OSError, RuntimeError, StoreError) as exc:
+        where = f" (logs: {logs}/)" if logs is not None else ""
+        print(f"ssb sweep: {error_line(exc)}{where}", file=sys.stderr)
+        return 2
+    finally:
+        if logs is not None:
+            save_worker_logs(cfg.output_dir)
+    print(render_text(sweep))
+    print(f"table: {cfg.layout.sweep_md}  plot: {cfg.layout.sweep_plot}  data: {cfg.layout.sweep_json}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ssb.report import render_table, write_report
 
@@ -96,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML run config")
     p.add_argument("--model", help="HF hub name or local path (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--data", help="'synthetic', a local .jsonl/.parquet path or directory, or a hub dataset name")
+    p.add_argument("--data", help="'synthetic', a named dataset (svamp, gsm8k, ...), a local .jsonl/.parquet path or directory, or a hub dataset name")
     p.add_argument("--run-dir", dest="run_dir", help="output directory (default runs/<name>)")
     p.add_argument("--name", help="run name")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -110,6 +135,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "train": (cmd_train, "distill a LoRA student from the store with Ray Train; save the adapter"),
     "eval": (cmd_eval, "evaluate the base model or a LoRA adapter on benchmarks (greedy, pass@1, maj@k)"),
     "run": (cmd_run, "curate, train, evaluate base and student, write the report: the whole method"),
+    "sweep": (cmd_sweep, "train and evaluate several training settings on one curated store; compare them"),
     "report": (cmd_report, "(re)write <run-dir>/report.md, report.json and plots from a run's outputs"),
     "doctor": (cmd_doctor, "print versions, the engine and device that will run, and where the model is"),
     "serve": (cmd_serve, "serve the curation API (jobs in Redis) and the OpenAI model endpoint on Ray Serve"),
@@ -149,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--skip-base", dest="skip_base", action="store_true",
                            help="reuse the base model's results already in <run-dir>/eval/base")
         if name in ("eval", "run"):
-            p.add_argument("--benchmarks", help="comma-separated, e.g. synthetic-heldout,gsm8k-test")
+            p.add_argument("--benchmarks", help="comma-separated names, paths or label=path, e.g. synthetic-heldout,svamp,mine=data/x.jsonl")
+        if name == "sweep":
+            p.add_argument("--rounds", default="1",
+                           help="bootstrapping rounds to compare, comma-separated (e.g. 1,2); an override with "
+                                "comma-separated values (train.ce_weight=0,0.5,1) is a sweep axis")
+            p.add_argument("--benchmarks", help="comma-separated, as for `ssb eval`")
         if name == "serve":
             from cluster.serve_cmd import add_arguments
 
