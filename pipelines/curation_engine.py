@@ -37,13 +37,18 @@ def lora_request(cfg: RunConfig) -> Any:
 
 
 class AsyncLLMSampler:
-    """An `AsyncSampler` over vLLM's AsyncLLM; `clock` counts the seconds any request was in flight."""
+    """An `AsyncSampler` over vLLM's AsyncLLM; `clock` counts the seconds any request was in flight.
 
-    def __init__(self, llm: Any, lora: Any = None):
+    The engine is asked for token ids only (no detokenization, flat log-prob arrays): vLLM's
+    output processor would otherwise turn every generated token and each of its top-k
+    alternatives into a string, step by step, in this process, on the cores the engine needs.
+    Each finished sample is decoded once here instead."""
+
+    def __init__(self, llm: Any, tokenizer: Any, lora: Any = None):
         import vllm
         from vllm.sampling_params import RequestOutputKind
 
-        self.llm, self.lora = llm, lora
+        self.llm, self.tokenizer, self.lora = llm, tokenizer, lora
         self.clock = BusyClock()
         self._vllm, self._final = vllm, RequestOutputKind.FINAL_ONLY
         self._prefix = f"curate-{uuid.uuid4().hex[:8]}"
@@ -51,13 +56,16 @@ class AsyncLLMSampler:
 
     async def sample(self, prompt_ids: list[int], seed: int, params: SamplingConfig,
                      logprobs: int | None = None) -> Sequence[Any]:
-        sp = sampling_params(self._vllm, params, logprobs=logprobs, seed=seed, output_kind=self._final)
+        sp = sampling_params(self._vllm, params, logprobs=logprobs, seed=seed, output_kind=self._final,
+                             detokenize=False)
         prompt = self._vllm.inputs.TokensPrompt(prompt_token_ids=prompt_ids)
         self.clock.start()
         try:
             out = await generate_one(self.llm, prompt, sp, f"{self._prefix}-{next(self._ids)}", self.lora)
         finally:
             self.clock.stop()
+        for c in out.outputs:
+            c.text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
         return out.outputs
 
 
@@ -72,7 +80,7 @@ class CurationEngine:
         self.llm = build_async_llm(model_path, cfg.model, cfg.engine, max_logprobs=cfg.curate.top_k,
                                    enable_lora=cfg.model.adapter is not None)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.sampler = AsyncLLMSampler(self.llm, lora_request(cfg))
+        self.sampler = AsyncLLMSampler(self.llm, self.tokenizer, lora_request(cfg))
         self.verifier = self._verifier(cfg)
         self._curators: dict[str, Curator] = {cfg.model_dump_json(): Curator(cfg, self.tokenizer, self.sampler,
                                                                               self.verifier)}

@@ -143,9 +143,12 @@ def build_async_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *
 
 
 def sampling_params(llm_module: Any, s: Any, *, logprobs: int | None = None, seed: int | None = None,
-                    output_kind: Any = None) -> Any:
-    """vLLM's SamplingParams of a SamplingConfig (`llm_module`: the imported `vllm`)."""
-    extra = {} if output_kind is None else {"output_kind": output_kind}
+                    output_kind: Any = None, detokenize: bool = True) -> Any:
+    """vLLM's SamplingParams of a SamplingConfig (`llm_module`: the imported `vllm`). Without
+    `detokenize` the samples carry token ids only and log-probs come as flat arrays."""
+    extra: dict[str, Any] = {} if output_kind is None else {"output_kind": output_kind}
+    if not detokenize:
+        extra.update(detokenize=False, flat_logprobs=True)
     return llm_module.SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p,
                                      max_tokens=s.max_tokens, logprobs=logprobs, seed=seed, **extra)
 

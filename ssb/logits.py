@@ -48,7 +48,10 @@ def _positions(per_token: Any) -> Iterable[tuple[list[int], list[float]]]:
         # vLLM's FlatLogprobs keeps every position in a few flat lists; slicing them directly
         # avoids building one dict of Logprob objects per position just to read it back.
         for start, end in zip(per_token.start_indices, per_token.end_indices):
-            yield list(per_token.token_ids[start:end]), list(per_token.logprobs[start:end])
+            # The sampled token comes first and again among the top-k when it ranks there
+            # (a dict of Logprob objects would hold it once): keep each id once.
+            position = dict(zip(per_token.token_ids[start:end], per_token.logprobs[start:end]))
+            yield [int(i) for i in position], [float(v) for v in position.values()]
         return
     for t, position in enumerate(per_token):
         if position is None or not hasattr(position, "items"):

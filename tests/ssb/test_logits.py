@@ -112,6 +112,25 @@ def test_plain_float_mappings_and_flat_container_give_the_same_arrays() -> None:
         np.testing.assert_array_equal(a.tail_logprob, other.tail_logprob)
 
 
+def test_flat_logprobs_list_a_top_ranked_sampled_token_twice_and_it_is_kept_once() -> None:
+    # vLLM's FlatLogprobs: each position is the sampled token, then the top-k in rank order,
+    # so a sampled token that ranks first appears twice; the k kept ids must be k distinct ones.
+    full = softmax_positions(np.random.default_rng(4), T=4, vocab=30)
+    k = 6
+    flat = FakeFlatLogprobs([])
+    for row in full:
+        top = [int(i) for i in np.argsort(-row)[:k]]
+        ids = [top[0], *top]
+        flat.start_indices.append(len(flat.token_ids))
+        flat.token_ids.extend(ids)
+        flat.logprobs.extend(float(row[i]) for i in ids)
+        flat.end_indices.append(len(flat.token_ids))
+    topk = encode_topk(flat, k)
+    for t, row in enumerate(full):
+        assert len(set(topk.ids[t].tolist())) == k
+        np.testing.assert_array_equal(topk.ids[t], np.argsort(-row)[:k])
+
+
 def test_ties_are_broken_by_smaller_id() -> None:
     topk = encode_topk([{9: -1.0, 2: -1.0, 5: -0.5}], k=3)
     assert topk.ids.tolist() == [[5, 2, 9]]
