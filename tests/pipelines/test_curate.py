@@ -112,7 +112,9 @@ def test_a_killed_run_resumes_and_stores_each_problem_once(tmp_path, model_path)
                                                            "curate.commit_every_s=0"]
     cmd = [sys.executable, "-m", "cluster.cli", "curate", "-q", *overrides]
     env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+    # One batch in flight until the kill: the work it throws away is one batch, not four. How
+    # many batches are in flight is not part of what a resume matches (curation_hash).
+    proc = subprocess.Popen([*cmd, "engine.max_concurrent_batches=1"], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store_dir = tmp_path / "curated"
     deadline = time.monotonic() + 600

@@ -86,9 +86,11 @@ def test_sigkilled_engine_actor_mid_run_loses_and_duplicates_nothing(tmp_path, m
     import psutil
 
     ray = ray_session
-    # A commit after every batch of 4, so the first one comes with 12 of 16 problems still to go.
+    # A commit after every batch of 4, so the first one comes with 12 of 16 problems still to go;
+    # one batch in flight at a time, so the kill throws away one batch's work, not all of it.
     cfg = load_config(None, tiny_curation_overrides(tmp_path, n=16) + [
-        "engine.batch_size=4", "curate.shard_rows=2", "curate.commit_every_s=0"])
+        "engine.batch_size=4", "engine.max_concurrent_batches=1", "curate.shard_rows=2",
+        "curate.commit_every_s=0"])
     all_ids = {p.id for p in load_problems(cfg.data)[0]}
     assert len(all_ids) == 16
     store_dir = Path(cfg.store_dir)
