@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 from ssb.store import StoreError
@@ -69,7 +71,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pipelines.run_logs import route_library_logs, save_worker_logs
     from pipelines.sweep import parse_rounds, plan_sweep, render_text, run_sweep, split_axes
 
     plain, axes = split_axes(args.overrides)
@@ -78,16 +79,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = config_from_args(argparse.Namespace(**{**vars(args), "overrides": plain}))
     plan = plan_sweep(cfg, axes, parse_rounds(args.rounds))  # every setting is checked before anything starts
     # main() keeps the logs of the other job commands; a sweep's run directory is known only here.
-    logs = None if args.verbose else route_library_logs(cfg.output_dir)
-    try:
+    with job_logs("sweep", None if args.verbose else cfg.output_dir) as failed:
         sweep = run_sweep(plan, progress=not args.quiet)
-    except (ValueError, OSError, RuntimeError, StoreError) as exc:
-        where = f" (logs: {logs}/)" if logs is not None else ""
-        print(f"ssb sweep: {error_line(exc)}{where}", file=sys.stderr)
+    if failed:
         return 2
-    finally:
-        if logs is not None:
-            save_worker_logs(cfg.output_dir)
     print(render_text(sweep))
     print(f"table: {cfg.layout.sweep_md}  plot: {cfg.layout.sweep_plot}  data: {cfg.layout.sweep_json}")
     return 0
@@ -225,13 +220,32 @@ def _run_config(args: argparse.Namespace) -> Any:
     return config_from_args(argparse.Namespace(**{**vars(args), "overrides": run_overrides}))
 
 
-def main(argv: list[str] | None = None) -> int:
+@contextmanager
+def job_logs(command: str, run_dir: Any = None) -> Iterator[list[BaseException]]:
+    """Routes library and worker logs into `run_dir`/logs (None: left on the console) and turns
+    a user-facing error into one line naming the logs; the yielded list holds it, so the
+    caller exits 2 when it is not empty."""
     from pipelines.run_logs import route_library_logs, save_worker_logs
 
+    failed: list[BaseException] = []
+    logs = None
+    try:
+        logs = None if run_dir is None else route_library_logs(run_dir)
+        yield failed
+    except (ValueError, OSError, RuntimeError, StoreError) as exc:
+        where = f" (logs: {logs}/)" if logs is not None else ""
+        print(f"ssb {command}: {error_line(exc)}{where}", file=sys.stderr)
+        failed.append(exc)
+    finally:
+        if run_dir is not None:
+            save_worker_logs(run_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    run_dir = logs = None
-    try:
+    run_dir = None
+    with job_logs(args.command) as failed:
         if args.command in (*LOGGED, "report", "serve"):
             cfg = _run_config(args)
             check_run_dir(cfg, args.command)
@@ -246,15 +260,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.overrides = [*args.overrides, "ray.log_to_driver=true"]
             else:
                 run_dir = cfg.output_dir
-                logs = route_library_logs(run_dir)
-        return args.fn(args)
-    except (ValueError, OSError, RuntimeError, StoreError) as exc:
-        where = f" (logs: {logs}/)" if logs is not None else ""
-        print(f"ssb {args.command}: {error_line(exc)}{where}", file=sys.stderr)
+    if failed:
         return 2
-    finally:
-        if run_dir is not None:
-            save_worker_logs(run_dir)
+    with job_logs(args.command, run_dir) as failed:
+        return args.fn(args)
+    return 2
 
 
 if __name__ == "__main__":
