@@ -35,7 +35,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterable
 
-from ssb.layout import RunLayout, round_name
+from ssb.layout import RunLayout, read_jsonl, round_name
 from ssb.records import Problem, SkipReason
 
 # The pass costs an engine start and one greedy answer per problem: 64 keep it near a minute
@@ -94,11 +94,6 @@ def write_problems(path: Path, problems: list[Problem]) -> None:
     tmp.replace(path)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
 
 def zero_shot_result(layout: RunLayout, r: int) -> dict[str, Any] | None:
     """Round r's zero-shot BenchmarkResult (as a dict), from its diagnostics evaluation."""
@@ -115,7 +110,7 @@ def zero_shot_ids(layout: RunLayout, r: int) -> list[str] | None:
     if result is None:
         return None
     path = layout.diagnostics.eval_outputs(zero_shot_label(r), result["benchmark"])
-    return sorted(row["id"] for row in _read_jsonl(path)) if path.exists() else None
+    return sorted(row["id"] for row in read_jsonl(path)) if path.exists() else None
 
 
 def _share(num: int, den: int) -> float | None:

@@ -32,10 +32,12 @@ needs those asks `local(stage)` first, which refuses a remote root by naming the
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ssb.manifest import MANIFEST
 
@@ -93,6 +95,14 @@ def round_name(r: int) -> str:
 def round_number(name: str) -> int | None:
     m = _ROUND.match(name)
     return int(m.group(1)) if m else None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of one of the run's JSON-lines files (metrics, per-problem outputs); none
+    when the stage that writes it has not run."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def is_remote(location: str) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ssb.diagnostics import build_diagnostics
-from ssb.layout import ROUND_PREFIX, RunLayout, round_number
+from ssb.layout import ROUND_PREFIX, RunLayout, read_jsonl, round_number
 
 # The curation skip reasons that mean a problem never reached the teacher.
 NOT_MIXED = ("no_correct_rollout", "no_incorrect_rollout", "prompt_too_long")
@@ -34,11 +34,6 @@ STAGE = "the report"
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def funnel(summary: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +114,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         cur = _read_json(d.curation_summary)
         if cur is not None:
             curation.append({"round": r, **funnel(cur)})
-        metrics = [m for m in _read_jsonl(d.train_metrics) if "loss" in m and "step" in m]
+        metrics = [m for m in read_jsonl(d.train_metrics) if "loss" in m and "step" in m]
         summary = _read_json(d.train_summary) or {}
         if metrics or summary:
             training.append({
