@@ -46,7 +46,7 @@ from ssb.data import load_problems
 from ssb.datasets import BENCHMARKS, split_benchmark
 from ssb.default_model import resolve_model
 from ssb.layout import RunLayout
-from ssb.records import Verdict
+from ssb.records import Problem, Verdict
 from ssb.scoring import BenchmarkResult, ProblemOutcome, majority_vote, score
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,23 @@ OUT_SCHEMA = pa.schema([
     # rows, and the actor's engine start-up (on the first row it produced only): lets a
     # benchmark separate engine time from overhead.
     ("generate_seconds", pa.float64()), ("engine_load_seconds", pa.float64()),
+    ("extra", pa.int64()),  # -1: a benchmark's problem; else the index of its ExtraSet
 ])
+
+
+@dataclass
+class ExtraSet:
+    """Problems the model of evaluated label `model` (its `adapter`, None: the base model)
+    answers greedily beside the benchmarks, filed apart under `layout` as `label`/`benchmark`:
+    `ssb run`'s zero-shot diagnostics. They ride the engine that model is evaluated on, so they
+    cost no engine start of their own; with `model` not among the evaluated labels they get an
+    engine of their own and no benchmark is run on it."""
+    model: str
+    adapter: str | None
+    label: str
+    benchmark: str
+    problems: list[Problem]
+    layout: RunLayout
 
 
 class EvalWorker:
@@ -134,8 +150,8 @@ class EvalWorker:
         self.sample_params = (vllm.SamplingParams(n=ev.n, temperature=ev.temperature, top_p=ev.top_p,
                                                   max_tokens=ev.max_tokens, output_kind=final)
                               if ev.n > 0 else None)
-        self.greedy_params = (vllm.SamplingParams(n=1, temperature=0.0, max_tokens=ev.max_tokens, output_kind=final)
-                              if ev.greedy else None)
+        self.zero_shot_params = vllm.SamplingParams(n=1, temperature=0.0, max_tokens=ev.max_tokens, output_kind=final)
+        self.greedy_params = self.zero_shot_params if ev.greedy else None
         self._tokens_prompt = vllm.inputs.TokensPrompt
         self._clock = BusyClock()
         self._requests = itertools.count()
@@ -155,7 +171,9 @@ class EvalWorker:
             if len(ids) > self.cfg.model.max_model_len - self.cfg.eval.max_tokens:
                 out[i]["status"] = "prompt_too_long"  # scored as unanswered, never dropped
                 continue
-            for kind, params in (("samples", self.sample_params), ("greedy", self.greedy_params)):
+            kinds = ((("greedy", self.zero_shot_params),) if row["extra"] >= 0
+                     else (("samples", self.sample_params), ("greedy", self.greedy_params)))
+            for kind, params in kinds:
                 if params is not None:
                     requests.append(generate_one(self.llm, self._tokens_prompt(prompt_token_ids=ids), params,
                                                  f"eval-{next(self._requests)}", self.lora.get(row["label"])))
@@ -213,16 +231,16 @@ class EvalWorker:
             if o["greedy_text"] is not None:
                 a, v = next(checks)
                 o["greedy_answer"], o["greedy_verdict"] = a, Verdict(v).value
-            elif self.greedy_params is not None:
+            elif self.greedy_params is not None or o["extra"] >= 0:
                 o["greedy_verdict"] = Verdict.NO_ANSWER.value
-            if self.sample_params is not None:
+            if self.sample_params is not None and o["extra"] < 0:
                 pick = majority_vote(o["sample_answers"], same=self.verifier.equivalent)
                 o["maj_answer"] = o["sample_answers"][pick] if pick is not None else None
                 o["maj_correct"] = pick is not None and o["sample_verdicts"][pick] == Verdict.CORRECT.value
 
     def _empty(self, row: dict[str, Any]) -> dict[str, Any]:
         o: dict[str, Any] = {name: None for name in OUT_SCHEMA.names}
-        o.update({k: row[k] for k in ("benchmark", "label", "id", "question", "answer")})
+        o.update({k: row[k] for k in ("benchmark", "label", "id", "question", "answer", "extra")})
         o.update(status="", sample_texts=[], sample_answers=[], sample_verdicts=[], sample_finish=[],
                  sample_tokens=0, greedy_tokens=0, generate_seconds=0.0, engine_load_seconds=0.0)
         return o
@@ -245,6 +263,7 @@ class EvalSummary:
     engine_load_seconds: float = 0.0
     wall_seconds: float = 0.0
     files: list[str] = field(default_factory=list)
+    extras: dict[str, BenchmarkResult] = field(default_factory=dict)  # ExtraSet label → its result
     load_reports: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -280,9 +299,11 @@ def build_eval_dataset(cfg: RunConfig, rows: list[dict[str, Any]], model_path: s
 
 
 def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None, *,
-                   progress: bool = True) -> EvalSummary:
+                   progress: bool = True, extras: list[ExtraSet] = (), merged_elsewhere: list[Path] = ()
+                   ) -> EvalSummary:
     """Evaluates each label's model (None: the base model, else a LoRA adapter directory) on
-    every benchmark of `cfg.eval` in one Ray Data job; see the module doc."""
+    every benchmark of `cfg.eval` in one Ray Data job; see the module doc. `extras` ride along
+    (ExtraSet); `merged_elsewhere`: directories where earlier steps merged adapters already."""
     from tqdm import tqdm
 
     from pipelines.ray_setup import init_ray, quiet_data_context
@@ -293,6 +314,11 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
     if adapters is None:
         adapters = {cfg.eval.label or ("ssb" if cfg.eval.adapter else "base"): cfg.eval.adapter}
     adapters = {label: _checked_adapter(path) for label, path in adapters.items()}
+    engines = {**{x.model: _checked_adapter(x.adapter) for x in extras}, **adapters}
+    for x in extras:
+        if engines[x.model] != _checked_adapter(x.adapter):
+            raise ValueError(f"{x.label}: model {x.model!r} is evaluated with adapter {engines[x.model]}, "
+                             f"not {x.adapter}")
     model_path = resolve_model(cfg.model.name)
     summary = EvalSummary()
     order: dict[tuple[str, str], list[str]] = {}
@@ -307,21 +333,24 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
             raise ValueError(f"benchmark {name!r}: no problems loaded ({report.summary()})")
         for label in adapters:
             order[(label, key)] = [p.id for p in problems]
-            rows += [{"benchmark": key, "label": label, "id": p.id, "question": p.question, "answer": p.answer}
-                     for p in problems]
+            rows += [{"benchmark": key, "label": label, "id": p.id, "question": p.question, "answer": p.answer,
+                      "extra": -1} for p in problems]
+    for i, x in enumerate(extras):
+        rows += [{"benchmark": x.benchmark, "label": x.model, "id": p.id, "question": p.question,
+                  "answer": p.answer, "extra": i} for p in x.problems]
     summary.problems = len(rows)
 
     init_ray(cfg.ray)
     quiet_data_context(cfg.engine.wait_for_replicas_s)
-    got: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    got: dict[tuple[int, str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     bar = tqdm(total=len(rows), unit="problem", disable=not progress, dynamic_ncols=True, desc="eval")
     try:
-        for engine_model, labels in engine_groups(cfg, adapters, model_path, layout.eval_merged):
+        for engine_model, labels in engine_groups(cfg, engines, model_path, layout.eval_merged, merged_elsewhere):
             group_rows = [r for r in rows if r["label"] in labels]
             for batch in build_eval_dataset(cfg, group_rows, engine_model, labels).iter_batches(
                     batch_format="pyarrow", batch_size=None):
                 for row in batch.to_pylist():
-                    got[(row["label"], row["benchmark"])][row["id"]] = row
+                    got[(row["extra"], row["label"], row["benchmark"])][row["id"]] = row
                     summary.tokens += (row["sample_tokens"] or 0) + (row["greedy_tokens"] or 0)
                     summary.generate_seconds += row["generate_seconds"] or 0.0
                     summary.engine_load_seconds += row["engine_load_seconds"] or 0.0
@@ -332,18 +361,29 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
     summary.wall_seconds = time.perf_counter() - start
 
     for (label, key), ids in order.items():
-        by_id = got[(label, key)]
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise RuntimeError(f"evaluation lost {len(missing)} problems of {key} ({label}), e.g. {missing[:3]}")
-        records = [by_id[i] for i in ids]
+        records = _records(got[(-1, label, key)], ids, f"{key} ({label})")
         summary.files.append(str(write_outputs(layout, label, key, records)))
-        tokens = sum((r["sample_tokens"] or 0) + (r["greedy_tokens"] or 0) for r in records)
-        seconds = sum(r["generate_seconds"] or 0.0 for r in records)
-        summary.results.setdefault(label, {})[key] = score(key, label, [outcome(r) for r in records],
-                                                           tokens=tokens, seconds=seconds)
+        summary.results.setdefault(label, {})[key] = _score(key, label, records)
+    for i, x in enumerate(extras):
+        records = _records(got[(i, x.model, x.benchmark)], [p.id for p in x.problems], f"{x.label}")
+        summary.files.append(str(write_outputs(x.layout, x.label, x.benchmark, records)))
+        summary.extras[x.label] = result = _score(x.benchmark, x.label, records)
+        merge_results(x.layout.eval_results, {x.label: {x.benchmark: result}})
     merge_results(layout.eval_results, summary.results)
     return summary
+
+
+def _records(by_id: dict[str, dict[str, Any]], ids: list[str], what: str) -> list[dict[str, Any]]:
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise RuntimeError(f"evaluation lost {len(missing)} problems of {what}, e.g. {missing[:3]}")
+    return [by_id[i] for i in ids]
+
+
+def _score(key: str, label: str, records: list[dict[str, Any]]) -> BenchmarkResult:
+    tokens = sum((r["sample_tokens"] or 0) + (r["greedy_tokens"] or 0) for r in records)
+    seconds = sum(r["generate_seconds"] or 0.0 for r in records)
+    return score(key, label, [outcome(r) for r in records], tokens=tokens, seconds=seconds)
 
 
 def write_outputs(layout: RunLayout, label: str, benchmark: str, records: list[dict[str, Any]]) -> Path:
@@ -357,7 +397,7 @@ def write_outputs(layout: RunLayout, label: str, benchmark: str, records: list[d
 
 
 def engine_groups(cfg: RunConfig, adapters: dict[str, str | None], model_path: str,
-                  merged_root: Path) -> list[tuple[str, dict[str, str | None]]]:
+                  merged_root: Path, merged_elsewhere: list[Path] = ()) -> list[tuple[str, dict[str, str | None]]]:
     """(model the engine loads, {label: adapter or None}) for each engine the evaluation
     starts, one after the other: one LoRA-enabled engine for every label, or with
     `eval.merge_adapters` the base model and each adapter merged into a copy of it."""
@@ -367,7 +407,7 @@ def engine_groups(cfg: RunConfig, adapters: dict[str, str | None], model_path: s
     base = {label: None for label, adapter in adapters.items() if adapter is None}
     if base:
         groups.append((model_path, base))
-    groups += [(merged_copy(model_path, adapter, merged_root), {label: None})
+    groups += [(merged_copy(model_path, adapter, merged_root, elsewhere=merged_elsewhere), {label: None})
                for label, adapter in adapters.items() if adapter is not None]
     return groups
 
@@ -399,4 +439,4 @@ def load_results(run_dir: str | Path) -> dict[str, dict[str, BenchmarkResult]]:
     return {label: {k: BenchmarkResult.from_dict(d) for k, d in per.items()} for label, per in raw.items()}
 
 
-__all__ = ["BENCHMARKS", "EvalSummary", "EvalWorker", "resolve_benchmark", "run_evaluation", "load_results"]
+__all__ = ["BENCHMARKS", "EvalSummary", "EvalWorker", "ExtraSet", "resolve_benchmark", "run_evaluation", "load_results"]

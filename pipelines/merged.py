@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from ssb.config import RunConfig, digest_dir
@@ -45,14 +46,16 @@ def merge_adapter(model_path: str, adapter_dir: str | Path, target: str | Path) 
     return target
 
 
-def merged_copy(model_path: str, adapter: str, root: Path) -> str:
+def merged_copy(model_path: str, adapter: str, root: Path, elsewhere: Iterable[Path] = ()) -> str:
     """The base model with `adapter` merged in, under `root`, named by what went into it so
-    a retrained adapter never reuses a stale copy and an unchanged one is merged once."""
+    a retrained adapter never reuses a stale copy and an unchanged one is merged once; a
+    finished copy under one of the `elsewhere` roots (another stage's) is used as it is."""
     base = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
     key = hashlib.sha256(f"{base}\n{digest_dir(adapter)}".encode()).hexdigest()[:16]
+    for done in (Path(r) / key for r in (root, *elsewhere)):
+        if (done / ".complete").exists():
+            return str(done)
     target = root / key
-    if (target / ".complete").exists():
-        return str(target)
     partial = root / f"{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     merge_adapter(model_path, adapter, partial)

@@ -10,9 +10,11 @@ requests on GPUs: `curate.merge_adapter`), then trains a fresh LoRA on the base 
 store. The evaluation runs once, at the end, over the base model ("base"), each earlier
 round's adapter ("round-<r>") and the last one ("ssb"): one LoRA engine for all on GPUs, a
 merged copy per adapter on CPU (pipelines/evaluate.py).
-After each round's curation the model that curated it answers the round's mixed problems
-zero-shot (student prompt, greedy; at most ssb.diagnostics.MAX_PROBLEMS of them), which the
-report sets against the teacher's accuracy with hints on the same problems (ssb/diagnostics.py).
+The model that curated each round also answers that round's mixed problems zero-shot
+(student prompt, greedy; at most ssb.diagnostics.MAX_PROBLEMS of them) on the engine that
+evaluates it at the end, filed under <round>/diagnostics/; the report sets this against the
+teacher's accuracy with hints on the same problems (ssb/diagnostics.py). Round r ≥ 2's merged
+copy of round r-1's adapter is the one its curation made: nothing is merged twice.
 Re-running a finished or stopped run reuses what is done: curation resumes from its store,
 a finished training (train/summary.json and adapter/) is kept, a stopped one resumes, and a
 zero-shot pass over the same problems is not redone.
@@ -53,14 +55,13 @@ def _curate(cfg: RunConfig, adapter: str | None, progress: bool) -> Any:
     return run_curation(cfg, progress=progress, adapter=adapter)
 
 
-def _diagnose(cfg: RunConfig, r: int, adapter: str | None, progress: bool) -> bool:
-    """Round r's zero-shot pass: `adapter` (None: the base model) answers the round's mixed
-    problems as the evaluation asks the student, greedy only, into <round>/diagnostics/.
-    False when there was nothing to do (no mixed problem, or the same problems done before)."""
-    from pipelines.evaluate import benchmark_key, run_evaluation
-    from pipelines.merged import merged_copy, merges_adapters
+def _zero_shot_set(cfg: RunConfig, r: int, adapter: str | None) -> Any:
+    """Round r's zero-shot pass as an ExtraSet of the final evaluation: the model that curated
+    the round (`adapter`, None: the base model) answers the round's mixed problems as the
+    evaluation asks the student, greedy only, into <round>/diagnostics/. None when there is
+    nothing to do (no mixed problem, or the same problems done before)."""
+    from pipelines.evaluate import ExtraSet, benchmark_key
     from ssb.data import load_problems
-    from ssb.default_model import resolve_model
     from ssb.diagnostics import mixed_ids, pick, store_outcomes, write_problems, zero_shot_ids, zero_shot_label
 
     layout = cfg.layout
@@ -70,27 +71,16 @@ def _diagnose(cfg: RunConfig, r: int, adapter: str | None, progress: bool) -> bo
         log.warning("round %d diagnostics: %d of the store's %d mixed problems are no longer in the data; "
                     "evaluating the rest", r, len(wanted) - len(problems), len(wanted))
     if not problems:
-        return False
+        return None
     if zero_shot_ids(layout, r) == sorted(p.id for p in problems):
         log.warning("%s: round %d's zero-shot pass over these %d problems is done; reusing it",
                     layout.diagnostics.root, r, len(problems))
-        return False
+        return None
     path = layout.diagnostic_problems
     write_problems(path, problems)
-    ev = cfg.eval.model_copy(update={"benchmarks": [str(path)], "limit": None, "n": 0, "greedy": True,
-                                     "adapter": None, "label": None})
-    update: dict[str, Any] = {"run_dir": layout.diagnostics.root, "eval": ev}
-    if adapter is not None and merges_adapters(cfg.eval.merge_adapters, cfg):
-        # The copy this round's curation loaded (or would have): one merge per adapter, not two.
-        merged = merged_copy(resolve_model(cfg.model.name), adapter, layout.merged)
-        update["model"] = cfg.model.model_copy(update={"name": merged, "adapter": None})
-        adapter = None
-    label = zero_shot_label(r)
-    summary = run_evaluation(cfg.model_copy(update=update), {label: adapter}, progress=progress)
-    result = summary.results[label][benchmark_key(str(path))]
-    print(f"zero-shot ({'base' if r == 1 else f'round {r - 1} student'}, greedy) on round {r}'s "
-          f"{result.n} mixed problems: {100 * result.accuracy:.1f}%", flush=True)
-    return True
+    # `model` is the curating model's evaluation label, set once the rounds are known.
+    return ExtraSet(model="", adapter=adapter, label=zero_shot_label(r), benchmark=benchmark_key(str(path)),
+                    problems=problems, layout=layout.diagnostics)
 
 
 def _train(cfg: RunConfig) -> str:
@@ -110,9 +100,9 @@ def _train(cfg: RunConfig) -> str:
 def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip_base: bool = False,
                  diagnostics: bool | None = None) -> dict[str, Any]:
     """Runs every stage and returns the report (also written to <run_dir>/report.{md,json}).
-    `diagnostics` (None: `eval.diagnostics`): the zero-shot pass after each round's curation
-    (an engine start and one greedy answer per mixed problem); without it the report's
-    diagnostics lack the student's zero-shot accuracy and the gap."""
+    `diagnostics` (None: `eval.diagnostics`): each round's zero-shot pass (one greedy answer
+    per mixed problem, in the final evaluation); without it the report's diagnostics lack the
+    student's zero-shot accuracy and the gap."""
     from pipelines.evaluate import load_results, run_evaluation
     from ssb.report import write_report
 
@@ -124,6 +114,7 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     adapters: list[str] = []
+    zero_shots: list[tuple[int, Any]] = []  # (round, its ExtraSet)
     for r in range(1, rounds + 1):
         rcfg = round_config(cfg, r)
         tag = "" if rounds == 1 else f" (round {r})"
@@ -143,9 +134,9 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
         suffix = "" if rounds == 1 else f" round {r}"
         timings[f"curate{suffix}"] = t1 - t0
         if cfg.eval.diagnostics if diagnostics is None else diagnostics:
-            print(f"== diagnostics{tag}: zero-shot on the mixed problems", flush=True)
-            _diagnose(rcfg, r, adapters[-1] if adapters else None, progress)
-            timings[f"diagnostics{suffix}"] = time.perf_counter() - t1
+            zero_shot = _zero_shot_set(rcfg, r, adapters[-1] if adapters else None)
+            if zero_shot is not None:
+                zero_shots.append((r, zero_shot))
         t1 = time.perf_counter()
         print(f"== train{tag}", flush=True)
         adapters.append(_train(rcfg))
@@ -155,12 +146,20 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
     have = load_results(out)
     if not (skip_base and all(b in have.get("base", {}) for b in _keys(cfg))):
         labels["base"] = None
-    for r, adapter in enumerate(adapters, start=1):
-        labels["ssb" if r == len(adapters) else round_name(r)] = adapter
-    print("== evaluate " + ", ".join(labels), flush=True)
+    names = ["base"] + [("ssb" if r == len(adapters) else round_name(r)) for r in range(1, len(adapters) + 1)]
+    for name, adapter in zip(names[1:], adapters):
+        labels[name] = adapter
+    for r, zero_shot in zero_shots:
+        zero_shot.model = names[r - 1]  # round r was curated by the model before its training
+    print("== evaluate " + ", ".join(labels) + (" (and the zero-shot diagnostics)" if zero_shots else ""), flush=True)
     t3 = time.perf_counter()
-    ev = run_evaluation(cfg, labels, progress=progress)
+    ev = run_evaluation(cfg, labels, progress=progress, extras=[x for _, x in zero_shots],
+                        merged_elsewhere=[lay.merged for _, lay in layout.rounds()])
     print(ev.table(), flush=True)
+    for r, zero_shot in zero_shots:
+        result = ev.extras[zero_shot.label]
+        print(f"zero-shot ({'base' if r == 1 else f'round {r - 1} student'}, greedy) on round {r}'s "
+              f"{result.n} mixed problems: {100 * result.accuracy:.1f}%", flush=True)
     timings["eval"] = time.perf_counter() - t3
     timings["total"] = time.perf_counter() - start
     layout.timings.write_text(json.dumps(timings, indent=2))

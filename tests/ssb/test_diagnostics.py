@@ -148,30 +148,17 @@ def test_written_problems_load_back_as_the_evaluation_reads_them(tmp_path):
 # -- `ssb run`'s zero-shot pass, the evaluation stood in for ---------------------------------
 
 
-@pytest.fixture
-def fake_evaluation(monkeypatch):
-    """Records each call; answers every problem correctly when its id ends in an even digit."""
+def answer(zero_shot: Any) -> None:
+    """Files a zero-shot set's answers as the evaluation does (pipelines/evaluate.py): a problem
+    is answered correctly when its id ends in an even digit."""
     import pipelines.evaluate as evaluate
 
-    calls: list[tuple[Any, dict[str, str | None]]] = []
-
-    def run_evaluation(cfg, adapters, *, progress=True):
-        calls.append((cfg, adapters))
-        (name,) = cfg.eval.benchmarks
-        key = evaluate.benchmark_key(name)
-        problems, _ = load_problems(evaluate.resolve_benchmark(name, cfg))
-        summary = evaluate.EvalSummary()
-        for label in adapters:
-            rows = [{"id": p.id, "greedy_verdict": "correct" if int(p.id[-1]) % 2 == 0 else "incorrect"}
-                    for p in problems]
-            evaluate.write_outputs(cfg.layout, label, key, rows)
-            outcomes = [ProblemOutcome(greedy=r["greedy_verdict"] == "correct", answered=1) for r in rows]
-            summary.results[label] = {key: score(key, label, outcomes)}
-        evaluate.merge_results(cfg.layout.eval_results, summary.results)
-        return summary
-
-    monkeypatch.setattr(evaluate, "run_evaluation", run_evaluation)
-    return calls
+    rows = [{"id": p.id, "greedy_verdict": "correct" if int(p.id[-1]) % 2 == 0 else "incorrect"}
+            for p in zero_shot.problems]
+    evaluate.write_outputs(zero_shot.layout, zero_shot.label, zero_shot.benchmark, rows)
+    outcomes = [ProblemOutcome(greedy=r["greedy_verdict"] == "correct", answered=1) for r in rows]
+    result = score(zero_shot.benchmark, zero_shot.label, outcomes)
+    evaluate.merge_results(zero_shot.layout.eval_results, {zero_shot.label: {zero_shot.benchmark: result}})
 
 
 def _curated_round(tmp_path: Path) -> Any:
@@ -186,19 +173,17 @@ def _curated_round(tmp_path: Path) -> Any:
     return cfg, ids[:5]
 
 
-def test_the_zero_shot_pass_evaluates_the_mixed_problems_greedy_only_apart_from_the_benchmarks(
-        tmp_path, fake_evaluation):
-    from pipelines.run import _diagnose
+def test_the_zero_shot_pass_is_a_set_of_the_final_evaluation_filed_apart_from_the_benchmarks(tmp_path):
+    from pipelines.run import _zero_shot_set
 
     cfg, mixed = _curated_round(tmp_path)
-    assert _diagnose(cfg, 1, None, progress=False)
-    (ecfg, adapters), = fake_evaluation
-    assert adapters == {"zero-shot-r1": None}
-    assert ecfg.run_dir == str(tmp_path / "diagnostics")
-    assert (ecfg.eval.n, ecfg.eval.greedy, ecfg.eval.limit) == (0, True, None)
-    assert ecfg.eval.max_tokens == cfg.eval.max_tokens and ecfg.model == cfg.model
+    zero_shot = _zero_shot_set(cfg, 1, None)
+    assert zero_shot is not None and (zero_shot.label, zero_shot.adapter) == ("zero-shot-r1", None)
+    assert zero_shot.layout.root == str(tmp_path / "diagnostics")
+    assert sorted(p.id for p in zero_shot.problems) == sorted(mixed)
     written = [json.loads(x) for x in (tmp_path / "diagnostics" / "curated_problems.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in written) == sorted(mixed)
+    answer(zero_shot)
     assert not (tmp_path / "eval").exists()  # the run's own results stay the benchmarks'
 
     d = round_diagnostics(cfg.layout, 1)
@@ -206,29 +191,29 @@ def test_the_zero_shot_pass_evaluates_the_mixed_problems_greedy_only_apart_from_
     assert d["zero_shot"]["teacher_accuracy"] == 4 / 5
 
 
-def test_a_rerun_reuses_the_zero_shot_pass_unless_the_problems_changed(tmp_path, fake_evaluation):
-    from pipelines.run import _diagnose
+def test_a_rerun_reuses_the_zero_shot_pass_unless_the_problems_changed(tmp_path):
+    from pipelines.run import _zero_shot_set
 
     cfg, mixed = _curated_round(tmp_path)
-    assert _diagnose(cfg, 1, None, progress=False)
-    assert not _diagnose(cfg, 1, None, progress=False)
-    assert len(fake_evaluation) == 1
+    answer(_zero_shot_set(cfg, 1, None))
+    assert _zero_shot_set(cfg, 1, None) is None
     # A resumed curation that found one more mixed problem: evaluated again, over all six.
     ids = [p.id for p in load_problems(cfg.data)[0]]
     LogitStore.create_or_resume(cfg.layout.curated, **RUN).append([make_example(ids[11], np.random.default_rng(1))])
-    assert _diagnose(cfg, 1, None, progress=False)
-    assert len(fake_evaluation) == 2
+    again = _zero_shot_set(cfg, 1, None)
+    assert again is not None and len(again.problems) == 6
+    answer(again)
     d = round_diagnostics(cfg.layout, 1)
     assert d is not None and d["zero_shot"]["n"] == 6
 
 
-def test_no_mixed_problem_means_no_zero_shot_pass(tmp_path, fake_evaluation):
-    from pipelines.run import _diagnose
+def test_no_mixed_problem_means_no_zero_shot_pass(tmp_path):
+    from pipelines.run import _zero_shot_set
     from ssb.config import load_config
 
     cfg = load_config(None, [f"run_dir={tmp_path}", "data.synthetic.n=4"])
     make_store(tmp_path, [], {p.id: "no_correct_rollout" for p in load_problems(cfg.data)[0]})
-    assert not _diagnose(cfg, 1, None, progress=False) and not fake_evaluation
+    assert _zero_shot_set(cfg, 1, None) is None
 
 
 def test_curation_counts_the_rollout_verdicts_of_the_mixed_problems(tmp_path):
