@@ -16,7 +16,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable
 
 from ssb.store import StoreError
@@ -225,13 +225,14 @@ def job_logs(command: str, run_dir: Any = None) -> Iterator[list[BaseException]]
     """Routes library and worker logs into `run_dir`/logs (None: left on the console) and turns
     a user-facing error into one line naming the logs; the yielded list holds it, so the
     caller exits 2 when it is not empty."""
-    from pipelines.run_logs import route_library_logs, save_worker_logs
+    from pipelines.run_logs import native_stderr, route_library_logs, save_worker_logs
 
     failed: list[BaseException] = []
     logs = None
     try:
         logs = None if run_dir is None else route_library_logs(run_dir)
-        yield failed
+        with native_stderr(run_dir) if run_dir is not None else nullcontext():
+            yield failed
     except (ValueError, OSError, RuntimeError, StoreError) as exc:
         where = f" (logs: {logs}/)" if logs is not None else ""
         print(f"ssb {command}: {error_line(exc)}{where}", file=sys.stderr)

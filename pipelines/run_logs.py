@@ -6,6 +6,10 @@ engines' worker processes print tracebacks while Ray tears actors down after the
 done; shown on the console, a newcomer reads that as a crash. So, unless `--verbose`:
 - library loggers and Python warnings go to `<run_dir>/logs/driver.log`, not the console
   (ssb's own loggers keep the console at the level asked for);
+- what native code (Ray's C++ core worker in this process, e.g. its warning that Ray Data's
+  actors keep their constructor arguments in the object store) writes straight to file
+  descriptor 2 goes to `<run_dir>/logs/native.log`, while Python's sys.stderr (ssb's own
+  messages, progress bars, a failure's one line) stays on the console;
 - Ray does not forward its workers' output to the driver (`ray.log_to_driver: false`), and
   once the command ends the worker logs of a local Ray session are copied to
   `<run_dir>/logs/ray/`, beside the run they belong to.
@@ -17,7 +21,11 @@ with `--verbose`, and says so.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ssb.layout import RunLayout
@@ -76,6 +84,60 @@ def route_library_logs(run_dir: str) -> Path | None:
         else:
             logger.propagate = True  # to its library's logger, and so to the file
     return folder
+
+
+@contextmanager
+def native_stderr(run_dir: str) -> Iterator[Path | None]:
+    """For its length, file descriptor 2 is `<run_dir>/logs/native.log` and sys.stderr a new
+    stream on the console (module doc); handlers that wrote to the old sys.stderr follow it.
+    The file is removed again when nothing was written to it."""
+    folder = log_dir(run_dir)
+    if folder is None:
+        yield None
+        return
+    path = RunLayout(run_dir).native_log
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    old = sys.stderr
+    old.flush()
+    console = os.dup(2)
+    stream = open(console, "w", buffering=1, encoding=getattr(old, "encoding", None) or "utf-8",
+                  errors="backslashreplace", closefd=False)
+    native = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(native, 2)
+    os.close(native)
+    moved = _repoint_handlers(old, stream)
+    sys.stderr = stream
+    try:
+        yield path
+    finally:
+        stream.flush()
+        sys.stderr = old
+        for handler in moved:
+            handler.setStream(old)
+        os.dup2(console, 2)
+        os.close(console)
+        stream.close()
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink()
+            for folder in made:  # a command refused early leaves no run directory behind
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
+
+
+def _repoint_handlers(old: object, new: object) -> list[logging.StreamHandler]:
+    """The console handlers writing to `old` (e.g. logging.basicConfig's), set to `new`."""
+    loggers = [logging.root, *(lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    moved = []
+    for logger in loggers:
+        for handler in logger.handlers:
+            # logging's last-resort handler reads sys.stderr itself (its stream can't be set).
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, type(logging.lastResort)) \
+                    and handler.stream is old:
+                handler.setStream(new)
+                moved.append(handler)
+    return moved
 
 
 def _library_loggers() -> list[tuple[str, logging.Logger]]:

@@ -61,6 +61,7 @@ REPORT_JSON, REPORT_MD = "report.json", "report.md"
 ACCURACY_PLOT, LOSS_PLOT = "accuracy.png", "loss.png"
 LOGS = "logs"
 DRIVER_LOG = "driver.log"
+NATIVE_LOG = "native.log"
 WORKER_LOGS = "ray"
 JOBS = "jobs"
 REDIS = "redis"
@@ -276,6 +277,10 @@ class RunLayout:
     @property
     def driver_log(self) -> Path:
         return self._path(LOGS, DRIVER_LOG)
+
+    @property
+    def native_log(self) -> Path:
+        return self._path(LOGS, NATIVE_LOG)
 
     @property
     def worker_logs(self) -> Path:

@@ -42,6 +42,7 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, mode
                if re.match(r"\d{4}-\d\d-\d\d[ T][\d:,.]+\s+(INFO|WARNING)\b", line)
                or "Loading weights" in line or "Writing model shards" in line]
     assert not chatter, "\n".join(chatter[:20])
+    assert "core_worker.cc" not in console  # Ray's C++ lines on fd 2 went to logs/native.log
     assert "== curate (round 1)" in done.stdout and f"report: {run_dir}/report.md" in done.stdout
     logs = run_dir / "logs"
     assert (logs / "driver.log").stat().st_size > 0  # Ray's and the libraries' own lines went here
@@ -69,6 +70,9 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, mode
     assert all(d["zero_shot"]["n"] == d["mixed"] for d in diagnostics)  # fewer than 64: all of them
     assert "## Diagnostics" in (run_dir / "report.md").read_text()
     assert set(json.loads((run_dir / "eval" / "results.json").read_text())) == {"base", "round-1", "ssb"}
+    # Round 1's adapter was merged once, for round 2's curation, and evaluated from that copy.
+    assert len(list((run_dir / "round-2" / "merged").glob("*/.complete"))) == 1
+    assert len(list((run_dir / "eval" / "merged").glob("*/.complete"))) == 1  # the last round's only
     for name in ("report.md", "accuracy.png", "loss.png", "adapter/adapter_config.json", "timings.json"):
         assert (run_dir / name).exists(), name
     for label in ("base", "round-1", "ssb"):
