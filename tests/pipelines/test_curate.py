@@ -105,7 +105,7 @@ def _committed(store_dir: Path) -> int:
         return 0
 
 
-def test_a_killed_run_resumes_and_stores_each_problem_once(tmp_path, model_path):
+def test_a_killed_run_resumes_and_stores_each_problem_once(tmp_path, model_path, ray_session, capsys):
     # A commit after every batch of 2: the first comes with 5 batches still to generate, seconds
     # of decoding on any machine, so the poll below catches the run in the middle.
     overrides = tiny_curation_overrides(tmp_path, n=12) + ["engine.batch_size=2", "curate.shard_rows=1",
@@ -127,9 +127,12 @@ def test_a_killed_run_resumes_and_stores_each_problem_once(tmp_path, model_path)
     done_before = first.done_ids()
     assert 0 < len(done_before) < 12
 
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"({len(done_before)} already in the store)" in again.stdout
+    # The resume: `ssb curate` again, in this process (its Ray is the session's).
+    from cluster.cli import main
+
+    capsys.readouterr()
+    assert main(["curate", "-q", *overrides]) == 0
+    assert f"({len(done_before)} already in the store)" in capsys.readouterr().out
     store = LogitStore.open(store_dir, allow_empty=True)
     store.verify()
     assert store.done_ids() == {f"synth-add1-train-0-{i}" for i in range(12)}
