@@ -98,8 +98,8 @@ def configure_engine_env(engine: EngineConfig) -> None:
 def runs_in_engine_core(engine: EngineConfig) -> bool:
     """An AsyncLLM on CPU with one rank runs its model inside vLLM's engine-core process ("uni"
     executor) rather than in a worker process of its own: one process fewer to spawn and import
-    torch and vLLM into, ~9 of the ~30 s an engine start takes here, at the same tokens per
-    second. Serve's engines keep Ray's executor (ray.serve.llm requires it)."""
+    torch and vLLM into, 10-13 of the ~30 s an engine start takes here, at the same tokens
+    per second (bench/engine_start.py). Serve's engines keep Ray's executor (ray.serve.llm requires it)."""
     return engine.gpus_per_replica <= 0 and engine.tensor_parallel_size == 1
 
 

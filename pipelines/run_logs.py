@@ -120,10 +120,10 @@ def native_stderr(run_dir: str) -> Iterator[Path | None]:
         stream.close()
         if path.exists() and path.stat().st_size == 0:
             path.unlink()
-            for folder in made:  # a command refused early leaves no run directory behind
-                if any(folder.iterdir()):
+            for created in made:  # a command refused early leaves no run directory behind
+                if any(created.iterdir()):
                     break
-                folder.rmdir()
+                created.rmdir()
 
 
 def _repoint_handlers(old: object, new: object) -> list[logging.StreamHandler]:
