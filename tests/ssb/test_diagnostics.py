@@ -177,8 +177,9 @@ def test_the_zero_shot_pass_is_a_set_of_the_final_evaluation_filed_apart_from_th
     from pipelines.run import _zero_shot_set
 
     cfg, mixed = _curated_round(tmp_path)
-    zero_shot = _zero_shot_set(cfg, 1, None)
-    assert zero_shot is not None and (zero_shot.label, zero_shot.adapter) == ("zero-shot-r1", None)
+    zero_shot = _zero_shot_set(cfg, 1, None, "base")
+    assert zero_shot is not None and (zero_shot.label, zero_shot.adapter, zero_shot.model) == ("zero-shot-r1", None,
+                                                                                                "base")
     assert zero_shot.layout.root == str(tmp_path / "diagnostics")
     assert sorted(p.id for p in zero_shot.problems) == sorted(mixed)
     written = [json.loads(x) for x in (tmp_path / "diagnostics" / "curated_problems.jsonl").read_text().splitlines()]
@@ -195,12 +196,12 @@ def test_a_rerun_reuses_the_zero_shot_pass_unless_the_problems_changed(tmp_path)
     from pipelines.run import _zero_shot_set
 
     cfg, mixed = _curated_round(tmp_path)
-    answer(_zero_shot_set(cfg, 1, None))
-    assert _zero_shot_set(cfg, 1, None) is None
+    answer(_zero_shot_set(cfg, 1, None, "base"))
+    assert _zero_shot_set(cfg, 1, None, "base") is None
     # A resumed curation that found one more mixed problem: evaluated again, over all six.
     ids = [p.id for p in load_problems(cfg.data)[0]]
     LogitStore.create_or_resume(cfg.layout.curated, **RUN).append([make_example(ids[11], np.random.default_rng(1))])
-    again = _zero_shot_set(cfg, 1, None)
+    again = _zero_shot_set(cfg, 1, None, "base")
     assert again is not None and len(again.problems) == 6
     answer(again)
     d = round_diagnostics(cfg.layout, 1)
@@ -213,7 +214,7 @@ def test_no_mixed_problem_means_no_zero_shot_pass(tmp_path):
 
     cfg = load_config(None, [f"run_dir={tmp_path}", "data.synthetic.n=4"])
     make_store(tmp_path, [], {p.id: "no_correct_rollout" for p in load_problems(cfg.data)[0]})
-    assert _zero_shot_set(cfg, 1, None) is None
+    assert _zero_shot_set(cfg, 1, None, "base") is None
 
 
 def test_curation_counts_the_rollout_verdicts_of_the_mixed_problems(tmp_path):
