@@ -7,6 +7,7 @@ vLLM cannot read GGUF here, so it is converted once into a normal HF model direc
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -51,12 +52,22 @@ def ensure_default_model() -> Path:
     target = default_model_dir()
     if (target / _MARKER).exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Two jobs starting together on one machine: one converts, the other waits and reuses it
+    # (a second conversion would replace the directory under the first one's engine).
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / _MARKER).exists():
+            return target
+        return _convert(target)
+
+
+def _convert(target: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     src = gguf_path()
     log.info("converting %s into %s (once)", src.name, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
