@@ -78,7 +78,8 @@ class CurationEngine:
 
         self.cfg = cfg
         self.llm = build_async_llm(model_path, cfg.model, cfg.engine, max_logprobs=cfg.curate.top_k,
-                                   enable_lora=cfg.model.adapter is not None)
+                                   enable_lora=cfg.model.adapter is not None,
+                                   lora_adapters=[cfg.model.adapter] if cfg.model.adapter else [])
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.sampler = AsyncLLMSampler(self.llm, self.tokenizer, lora_request(cfg))
         self.verifier = self._verifier(cfg)

@@ -133,7 +133,7 @@ class EvalWorker:
         self.cfg = cfg = RunConfig.model_validate_json(cfg_json)
         lora = any(adapters.values())
         self.llm = build_async_llm(model_path, cfg.model, cfg.engine, max_logprobs=1, enable_lora=lora,
-                                   seed_offset=os.getpid())
+                                   lora_adapters=[p for p in adapters.values() if p], seed_offset=os.getpid())
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.prompts = Prompts.from_config(cfg.prompts)
         self.verifier = Verifier(timeout_s=cfg.verify.timeout_s, fallbacks=cfg.verify.fallbacks)

