@@ -199,12 +199,12 @@ def engine_kwargs(model_path: str, model: ModelConfig, engine: EngineConfig, *, 
 
 
 def build_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_logprobs: int = 20,
-              seed_offset: int = 0, enable_lora: bool = False) -> Any:
+              seed_offset: int = 0, enable_lora: bool = False, lora_adapters: Sequence[str] = ()) -> Any:
     configure_engine_env(engine)
     from vllm import LLM
 
     return LLM(**engine_kwargs(model_path, model, engine, max_logprobs=max_logprobs, seed_offset=seed_offset,
-                               enable_lora=enable_lora))
+                               enable_lora=enable_lora, lora_adapters=lora_adapters))
 
 
 def build_async_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *, max_logprobs: int = 20,

@@ -213,7 +213,7 @@ from ssb.config import load_config
 
 model_path, adapter, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 cfg = load_config(None, ["engine.cpu_kvcache_gb=1", "model.max_model_len=1024"])
-llm = build_llm(model_path, cfg.model, cfg.engine, enable_lora=True)
+llm = build_llm(model_path, cfg.model, cfg.engine, enable_lora=True, lora_adapters=[adapter])
 params = SamplingParams(temperature=0.0, max_tokens=48)
 inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
 base = [o.outputs[0].token_ids for o in llm.generate(inputs, params)]
