@@ -156,7 +156,7 @@ def adapter_rank(path: str) -> int | None:
 def fitting_lora_rank(adapters: Sequence[str], configured: int) -> int:
     """The engine's max LoRA rank for the adapters it will serve: the smallest rank vLLM
     accepts that fits them all. vLLM pads every adapter to that rank: a rank-8 adapter
-    generated 2.2x faster in an engine fitted to it than in one sized for 64 (bench/lora_rank.py).
+    generated 3x faster on CPU in an engine fitted to it than in one sized for 64 (bench/lora_rank.py).
     `configured` when an adapter's rank is unknown, or no adapters are named (Serve loads
     them later from a directory)."""
     ranks = [adapter_rank(a) for a in adapters]
