@@ -3,7 +3,7 @@
 # without vLLM, Ray, Redis, a model hub or a network (bench/gpu_check.py says what it runs).
 # Ends with `RESULT gpu_check device=... ok=yes|no ...`; exit status 1 when ok=no.
 #
-#   bash bench/gpu_check.sh                  # a GPU: full sizes, about a minute on one H100/H200
+#   bash bench/gpu_check.sh                  # a GPU: full sizes, 35 s on one H200 (bench/RESULTS.md)
 #   bash bench/gpu_check.sh --device cpu     # CPU, tiny sizes, seconds (tests/test_gpu_check.py)
 #   PYTHON=.venv/bin/python bash bench/gpu_check.sh --steps 100
 #
