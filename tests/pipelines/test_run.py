@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO, tiny_curation_overrides
 
 
-CURATED, EVALUATED = 12, 10  # problems per round and per evaluated model
+CURATED, EVALUATED = 12, 6  # problems per round (fewer keep too few to train on) and per evaluated model
 
 
 def tiny_run_overrides(run_dir) -> list[str]:
