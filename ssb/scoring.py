@@ -34,7 +34,9 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # The interval holds p; in floating point its bound at p = 0 can come out as 5.6e-17 (n=6),
+    # and a plot's error bar below the bar would then be negative.
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def mean_ci(values: Sequence[float], z: float = Z95) -> tuple[float, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ssb.report import build_report, funnel, render_table, write_report
+from ssb.report import build_report, funnel, plot_accuracy, render_table, write_report
 from ssb.scoring import ProblemOutcome, score
 
 
@@ -67,6 +67,16 @@ def test_report_markdown_and_plots_are_written(tmp_path):
         data = (tmp_path / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     assert "10.0%" in render_table(build_report(tmp_path))
+
+
+def test_the_accuracy_plot_takes_a_zero_accuracy_whose_stored_bound_is_above_it(tmp_path):
+    """report.json from before the Wilson bounds were kept around p: 0% with a lower bound of 5.6e-17."""
+    at_zero = {"accuracy": 0.0, "ci95": [5.551115123125783e-17, 0.39]}
+    report = {"benchmarks": {"synthetic-heldout": {}}, "accuracy_metric": ["greedy"],
+              "rounds": [{"round": r, "label": label, "benchmarks": {"synthetic-heldout": at_zero}}
+                         for r, label in ((0, "base"), (1, "ssb"))]}
+    data = plot_accuracy(report, tmp_path / "accuracy.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
 
 
 def test_report_shows_accuracy_per_round(tmp_path):

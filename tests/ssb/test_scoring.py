@@ -23,6 +23,15 @@ def test_wilson_stays_inside_0_1_and_is_never_a_point_at_the_edges():
     assert wilson(0, 0) == (0.0, 1.0)
 
 
+def test_wilson_holds_the_proportion_for_every_count():
+    """At 0% the bound once came out as 5.6e-17 for n=6, and the report's plot refused it."""
+    for n in range(1, 65):
+        for k in range(n + 1):
+            lo, hi = wilson(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
+        assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
+
+
 def test_mean_ci_is_the_normal_interval_over_problem_means():
     values = [0.0, 0.5, 1.0, 0.5]
     mean = 0.5
