@@ -33,7 +33,9 @@ def assert_same_distributions(ours: dict, theirs: dict) -> None:
     assert len(pairs) >= 0.99 * a_ids.size, "the top-k ids differ beyond swapped near-ties"
     lp_a, lp_b = zip(*pairs)
     np.testing.assert_allclose(lp_a, lp_b, rtol=0.01, atol=0.01)
-    np.testing.assert_allclose(a_tail, b_tail, rtol=0.05, atol=0.05)
+    # The tail is log(1 - the top-k's mass): where the top-k holds all but ~1e-7 of it, float32
+    # leaves only rounding noise (-17.6 against -27.6 seen on an AVX2 CPU), so compare the mass.
+    np.testing.assert_allclose(np.exp(a_tail), np.exp(b_tail), rtol=0.05, atol=1e-4)
 
 
 def _rows(store_dir) -> list[dict]:
