@@ -309,8 +309,9 @@ def plot_accuracy(report: dict[str, Any], path: str | Path) -> Path:
         acc = [s["benchmarks"].get(b, {}).get("accuracy", 0.0) for b in names]
         # Clipped at 0: matplotlib refuses a negative error, and a report.json written before
         # ssb.scoring.wilson kept its bounds around p can hold a lower bound of 5.6e-17 at 0%.
-        lo = [max(0.0, a - s["benchmarks"].get(b, {}).get("ci95", [a, a])[0]) for a, b in zip(acc, names)]
-        hi = [max(0.0, s["benchmarks"].get(b, {}).get("ci95", [a, a])[1] - a) for a, b in zip(acc, names)]
+        cis = [s["benchmarks"].get(b, {}).get("ci95", [a, a]) for a, b in zip(acc, names)]
+        lo = [max(0.0, a - ci[0]) for a, ci in zip(acc, cis)]
+        hi = [max(0.0, ci[1] - a) for a, ci in zip(acc, cis)]
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
         label = s["label"] if len(series) <= 2 else f"{s['label']} (round {s['round']})"
         ax.bar(xs, acc, width, yerr=[lo, hi], capsize=3, label=label)
