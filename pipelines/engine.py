@@ -48,6 +48,16 @@ def engine_actor_options(engine: EngineConfig, *, serve: bool = False) -> dict[s
     return options
 
 
+def control_actor_options(engine: EngineConfig) -> dict[str, Any]:
+    """Ray options of a Serve replica that steers the engine (the curation API, its runner):
+    a tenth of a CPU, at the engine's niceness. At Ray's default 15 beside an engine at 0, on
+    a small busy box they starve: Redis calls time out and the runner loses its job leases."""
+    options: dict[str, Any] = {"num_cpus": 0.1}
+    if env_vars := niceness_env(engine):
+        options["runtime_env"] = serve_runtime_env(env_vars)
+    return options
+
+
 def serve_runtime_env(env_vars: dict[str, str], job: dict[str, Any] | None = None) -> dict[str, Any]:
     """The driver's runtime_env with `env_vars` on top, for a Serve deployment: Serve takes a
     deployment's own runtime_env as it is (it fills in only working_dir), so a replica given

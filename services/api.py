@@ -499,10 +499,12 @@ def build_api_deployment(settings: ServiceSettings) -> Any:
     """The FastAPI app as a Serve ingress deployment class (bind it to run it)."""
     from ray import serve
 
+    from pipelines.engine import control_actor_options
+
     app = create_app(settings)
 
     @serve.deployment(name="CurationAPI", num_replicas=settings.api.api_replicas,
-                      ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
+                      ray_actor_options=control_actor_options(settings.run.engine), max_ongoing_requests=256)
     @serve.ingress(app)
     class CurationAPI:
         def __init__(self, runner: Any = None):

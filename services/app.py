@@ -72,7 +72,7 @@ def build_llm_app(args: dict[str, Any]) -> Any:
 def build_curation_app(settings: ServiceSettings, model_path: str | None = None) -> Any:
     from ray import serve
 
-    from pipelines.engine import engine_actor_options
+    from pipelines.engine import control_actor_options, engine_actor_options
     from services.api import build_api_deployment
     from services.engine_deployment import CurationEngine
     from services.runner import CurationRunner
@@ -92,7 +92,7 @@ def build_curation_app(settings: ServiceSettings, model_path: str | None = None)
         ).bind(run.model_dump_json(), model_path or resolve_model(run.model.name))
     runner = serve.deployment(
         CurationRunner, name="CurationRunner", num_replicas=settings.jobs.runner_replicas,
-        ray_actor_options={"num_cpus": 0.1}, health_check_period_s=2, graceful_shutdown_timeout_s=5,
+        ray_actor_options=control_actor_options(run.engine), health_check_period_s=2, graceful_shutdown_timeout_s=5,
     ).bind(settings.model_dump_json(), engine)
     return build_api_deployment(settings).bind(runner)
 

@@ -170,6 +170,18 @@ def stop_service(settings: Any) -> None:
         serve.delete(settings.api.app_name)
 
 
+def process_titles() -> dict[int, str]:
+    """Each live process's title (Ray names its workers `ray::<actor or task>`)."""
+    titles = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():
+                titles[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+    return titles
+
+
 def tiny_job(**extra: Any) -> dict[str, Any]:
     """A job that costs seconds: two inline problems, two short rollouts each."""
     body: dict[str, Any] = {

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ssb.store import LogitStore, example_arrays
-from tests.services.conftest import EQUAL_N, TOKEN, tiny_job
+from tests.services.conftest import EQUAL_N, TOKEN, process_titles, tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -174,3 +175,14 @@ def test_a_job_shows_what_its_loader_skipped(service):
     report = done["load_report"]
     assert "loaded 1 of 3 records, skipped 2" in report and "line 2" in report and "line 3" in report
     assert str(service.data_root) not in report  # reported relative to the allowed root, not as a server path
+
+
+def test_the_api_and_runner_replicas_run_at_the_engine_niceness(service):
+    """Beside an engine at its niceness, replicas left at Ray's 15 starve on a small busy box:
+    the API's Redis calls time out and the runner loses its leases."""
+    app = service.settings.api.app_name
+    titles = process_titles()
+    for deployment in ("CurationAPI", "CurationRunner", "CurationEngine"):
+        pids = [pid for pid, t in titles.items() if t.startswith(f"ray::ServeReplica:{app}:{deployment}")]
+        assert pids, sorted(t for t in titles.values() if t.startswith("ray::"))
+        assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in pids} == {service.settings.run.engine.worker_niceness}

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import tiny_curation_overrides
-from tests.services.conftest import TOKEN
+from tests.services.conftest import TOKEN, process_titles
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -104,20 +103,9 @@ def test_the_deployment_autoscales_between_its_bounds(openai_app):
     assert server.status == "HEALTHY" and server.replica_states.get("RUNNING", 0) >= llm.min_replicas
 
 
-def _process_titles() -> dict[int, str]:
-    titles = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit():
-                titles[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except OSError:  # gone meanwhile
-            continue
-    return titles
-
-
 def test_engine_replicas_run_at_the_engine_niceness_not_rays_worker_default(openai_app):
     _, run, llm = openai_app
-    titles = _process_titles()
+    titles = process_titles()
     # ray::ServeReplica:<app>:<LLMServer class>:<model id>; this app serves LoRA from a directory
     replicas = [pid for pid, t in titles.items()
                 if t.startswith(f"ray::ServeReplica:{llm.app_name}:") and "LLMServer" in t]
