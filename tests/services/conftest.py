@@ -1,6 +1,7 @@
-"""One redis-server, one `ssb curate` reference run and one Serve deployment of the curation
-service for all service tests: an engine costs ~25 s to start and a GiB of RAM, so there is
-only ever one alive (the reference run's Ray Data engine is gone before the service starts)."""
+"""One redis-server, one `ssb curate` reference run, one Serve deployment of the curation
+service and one of the model endpoint for all service tests: an engine costs ~25 s to start
+and a GiB of RAM, so each kind is started once (the reference run's Ray Data engine is gone
+before the service starts)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,23 @@ class Service:
                     return r.json()
                 assert time.monotonic() < deadline, f"job {job_id} still {r.status_code} {r.text[:300]}"
                 time.sleep(0.5)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The service tests in an order that keeps one engine up at a time: those of the curation
+    service's app first, then the one that deletes that app (and checks its engine went with
+    it), then those of the `served` apps, then `ssb serve` (a cluster of its own)."""
+    here = Path(__file__).parent
+    slots = [i for i, item in enumerate(items) if here in Path(str(item.path)).parents]
+
+    def stage(item: pytest.Item) -> int:
+        order = {"test_engine_replica_shutdown.py": 1, "test_serve_cmd.py": 3}
+        if item.path.name in order:
+            return order[item.path.name]
+        return 2 if "served" in getattr(item, "fixturenames", ()) else 0
+
+    for slot, item in zip(slots, sorted((items[i] for i in slots), key=stage)):
+        items[slot] = item
 
 
 @pytest.fixture
@@ -160,6 +178,69 @@ def service(tmp_path_factory, model_path, serve_port, redis_server, data_root, r
             time.sleep(0.5)
     yield svc
     stop_service(settings)
+
+
+SERVED_APPS = ("served", "served-llm")  # the curation app and the model app of `served`
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, model_path, serve_port, redis_server):
+    """`deploy()` (what `ssb serve` runs) with the model endpoint on, LoRA adapters by name and
+    the "openai" job backend: the curation app and the model app, one engine between them. The
+    auth tests check every route of both; the OpenAI endpoint tests use the model app (and
+    delete both when they are done). It deletes the curation service's app first: the tests
+    that use it run before (`pytest_collection_modifyitems`), so one engine is up at a time.
+    Yields the Service (its URL the curation app's) and the proxy's base URL."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from services.app import deploy
+    from services.settings import ServiceSettings, set_dotted, with_tokens
+    from ssb.config import load_config
+
+    from ray import serve
+
+    if "ssb" in serve.status().applications:  # when the test that deletes it was not selected
+        serve.delete("ssb")
+    work = tmp_path_factory.mktemp("served")
+    lora_root = work / "adapters"
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                    init_lora_weights=False)).save_pretrained(lora_root / "tiny")
+    del base
+    run = load_config(None, tiny_curation_overrides(work / "defaults", n=2) + [
+        "engine.max_lora_rank=8", "engine.max_num_seqs=16",
+        "engine.worker_niceness=3"])  # neither Ray's 15 nor a global 0
+    tree: dict[str, Any] = {"run": run.model_dump()}
+    api_app, llm_app = SERVED_APPS
+    for key, value in {"api.app_name": api_app, "api.route_prefix": f"/{api_app}", "api.port": serve_port,
+                       "llm.app_name": llm_app, "llm.route_prefix": f"/{llm_app}", "llm.enabled": True,
+                       "llm.lora_root": str(lora_root), "llm.min_replicas": 1, "llm.max_replicas": 2,
+                       "llm.target_ongoing_requests": 16,
+                       "jobs.backend": "openai", "jobs.redis_url": redis_server.url, "jobs.prefix": api_app,
+                       "jobs.jobs_root": str(work / "jobs")}.items():
+        set_dotted(tree, key, value)
+    settings = with_tokens(ServiceSettings.model_validate(tree), [TOKEN])
+    url = deploy(settings)
+    svc = Service(f"{url}/{api_app}", settings, redis_server, work)
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        deadline = time.monotonic() + 300
+        while c.get(f"{url}/{llm_app}/v1/models").status_code != 200:
+            assert time.monotonic() < deadline, "the model app did not come up"
+            time.sleep(1)
+    yield svc, url
+    stop_served()
+
+
+def stop_served() -> None:
+    from ray import serve
+
+    running = serve.status().applications
+    for app in SERVED_APPS:
+        if app in running:
+            serve.delete(app)
 
 
 def stop_service(settings: Any) -> None:

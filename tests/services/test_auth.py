@@ -14,13 +14,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 
 from tests.conftest import REPO, tiny_curation_overrides
-from tests.services.conftest import TOKEN, Service
+from tests.services.conftest import TOKEN
 
 BAD_HEADERS = [{}, {"Authorization": "Bearer wrong-token-but-long-enough"}, {"Authorization": "Bearer"},
                {"Authorization": TOKEN}]
@@ -59,32 +57,6 @@ def test_error_text_shows_paths_relative_to_their_root_or_not_at_all(tmp_path):
 
 # -- the apps `ssb serve` starts, running ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, model_path, serve_port, redis_server):
-    """`deploy()` (what `ssb serve` runs) with the model endpoint on and the "openai" job
-    backend: the curation app and the model app, one engine (the model app's) between them.
-    Own names and prefixes, so the session's other apps stay as they are."""
-    from ray import serve
-
-    from services.app import deploy
-    from services.settings import ServiceSettings, set_dotted, with_tokens
-    from ssb.config import load_config
-
-    work = tmp_path_factory.mktemp("auth")
-    run = load_config(None, tiny_curation_overrides(work / "defaults", n=2) + ["engine.max_num_seqs=16"])
-    tree: dict[str, Any] = {"run": run.model_dump()}
-    for key, value in {"api.app_name": "auth", "api.route_prefix": "/auth", "api.port": serve_port,
-                       "llm.app_name": "auth-llm", "llm.route_prefix": "/auth-llm", "llm.enabled": True,
-                       "jobs.backend": "openai", "jobs.redis_url": redis_server.url, "jobs.prefix": "auth",
-                       "jobs.jobs_root": str(work / "jobs")}.items():
-        set_dotted(tree, key, value)
-    settings = with_tokens(ServiceSettings.model_validate(tree), [TOKEN])
-    url = deploy(settings)
-    yield Service(f"{url}/auth", settings, redis_server, work), url
-    for app in ("auth", "auth-llm"):
-        serve.delete(app)
-
-
 def _concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "x", path)
 
@@ -98,7 +70,7 @@ def test_every_route_of_every_running_app_needs_the_token(served):
 
     svc, base = served
     table = httpx.get(f"{base}/-/routes", timeout=10).json()  # {route prefix: app name}
-    assert {"/auth": "auth", "/auth-llm": "auth-llm"}.items() <= table.items()
+    assert {"/served": "served", "/served-llm": "served-llm"}.items() <= table.items()
     checked: dict[str, int] = {}
     with httpx.Client(timeout=30) as c:
         for prefix, app in table.items():
@@ -119,10 +91,10 @@ def test_every_route_of_every_running_app_needs_the_token(served):
                         assert r.headers["www-authenticate"] == "Bearer"
                         assert method == "HEAD" or "bearer token" in r.json()["detail"]
                 checked[app] = checked.get(app, 0) + 1
-    assert checked["auth"] >= 9 and checked["auth-llm"] >= 10, checked
+    assert checked["served"] >= 9 and checked["served-llm"] >= 10, checked
     with svc.client() as c:
         assert c.get("/healthz").json() == {"status": "ok", "redis": "ok"}
-        models = httpx.get(f"{base}/auth-llm/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        models = httpx.get(f"{base}/served-llm/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         assert models.status_code == 200 and models.json()["data"][0]["id"] == svc.settings.llm.model_id
 
 
@@ -152,10 +124,10 @@ def test_owner_ids_in_redis_are_salted_and_clients_see_no_server_paths(served):
     assert damaged.status_code == 409 and f"{job['id']}/curated" in damaged.text and jobs_root not in damaged.text
 
     r = redis.Redis.from_url(svc.redis.url, decode_responses=True)
-    owner = r.hget(f"auth:job:{job['id']}", "owner")
-    salt = bytes.fromhex(r.get("auth:owner-salt"))
+    owner = r.hget(f"served:job:{job['id']}", "owner")
+    salt = bytes.fromhex(r.get("served:owner-salt"))
     plain = {hashlib.sha256(TOKEN.encode()).hexdigest(), hashlib.sha256(b"ssb-owner:" + TOKEN.encode()).hexdigest()}
     assert owner == owner_id(TOKEN, salt) and not any(p.startswith(owner) for p in plain)
-    dump = json.dumps({k: r.hgetall(k) if r.type(k) == "hash" else r.type(k) for k in r.scan_iter("auth:*")})
+    dump = json.dumps({k: r.hgetall(k) if r.type(k) == "hash" else r.type(k) for k in r.scan_iter("served:*")})
     assert TOKEN not in dump and owner in dump
     r.close()

