@@ -24,6 +24,7 @@ from tests.conftest import tiny_curation_overrides
 pytestmark = pytest.mark.slow
 
 WORKER = "CurationWorker"
+PROBLEMS = 8
 
 
 def _committed(store_dir: Path) -> int:
@@ -86,13 +87,13 @@ def test_sigkilled_engine_actor_mid_run_loses_and_duplicates_nothing(tmp_path, m
     import psutil
 
     ray = ray_session
-    # A commit after every batch of 4, so the first one comes with 12 of 16 problems still to go;
+    # A commit after every batch of 2, so the first one comes with 6 of 8 problems still to go;
     # one batch in flight at a time, so the kill throws away one batch's work, not all of it.
-    cfg = load_config(None, tiny_curation_overrides(tmp_path, n=16) + [
-        "engine.batch_size=4", "engine.max_concurrent_batches=1", "curate.shard_rows=2",
+    cfg = load_config(None, tiny_curation_overrides(tmp_path, n=PROBLEMS) + [
+        "engine.batch_size=2", "engine.max_concurrent_batches=1", "curate.shard_rows=2",
         "curate.commit_every_s=0"])
     all_ids = {p.id for p in load_problems(cfg.data)[0]}
-    assert len(all_ids) == 16
+    assert len(all_ids) == PROBLEMS
     store_dir = Path(cfg.store_dir)
     before = set(_curation_actors(ray))  # earlier runs in this session (dead by now)
     t0 = time.monotonic()
@@ -122,8 +123,8 @@ def test_sigkilled_engine_actor_mid_run_loses_and_duplicates_nothing(tmp_path, m
     assert fault, f"no commit happened, so no fault was injected ({run.error!r})"
     if isinstance(run.error, AssertionError):
         raise run.error  # the injection itself failed, not the run
-    # The run was mid-way when its actor died: a quarter of the problems committed, the rest not.
-    assert 0 < len(fault["done"]) <= 4 and fault["committed"] == 1, fault
+    # The run was mid-way when its actor died: one batch committed, the rest not.
+    assert 0 < len(fault["done"]) <= 2 and fault["committed"] == 1, fault
     victim, engine_children, actor_id = fault["victim"], fault["engine_children"], fault["actor_id"]
     committed_at_kill, t_commit = fault["committed"], fault["t_commit"]
     # vLLM's engine process must not outlive its actor (1 GiB of KV cache, spinning on a socket).
@@ -140,14 +141,14 @@ def test_sigkilled_engine_actor_mid_run_loses_and_duplicates_nothing(tmp_path, m
         assert not rerun.is_alive(), "the resumed run hung"
         assert rerun.error is None, f"the resumed run failed: {rerun.error!r} (first: {run.error!r})"
         summary = rerun.summary
-        assert summary.already_done >= 1 and summary.already_done + summary.processed == 16
+        assert summary.already_done >= 1 and summary.already_done + summary.processed == PROBLEMS
     else:
         summary = run.summary
         # Ray Data restarted the same actor (a new process) and retried what it had in flight.
         assert after_kill["NumRestarts"] >= 1, after_kill
         assert after_kill["Pid"] != victim.pid, after_kill
         # The lost batch was redone exactly once from the driver's point of view.
-        assert summary.processed == summary.problems == 16, summary
+        assert summary.processed == summary.problems == PROBLEMS, summary
     assert summary.kept + sum(summary.skipped.values()) == summary.processed
 
     # -- nothing lost, nothing stored twice, every shard intact --

@@ -48,10 +48,17 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, mode
     assert (logs / "driver.log").stat().st_size > 0  # Ray's and the libraries' own lines went here
     assert any(logs.glob("ray/worker-*.out")) and any(logs.glob("ray/worker-*.err"))
 
-    # Round 2 curated with round 1's student: base model + round 1's adapter.
+    # Round 2 curated with round 1's student: base model + round 1's adapter, merged into a copy
+    # of it (the CPU default; tests/pipelines/test_curate.py runs the LoRA-request path).
     round2 = load_config(run_dir / "round-2" / "config.yaml")
     assert round2.model.adapter == str((run_dir / "adapter").resolve())
     assert (run_dir / "round-2" / "adapter" / "adapter_config.json").exists()
+    from ssb.store import LogitStore
+
+    manifest = LogitStore.open(round2.store_dir, allow_empty=True).manifest
+    assert manifest["model"] == "default"  # still the base model's identity: the student trains on it
+    no_adapter = round2.model_copy(update={"model": round2.model.model_copy(update={"adapter": None})})
+    assert manifest["config_hash"] == round2.curation_hash() != no_adapter.curation_hash()  # the adapter counts
 
     report = json.loads((run_dir / "report.json").read_text())
     entry = report["benchmarks"]["synthetic-heldout"]
@@ -79,6 +86,4 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, mode
         rows = [json.loads(x) for x in (run_dir / "eval" / label / "synthetic-heldout.jsonl").read_text().splitlines()]
         assert len(rows) == EVALUATED and all(len(r["sample_verdicts"]) == 2 and r["greedy_verdict"] for r in rows)
     # Held-out means held out: no evaluated problem was curated.
-    from ssb.store import LogitStore
-
     assert not LogitStore.open(str(run_dir / "curated")).done_ids() & {r["id"] for r in rows}
