@@ -56,17 +56,19 @@ class Service:
                 time.sleep(0.5)
 
 
+_FILE_STAGES = {"test_engine_replica_shutdown.py": 1, "test_serve_cmd.py": 3}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The service tests in an order that keeps one engine up at a time: those of the curation
     service's app first, then the one that deletes that app (and checks its engine went with
     it), then those of the `served` apps, then `ssb serve` (a cluster of its own)."""
     here = Path(__file__).parent
-    slots = [i for i, item in enumerate(items) if here in Path(str(item.path)).parents]
+    slots = [i for i, item in enumerate(items) if here in item.path.parents]
 
     def stage(item: pytest.Item) -> int:
-        order = {"test_engine_replica_shutdown.py": 1, "test_serve_cmd.py": 3}
-        if item.path.name in order:
-            return order[item.path.name]
+        if item.path.name in _FILE_STAGES:
+            return _FILE_STAGES[item.path.name]
         return 2 if "served" in getattr(item, "fixturenames", ()) else 0
 
     for slot, item in zip(slots, sorted((items[i] for i in slots), key=stage)):
@@ -193,13 +195,12 @@ def served(tmp_path_factory, model_path, serve_port, redis_server):
     Yields the Service (its URL the curation app's) and the proxy's base URL."""
     import torch
     from peft import LoraConfig, get_peft_model
+    from ray import serve
     from transformers import AutoModelForCausalLM
 
     from services.app import deploy
     from services.settings import ServiceSettings, set_dotted, with_tokens
     from ssb.config import load_config
-
-    from ray import serve
 
     if "ssb" in serve.status().applications:  # when the test that deletes it was not selected
         serve.delete("ssb")
