@@ -19,7 +19,8 @@ from ssb.curator import Curator
 from ssb.records import Problem, ProblemState
 from ssb.verify import VerifierPool
 
-from pipelines.engine import BusyClock, build_async_llm, generate_one, sampling_params
+from pipelines.engine import (BusyClock, build_async_llm, generate_one, prestart_engine_core, sampling_params,
+                              shut_down_at_exit)
 
 # A long-lived Serve replica sees many jobs, each with its own config: keep a few Curators.
 _MAX_CURATORS = 8
@@ -74,6 +75,7 @@ class CurationEngine:
 
     def __init__(self, cfg: RunConfig, model_path: str):
         start = time.perf_counter()  # importing vLLM is part of the engine's start-up
+        prestart_engine_core(cfg.engine)
         from transformers import AutoTokenizer
 
         self.cfg = cfg
@@ -87,6 +89,7 @@ class CurationEngine:
                                                                               self.verifier)}
         self._load_seconds: float | None = time.perf_counter() - start
         self._ready_at = time.time()
+        shut_down_at_exit(self.shutdown)
 
     @staticmethod
     def _verifier(cfg: RunConfig) -> VerifierPool:

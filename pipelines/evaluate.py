@@ -122,15 +122,17 @@ class EvalWorker:
         start = time.perf_counter()  # importing vLLM is part of the engine's start-up
         import os
 
+        from pipelines.engine import BusyClock, build_async_llm, prestart_engine_core, shut_down_at_exit
+
+        self.cfg = cfg = RunConfig.model_validate_json(cfg_json)
+        prestart_engine_core(cfg.engine)
         import vllm
         from transformers import AutoTokenizer
         from vllm.sampling_params import RequestOutputKind
 
-        from pipelines.engine import BusyClock, build_async_llm
         from ssb.prompts import Prompts
         from ssb.verify import Verifier
 
-        self.cfg = cfg = RunConfig.model_validate_json(cfg_json)
         lora = any(adapters.values())
         self.llm = build_async_llm(model_path, cfg.model, cfg.engine, max_logprobs=1, enable_lora=lora,
                                    lora_adapters=[p for p in adapters.values() if p], seed_offset=os.getpid())
@@ -156,6 +158,7 @@ class EvalWorker:
         self._clock = BusyClock()
         self._requests = itertools.count()
         self.load_seconds: float | None = time.perf_counter() - start
+        shut_down_at_exit(self.shutdown)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         import asyncio
@@ -205,7 +208,11 @@ class EvalWorker:
     def __del__(self) -> None:
         # Ray Data drops the UDF when the job ends: stop the engine first, so its output loop is
         # cancelled rather than finding the engine process gone and logging it as a crash.
-        llm, verifier = getattr(self, "llm", None), getattr(self, "verifier", None)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        verifier, self.verifier = getattr(self, "verifier", None), None
         if llm is not None:
             llm.shutdown()
         if verifier is not None:

@@ -111,6 +111,10 @@ def test_sigkilled_engine_actor_mid_run_loses_and_duplicates_nothing(tmp_path, m
         assert "ray::" in " ".join(victim.cmdline()) or victim.name().startswith("ray::"), victim.cmdline()
         fault["victim"] = victim
         fault["engine_children"] = victim.children(recursive=True)  # vLLM's EngineCore process(es)
+        # forked from the fork server the actor started before importing vLLM (pipelines/engine.py
+        # prestart_engine_core), itself a child of the actor: all of them go when it dies
+        fault["core_parents"] = [(c.parent().ppid(), c.parent().cmdline()[-1]) for c in fault["engine_children"]
+                                 if c.name().startswith("VLLM::EngineCore")]
         fault["committed"] = _committed(store_dir)
         fault["done"] = LogitStore.open(cfg.store_dir, allow_empty=True).done_ids()
         os.kill(victim.pid, signal.SIGKILL)
@@ -127,6 +131,8 @@ def test_sigkilled_engine_actor_mid_run_loses_and_duplicates_nothing(tmp_path, m
     assert 0 < len(fault["done"]) <= 2 and fault["committed"] == 1, fault
     victim, engine_children, actor_id = fault["victim"], fault["engine_children"], fault["actor_id"]
     committed_at_kill, t_commit = fault["committed"], fault["t_commit"]
+    (server_parent, server), = fault["core_parents"]
+    assert server_parent == victim.pid and server.startswith("from multiprocessing.forkserver import main"), server
     # vLLM's engine process must not outlive its actor (1 GiB of KV cache, spinning on a socket).
     _wait(lambda: all(_gone(c) for c in engine_children), 120,
           f"the dead actor's engine processes to exit: {[c.pid for c in engine_children]}")
