@@ -7,8 +7,10 @@ started: `ray stop` would kill every Ray process on the machine, other people's 
 
 Used by tests/cluster and bench/scale_out.py:
 
-    with LoopbackCluster(nodes=[{"num_cpus": 3}, {"num_cpus": 3}]) as c:
+    with LoopbackCluster(nodes=[{"num_cpus": 3}, {"num_cpus": 3, "env": {"X": "1"}}]) as c:
         c.dashboard_url, c.env  # pass env to `ssb submit` (it carries the token path)
+
+A node's "env" is the environment of its `ray start`, which its workers inherit.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class LoopbackCluster:
         else:
             cmd += [f"--address={self.gcs_address}"]
         log = open(self.root / f"node-{index}.log", "wb")
-        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        self.procs.append(subprocess.Popen(cmd, env={**self.env, **spec.get("env", {})}, stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True, cwd=self.root))
 
     def start(self) -> "LoopbackCluster":

@@ -205,20 +205,30 @@ def test_merged_model_computes_what_base_plus_adapter_computes(distilled, model_
 
 
 VLLM_GENERATE = r"""
-import json, sys
-from vllm import SamplingParams, TokensPrompt
-from vllm.lora.request import LoRARequest
-from pipelines.engine import build_llm
+import asyncio, json, sys
+from pipelines.engine import build_async_llm, generate_one, prestart_engine_core
 from ssb.config import load_config
 
 model_path, adapter, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 cfg = load_config(None, ["engine.cpu_kvcache_gb=1", "model.max_model_len=1024"])
-llm = build_llm(model_path, cfg.model, cfg.engine, enable_lora=True, lora_adapters=[adapter])
+prestart_engine_core(cfg.engine)  # as the pipelines' engine actors start theirs
+from vllm import SamplingParams, TokensPrompt
+from vllm.lora.request import LoRARequest
+
+llm = build_async_llm(model_path, cfg.model, cfg.engine, enable_lora=True, lora_adapters=[adapter])
 params = SamplingParams(temperature=0.0, max_tokens=48)
-inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-base = [o.outputs[0].token_ids for o in llm.generate(inputs, params)]
-lora = [o.outputs[0].token_ids for o in llm.generate(inputs, params, lora_request=LoRARequest("student", 1, adapter))]
-print("RESULT " + json.dumps({"base": [list(b) for b in base], "lora": [list(x) for x in lora]}))
+
+async def greedy(tag, lora):
+    outs = await asyncio.gather(*[generate_one(llm, TokensPrompt(prompt_token_ids=p), params, f"{tag}-{i}", lora)
+                                  for i, p in enumerate(prompts)])
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+async def both():
+    return await greedy("base", None), await greedy("lora", LoRARequest("student", 1, adapter))
+
+base, lora = asyncio.run(both())
+llm.shutdown()
+print("RESULT " + json.dumps({"base": base, "lora": lora}))
 """
 
 

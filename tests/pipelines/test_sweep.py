@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -306,14 +305,11 @@ def test_sweep_trains_each_setting_on_one_store_and_compares_them(curated_run, t
     # Again, as a user runs it: everything is reused, nothing trains or evaluates.
     stamps = {p: p.stat().st_mtime_ns for p in [run_dir / "eval" / "results.json",
                                                 *(run_dir / "sweep").glob("*/train/summary.json")]}
-    start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "cluster.cli", "sweep", *tiny_sweep_overrides(run_dir)], cwd=REPO,
                           env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
-    elapsed = time.perf_counter() - start
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
     assert done.stdout.count("already trained") == 2
     assert "already evaluated: base, ce_weight=0, ce_weight=1" in done.stdout
     assert "synthetic-heldout: " in done.stdout and f"table: {run_dir}/sweep.md" in done.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert elapsed < 90, elapsed
