@@ -131,9 +131,13 @@ def _engine_core_env(engine: EngineConfig) -> dict[str, str]:
     return env
 
 
+def _environ_now(keys: Iterable[str]) -> dict[str, str | None]:
+    return {key: os.environ.get(key) for key in keys}
+
+
 @contextmanager
 def _environ(env: dict[str, str]) -> Iterator[None]:
-    before = {key: os.environ.get(key) for key in env}
+    before = _environ_now(env)
     os.environ.update(env)
     try:
         yield
@@ -167,10 +171,6 @@ _FORK_SERVER_PRELOAD = ["pipelines.fork_server", "__main__", "vllm.v1.engine.cor
 _fork_server_env: dict[str, str | None] | None = None
 
 
-def _core_env_now(keys: Iterable[str]) -> dict[str, str | None]:
-    return {key: os.environ.get(key) for key in keys}
-
-
 def prestart_engine_core(engine: EngineConfig) -> None:
     """Starts the fork server this process's engine core will be forked from (see
     `_FORK_SERVER_PRELOAD`): call it first thing in an engine actor, before importing vLLM.
@@ -191,7 +191,7 @@ def prestart_engine_core(engine: EngineConfig) -> None:
     path = os.pathsep.join([project, *filter(None, [os.environ.get("PYTHONPATH")])])
     with _environ({**core_env, fork_server.MARK: "1", "PYTHONPATH": path}):
         forkserver.ensure_running()
-        _fork_server_env = _core_env_now([*cpu_engine_env(engine), *core_env])
+        _fork_server_env = _environ_now([*cpu_engine_env(engine), *core_env])
 
 
 @contextmanager
@@ -202,7 +202,7 @@ def _core_from_fork_server() -> Iterator[None]:
     is unsafe; the fork server has none), so its launcher is handed the fork-server context."""
     import vllm.v1.engine.utils as launcher
 
-    if (_fork_server_env is None or _core_env_now(_fork_server_env) != _fork_server_env
+    if (_fork_server_env is None or _environ_now(_fork_server_env) != _fork_server_env
             or not callable(getattr(launcher, "get_mp_context", None))):
         yield
         return
