@@ -92,8 +92,8 @@ class LoopbackCluster:
         else:
             cmd += [f"--address={self.gcs_address}"]
         log = open(self.root / f"node-{index}.log", "wb")
-        self.procs.append(subprocess.Popen(cmd, env={**self.env, **spec.get("env", {})}, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True, cwd=self.root))
+        self.procs.append(subprocess.Popen(cmd, env={**self.env, **spec.get("env", {})}, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root))
 
     def start(self) -> "LoopbackCluster":
         try:
