@@ -221,9 +221,13 @@ def _bound_cores(bind: str) -> int:
     picks them itself ("auto", "nobind", unset)."""
     if bind in ("", "auto", "nobind") or "|" in bind:
         return 0
-    from vllm.utils.cpu_resource_utils import parse_id_list
-
-    return len(parse_id_list(bind))
+    # vLLM's own parser (vllm.utils.cpu_resource_utils.parse_id_list) would import vLLM here,
+    # before the fork server starts: 4 s that `prestart_engine_core` exists to overlap.
+    cores: set[int] = set()
+    for part in bind.split(","):
+        first, _, last = part.partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return len(cores)
 
 
 def adapter_rank(path: str) -> int | None:

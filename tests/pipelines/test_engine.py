@@ -86,3 +86,27 @@ def test_engine_arguments_carry_the_fitted_rank(tmp_path):
     assert kwargs["enable_lora"] and kwargs["max_lora_rank"] == 32
     assert engine_kwargs(model_path, cfg.model, cfg.engine, enable_lora=True)["max_lora_rank"] == 64
     assert "max_lora_rank" not in engine_kwargs(model_path, cfg.model, cfg.engine)
+
+
+@pytest.mark.parametrize("bind, threads", [("0-1", "2"), ("0,2", "2"), ("3", "1"), ("0-1,4-5,7", "5"),
+                                           ("auto", None), ("nobind", None), ("0-1|2-3", None)])
+def test_the_engine_core_gets_one_thread_per_bound_core(monkeypatch, bind, threads):
+    from pipelines.engine import _engine_core_env
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", bind)
+    assert _engine_core_env(load_config(None, []).engine).get("OMP_NUM_THREADS") == threads
+
+
+def test_the_core_environment_is_known_before_vllm_is_imported():
+    """The fork server must start before this process imports vLLM (4 s here), or the two
+    imports run one after the other instead of side by side."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; os.environ['VLLM_CPU_OMP_THREADS_BIND'] = '0-1'\n"
+            "from pipelines.engine import _engine_core_env, configure_engine_env\n"
+            "from ssb.config import load_config\n"
+            "engine = load_config(None, []).engine; configure_engine_env(engine); _engine_core_env(engine)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'vllm'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
