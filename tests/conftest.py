@@ -14,6 +14,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # vLLM on this 2-core CI box: both cores to the engine, a small KV cache.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train's controller polls its workers every 2 s and notices a finished (or dead) worker
+# only then: ~3 s of each of the suite's trainings, which take one or two steps. Inherited by
+# the Ray clusters and `ssb` subprocesses the tests start.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def shared_data(*parts: str) -> Path:
