@@ -24,7 +24,7 @@ from tests.conftest import tiny_curation_overrides
 pytestmark = pytest.mark.slow
 
 WORKER = "CurationWorker"
-PROBLEMS = 8
+PROBLEMS = 6
 
 
 def _committed(store_dir: Path) -> int:
@@ -87,7 +87,7 @@ def test_sigkilled_engine_actor_mid_run_loses_and_duplicates_nothing(tmp_path, m
     import psutil
 
     ray = ray_session
-    # A commit after every batch of 2, so the first one comes with 6 of 8 problems still to go;
+    # A commit after every batch of 2, so the first one comes with 4 of 6 problems still to go;
     # one batch in flight at a time, so the kill throws away one batch's work, not all of it.
     cfg = load_config(None, tiny_curation_overrides(tmp_path, n=PROBLEMS) + [
         "engine.batch_size=2", "engine.max_concurrent_batches=1", "curate.shard_rows=2",

@@ -133,7 +133,10 @@ def test_ssb_serve_starts_everything_locally(tmp_path, model_path):
             try:
                 # Serve's proxy answers a plain-text 404 until the app's route is registered.
                 r = httpx.get(f"{url}/healthz", headers=headers, timeout=2)
-                if r.status_code == 200 and r.json() == {"status": "ok", "redis": "ok"}:
+                # The URLs are printed once every app is running (the model endpoint starts
+                # beside the curation app and may come up after it).
+                if r.status_code == 200 and r.json() == {"status": "ok", "redis": "ok"} and \
+                        "curation API: " in log.read_text():
                     break
             except httpx.HTTPError:
                 pass
