@@ -107,7 +107,8 @@ def deploy(settings: ServiceSettings, *, blocking: bool = False) -> str:
     require_tokens(settings)
     serve.start(http_options={"host": api.host, "port": api.port})
     model_path = resolve_model(settings.run.model.name)
-    curation = serve.RunTarget(build_curation_app(settings, model_path), name=api.app_name, route_prefix=api.route_prefix)
+    curation = serve.RunTarget(build_curation_app(settings, model_path), name=api.app_name,
+                               route_prefix=api.route_prefix)
     if not (settings.llm.enabled or settings.jobs.backend == "openai"):
         serve.run_many([curation], blocking=blocking)
         return f"http://{api.host}:{api.port}"
