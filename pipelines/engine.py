@@ -25,7 +25,7 @@ def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
                                                     engine.cpu_threads_bind or f"0-{cores - 1}"),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
         # OpenMP threads that spin between kernels starve whatever shares their cores: two
-        # engines on the same 2 cores made 105 tok/s together spinning, 266 sleeping; an engine
+        # engines on the same 2 cores made 101 tok/s together spinning, 264 sleeping; an engine
         # alone is as fast either way (bench/engine_contention.py).
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_gb)),
