@@ -70,8 +70,11 @@ def build_llm_config(run: RunConfig, model_path: str, llm: LLMServiceConfig) -> 
         options["server_cls"] = "services.lora.LocalLoraLLMServer"
         options["experimental_configs"] = {LORA_ROOT_KEY: str(llm.lora_root),
                                            MAX_ADAPTERS_KEY: llm.max_adapters_per_replica}
+    from services.llm_node_init import LocalModelNodeInit
+
     return LLMConfig(
         model_loading_config={"model_id": llm.model_id, "model_source": model_path},
+        callback_config={"callback_class": LocalModelNodeInit},
         engine_kwargs=kwargs,
         deployment_config=deployment,
         log_engine_metrics=False,
