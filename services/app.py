@@ -107,19 +107,13 @@ def deploy(settings: ServiceSettings, *, blocking: bool = False) -> str:
     require_tokens(settings)
     serve.start(http_options={"host": api.host, "port": api.port})
     model_path = resolve_model(settings.run.model.name)
-    curation = serve.RunTarget(build_curation_app(settings, model_path), name=api.app_name,
-                               route_prefix=api.route_prefix)
-    if not (settings.llm.enabled or settings.jobs.backend == "openai"):
-        serve.run_many([curation], blocking=blocking)
-        return f"http://{api.host}:{api.port}"
-    model = serve.RunTarget(build_model_app(settings.run, model_path, settings.llm, api), name=settings.llm.app_name,
-                            route_prefix=settings.llm.route_prefix if settings.llm.enabled else None)
-    if settings.jobs.backend == "openai":
-        # The runner sends its jobs to the model app: that one is up first.
-        serve.run_many([model])
-        serve.run_many([curation], blocking=blocking)
-    else:
-        # Two apps with an engine each: they start side by side (`ssb serve` on a 2-core CPU
-        # box: both up in 73 s, 50 + 29 s one after the other).
-        serve.run_many([model, curation], blocking=blocking)
+    # One app after the other: on a 2-core box the replicas of two apps starting at once (five
+    # processes importing torch and vLLM) slowed `ssb serve` in the test suite (123 to 150 s
+    # against 109 to 114 s one after the other). The model app first: the "openai" job backend
+    # sends its jobs there.
+    if settings.llm.enabled or settings.jobs.backend == "openai":
+        serve.run(build_model_app(settings.run, model_path, settings.llm, api), name=settings.llm.app_name,
+                  route_prefix=settings.llm.route_prefix if settings.llm.enabled else None)
+    serve.run(build_curation_app(settings, model_path), name=api.app_name, route_prefix=api.route_prefix,
+              blocking=blocking)
     return f"http://{api.host}:{api.port}"
