@@ -3,8 +3,8 @@
 Before each replica's engine starts, ray.serve.llm runs a Ray task on every node of the
 replica's placement group that fetches the model from a cloud mirror (`s3://`, `gs://`). For
 a local directory it has nothing to fetch (it returns the path unchanged), yet it costs a
-fresh worker process that imports torch: 8 to 15 s of a replica's start on a 2-core box
-(bench/RESULTS.md). A hub name or a remote path still goes through it.
+fresh worker process that imports torch: 15 s of a replica's 76 s start in the test suite
+on a 2-core box (bench/RESULTS.md). A hub name or a remote path still goes through it.
 """
 
 from __future__ import annotations
