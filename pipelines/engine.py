@@ -115,7 +115,8 @@ def runs_in_engine_core(engine: EngineConfig) -> bool:
     """An AsyncLLM on CPU with one rank runs its model inside vLLM's engine-core process ("uni"
     executor) rather than in a worker process of its own: one process fewer to spawn and import
     torch and vLLM into, 10-13 of the ~30 s an engine start takes here, at the same tokens
-    per second (bench/engine_start.py). Serve's engines keep Ray's executor (ray.serve.llm requires it)."""
+    per second (bench/engine_start.py). ray.serve.llm's CPU replicas too (services/serve_engine.py);
+    GPU engines keep the executor vLLM or ray.serve.llm gives them."""
     return engine.gpus_per_replica <= 0 and engine.tensor_parallel_size == 1
 
 
@@ -155,7 +156,7 @@ def _environ(env: dict[str, str]) -> Iterator[None]:
 
 
 @contextmanager
-def _engine_core_executor(engine: EngineConfig) -> Iterator[dict[str, Any]]:
+def engine_core_executor(engine: EngineConfig) -> Iterator[dict[str, Any]]:
     """AsyncLLM's executor arguments, see `runs_in_engine_core`, with the environment its
     engine-core process starts with."""
     if not runs_in_engine_core(engine):
@@ -309,7 +310,7 @@ def build_async_llm(model_path: str, model: ModelConfig, engine: EngineConfig, *
 
     kwargs = engine_kwargs(model_path, model, engine, max_logprobs=max_logprobs, seed_offset=seed_offset,
                            enable_lora=enable_lora, lora_adapters=lora_adapters)
-    with _engine_core_executor(engine) as executor:
+    with engine_core_executor(engine) as executor:
         # The periodic stats logger is a serving feature; `vllm.LLM` turns it off too.
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs, **executor, disable_log_stats=True))
 

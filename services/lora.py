@@ -14,13 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from ray import serve
-from ray.serve.llm.deployment import LLMServer
+
+from services.serve_engine import InCoreLLMServer
 
 LORA_ROOT_KEY = "ssb_lora_root"
 MAX_ADAPTERS_KEY = "ssb_max_adapters_per_replica"
 
 
-class LocalLoraLLMServer(LLMServer):
+class LocalLoraLLMServer(InCoreLLMServer):
     async def __init__(self, llm_config: Any, **kwargs: Any):
         await super().__init__(llm_config, **kwargs)
         from ray.llm._internal.common.models import global_id_manager

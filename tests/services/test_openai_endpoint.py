@@ -87,6 +87,23 @@ def test_engine_replicas_run_at_the_engine_niceness_not_rays_worker_default(open
     assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in replicas} == {run.engine.worker_niceness}
 
 
+def test_a_cpu_engine_replica_runs_the_model_in_its_engine_core(openai_app):
+    """services/serve_engine.py: no worker process of its own, as in the pipelines' CPU engines."""
+    import psutil
+
+    from pipelines.engine import runs_in_engine_core
+
+    _, run, llm = openai_app
+    replicas = [psutil.Process(pid) for pid, t in process_titles().items()
+                if t.startswith(f"ray::ServeReplica:{llm.app_name}:") and "LLMServer" in t]
+    assert replicas
+    for replica in replicas:
+        titles = [" ".join(c.cmdline())[:60] for c in replica.children(recursive=True)]
+        assert sum(t.startswith("VLLM::EngineCore") for t in titles) == 1, titles
+        # In the engine core on CPU; ray.serve.llm's own executor (a worker per rank) elsewhere.
+        assert any(t.startswith("VLLM::Worker") for t in titles) != runs_in_engine_core(run.engine), titles
+
+
 def test_curation_samples_through_the_deployment_handle(openai_app, model_path):
     """The "openai" job backend: the same Curator, a ServedSampler instead of an in-process engine."""
     import asyncio
