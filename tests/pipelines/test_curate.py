@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 READ_BACK = r"""
 import json, sys, ray
-ray.init(num_cpus=2, object_store_memory=200_000_000, include_dashboard=False)
+ray.init(address=sys.argv[2])  # the session's Ray: a driver of its own, not the writer's
 ds = ray.data.read_parquet(json.loads(sys.argv[1]))
 rows = ds.take_all()
 print(json.dumps({"count": len(rows), "columns": list(ds.schema().names),
@@ -41,10 +41,11 @@ def test_curation_keeps_problems_and_reports_why_others_were_skipped(curated_run
     assert (Path(cfg.output_dir) / "config.yaml").exists()
 
 
-def test_a_fresh_process_reads_the_shards_through_ray_data(curated_run):
+def test_a_fresh_process_reads_the_shards_through_ray_data(curated_run, ray_session):
     cfg, summary = curated_run
     store = LogitStore.open(cfg.store_dir)
-    out = subprocess.run([sys.executable, "-c", READ_BACK, json.dumps(store.shard_paths())],
+    address = ray_session.get_runtime_context().gcs_address
+    out = subprocess.run([sys.executable, "-c", READ_BACK, json.dumps(store.shard_paths()), address],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -111,7 +112,9 @@ def test_a_killed_run_resumes_and_stores_each_problem_once(tmp_path, model_path,
     overrides = tiny_curation_overrides(tmp_path, n=8) + ["engine.batch_size=2", "curate.shard_rows=1",
                                                            "curate.commit_every_s=0"]
     cmd = [sys.executable, "-m", "cluster.cli", "curate", "-q", *overrides]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # A driver of the session's Ray, as `ray job submit` runs one: when it is killed, Ray stops
+    # its actors (and their engines) and the store holds what it committed.
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     # One batch in flight until the kill: the work it throws away is one batch, not four. How
     # many batches are in flight is not part of what a resume matches (curation_hash).
     proc = subprocess.Popen([*cmd, "engine.max_concurrent_batches=1"], cwd=REPO, env=env, start_new_session=True,
