@@ -120,6 +120,7 @@ def test_a_bad_override_fails_before_anything_is_uploaded(capsys):
 
 
 JOB_TIMEOUT_S = 1200
+CLUSTER_PROBLEMS = 16
 
 
 def ssb(cluster, *args: str, timeout: float = JOB_TIMEOUT_S, token: bool = True) -> subprocess.CompletedProcess:
@@ -149,10 +150,12 @@ def _job_task_nodes(cluster, job_id: str, name_part: str) -> set[str]:
 @pytest.fixture(scope="module")  # no wider than the loopback cluster it runs on
 def cluster_curation(loopback_cluster, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("cluster-run")
-    # Six batches, and no work sent before both replicas are up: otherwise the replica that
-    # loads first can take every batch of so small a job and the other is never placed.
-    overrides = tiny_curation_overrides(run_dir) + ["engine.replicas=2", f"engine.cpus_per_replica={PER_REPLICA_CPUS}",
-                                                    "engine.batch_size=4", "engine.wait_for_replicas_s=900"]
+    # Sixteen problems (three kept in float32: the two Train workers below need two rows), six
+    # batches, and no work sent before both replicas are up: otherwise the replica that loads
+    # first can take every batch of so small a job and the other is never placed.
+    overrides = tiny_curation_overrides(run_dir, n=CLUSTER_PROBLEMS) + [
+        "engine.replicas=2", f"engine.cpus_per_replica={PER_REPLICA_CPUS}", "engine.batch_size=3",
+        "engine.wait_for_replicas_s=900"]
     try:
         # ~3 min on a quiet 2-core box; far longer while other jobs load it.
         proc = ssb(loopback_cluster, "submit", "curate", "configs/default.yaml", "--address",
@@ -187,7 +190,7 @@ def test_submitted_curation_runs_an_engine_on_each_node_and_completes_its_shards
     store.verify()
     summary = store.summary()
     assert summary["rows"] >= 2, summary
-    assert len(store.done_ids()) == 24  # every problem committed, kept or skipped
+    assert len(store.done_ids()) == CLUSTER_PROBLEMS  # every problem committed, kept or skipped
 
 
 @pytest.mark.slow
