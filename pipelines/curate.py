@@ -38,6 +38,7 @@ from ssb.default_model import resolve_model
 from ssb.prompts import tokenizer_fingerprint
 from ssb.records import CuratedExample, Problem, ProblemState
 from ssb.store import LogitStore
+from ssb.trace import trace_of
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class CurationRun:
             if kept or skipped:
                 if before_commit is not None:
                     before_commit()
-                self.store.append(kept, skipped)
+                self.store.append(kept, skipped, [trace_of(state) for state in pending])
                 if on_commit is not None:
                     on_commit(pending)
             kept, skipped, pending, last_commit = [], {}, [], time.monotonic()

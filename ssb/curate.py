@@ -52,14 +52,14 @@ def select_pair(
     # rollouts that never answered; those are only shown when nothing else is wrong.
     answered = sorted((r for r in incorrect if r.final_answer), key=lambda r: r.index)
     if not answered:
-        return Selection(chosen_correct, rng.choice(sorted(incorrect, key=lambda r: r.index)), None)
+        return Selection(chosen_correct, rng.choice(sorted(incorrect, key=lambda r: r.index)), None, len(incorrect))
     groups = _group_answers([r.final_answer or "" for r in answered], same_answer)
     counts = Counter(groups)
     top = max(counts.values())
     modal = rng.choice(sorted(g for g, c in counts.items() if c == top))
     members = [r for r, g in zip(answered, groups) if g == modal]
     pick = rng.choice(members)
-    return Selection(chosen_correct, pick, pick.final_answer)
+    return Selection(chosen_correct, pick, pick.final_answer, len(members))
 
 
 def mentions_hints(text: str, phrases: Sequence[str]) -> str | None:

@@ -26,7 +26,8 @@ from ssb.config import RunConfig, SamplingConfig
 from ssb.curate import judge_teacher, select_pair
 from ssb.logits import encode_topk
 from ssb.prompts import Prompts, render_ids, rollout_messages, student_messages, teacher_messages
-from ssb.records import CuratedExample, Problem, ProblemState, Rollout, SkipReason, TeacherAnswer, Verdict
+from ssb.records import (CuratedExample, Problem, ProblemState, Rollout, SkipReason, TeacherAnswer, TeacherSample,
+                         Verdict)
 from ssb.verify import Verifier, VerifierPool
 
 
@@ -88,6 +89,7 @@ class Curator:
         samples = await self.sampler.sample(ids, request_seed(self.cfg, state.problem.id, "rollout"), params)
         state.rollouts = [Rollout(state.problem.id, i, c.text, []) for i, c in enumerate(samples)]
         state.rollout_finish = [str(c.finish_reason) for c in samples]
+        state.rollout_lengths = [len(c.token_ids) for c in samples]
         state.rollout_tokens = sum(len(c.token_ids) for c in samples)
         # The verifier waits on its child process: off the loop, other problems keep generating.
         await asyncio.to_thread(self._select, state)
@@ -132,6 +134,9 @@ class Curator:
         reasons = [judge_teacher(c.text, Verdict(v), str(c.finish_reason), self.cfg.curate.hint_phrases)
                    for c, (_, v) in zip(samples, checks)]
         pick = next((i for i, reason in enumerate(reasons) if reason is None), None)
+        state.teacher_samples = [
+            TeacherSample(c.text, str(c.finish_reason), answer, Verdict(v), len(c.token_ids), reason, i == pick)
+            for i, (c, (answer, v), reason) in enumerate(zip(samples, checks, reasons))]
         chosen = samples[0 if pick is None else pick]
         state.teacher = TeacherAnswer(chosen.text, list(chosen.token_ids), str(chosen.finish_reason),
                                       checks[0 if pick is None else pick][0])

@@ -8,9 +8,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-FORMAT = "ssb-logit-store/1"
+# Format 2 commits a trace file with every entry; format 1 stores (no traces) are still read.
+FORMAT = "ssb-logit-store/2"
+FORMAT_WITHOUT_TRACES = "ssb-logit-store/1"
+READABLE_FORMATS = (FORMAT, FORMAT_WITHOUT_TRACES)
 MANIFEST = "manifest.json"
 SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")
+TRACE_NAME = re.compile(r"trace-\d{5,}\.parquet")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -42,7 +46,32 @@ def _type_problem(key: str, value: Any, types: tuple[type, ...]) -> str | None:
     return f"{key} is {shown}, expected {' or '.join(t.__name__ for t in types)}"
 
 
-def _entry_problem(entry: Any, named: set[str]) -> str | None:
+_TRACE_KEYS: dict[str, tuple[type, ...]] = {"name": (str,), "rows": (int,), "bytes": (int,), "sha256": (str,)}
+
+
+def _trace_problem(entry: dict[str, Any], named: set[str]) -> str | None:
+    trace = entry.get("trace")
+    if not isinstance(trace, dict):
+        return "missing its trace file (key 'trace')" if trace is None else "trace is not an object"
+    for key, types in _TRACE_KEYS.items():
+        if key not in trace:
+            return f"trace: missing key {key!r}"
+        if problem := _type_problem(f"trace {key}", trace[key], types):
+            return problem
+    if not TRACE_NAME.fullmatch(trace["name"]):
+        return f"trace name {trace['name']!r} is not a trace file name of this store (trace-NNNNN.parquet)"
+    if trace["name"] in named:
+        return f"{trace['name']} is named by an earlier entry too"
+    named.add(trace["name"])
+    if not _SHA256.fullmatch(trace["sha256"]):
+        return f"trace sha256 {trace['sha256']!r} is not 64 lowercase hex digits"
+    problems = len(entry["problem_ids"]) + len(entry["skipped"])
+    if trace["rows"] != problems or trace["bytes"] < 1:
+        return f"a trace file with {trace['rows']} rows and {trace['bytes']} bytes for {problems} problems"
+    return None
+
+
+def _entry_problem(entry: Any, named: set[str], traced: bool) -> str | None:
     if not isinstance(entry, dict):
         return f"not an object but {type(entry).__name__}"
     for key, types in _ENTRY_KEYS.items():
@@ -50,6 +79,8 @@ def _entry_problem(entry: Any, named: set[str]) -> str | None:
             return f"missing key {key!r}"
         if problem := _type_problem(key, entry[key], types):
             return problem
+    if traced and (problem := _trace_problem(entry, named)):
+        return problem
     name, rows, ids = entry["name"], entry["rows"], entry["problem_ids"]
     if min(rows, entry["tokens"], entry["bytes"]) < 0:
         return "negative rows, tokens or bytes"
@@ -76,8 +107,8 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
     """`manifest` if it is one this module writes; ManifestError naming `where` and the entry."""
     if not isinstance(manifest, dict):
         raise ManifestError(f"{where}: not a JSON object but {type(manifest).__name__}")
-    if manifest.get("format") != FORMAT:
-        raise ManifestError(f"{where}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("format") not in READABLE_FORMATS:
+        raise ManifestError(f"{where}: format {manifest.get('format')!r}, expected one of {READABLE_FORMATS}")
     for key, types in _RUN_KEYS.items():
         problem = f"missing key {key!r}" if key not in manifest else _type_problem(key, manifest[key], types)
         if problem:
@@ -86,7 +117,7 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
         raise ManifestError(f"{where}: top_k {manifest['top_k']} < 1")
     named: set[str] = set()
     for i, entry in enumerate(manifest["shards"]):
-        if problem := _entry_problem(entry, named):
+        if problem := _entry_problem(entry, named, manifest["format"] == FORMAT):
             label = f" ({entry['name']!r})" if isinstance(entry, dict) and isinstance(entry.get("name"), str) else ""
             raise ManifestError(f"{where}: shards[{i}]{label}: {problem}")
     return manifest

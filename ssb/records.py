@@ -91,6 +91,7 @@ class Selection:
     correct: Rollout
     incorrect: Rollout
     incorrect_answer: str | None
+    incorrect_count: int = 1  # rollouts that gave the shown wrong answer (or, unanswered, none at all)
 
 
 @dataclass
@@ -105,6 +106,19 @@ class TeacherAnswer:
 
 
 @dataclass
+class TeacherSample:
+    """What the trace keeps of one teacher sample: its text and judgement, not its ids."""
+
+    text: str
+    finish_reason: str
+    answer: str | None
+    verdict: Verdict
+    tokens: int
+    rejection: SkipReason | None  # why it cannot be kept; None: acceptable
+    chosen: bool = False  # the first acceptable sample: the one kept
+
+
+@dataclass
 class ProblemState:
     """One problem on its way through curation. `status` is None while it is still in play
     (and once kept); a skip reason ends it. The `engine_*` fields are accounting handed out
@@ -115,12 +129,14 @@ class ProblemState:
     status: SkipReason | None = None
     rollouts: list[Rollout] | None = None  # None: never sampled
     rollout_finish: list[str] = field(default_factory=list)
+    rollout_lengths: list[int] = field(default_factory=list)  # tokens of each rollout
     rollout_tokens: int = 0
     verified: bool = False
     selection: Selection | None = None
     student_prompt_ids: list[int] | None = None
     teacher_prompt_ids: list[int] | None = None
     teacher: TeacherAnswer | None = None  # the accepted answer, or the first rejected one
+    teacher_samples: list[TeacherSample] = field(default_factory=list)  # every sample, judged
     teacher_tokens: int = 0  # over every teacher sample
     engine_seconds: float = 0.0
     engine_load_seconds: float = 0.0

@@ -39,9 +39,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ssb.manifest import (FORMAT, MANIFEST, SHARD_NAME, ChecksumError, ManifestError, StoreError,  # noqa: F401
-                          check_manifest)
+from ssb import trace as traces_
+from ssb.manifest import (FORMAT, MANIFEST, SHARD_NAME, TRACE_NAME, ChecksumError, ManifestError,  # noqa: F401
+                          StoreError, check_manifest)
 from ssb.records import CuratedExample
+from ssb.trace import ProblemTrace
 
 _TMP_PREFIX = ".tmp-"
 
@@ -119,6 +121,7 @@ class Shard:
     path: str  # inside `filesystem`
     entry: dict[str, Any]
     manifest: str  # the manifest's location, for messages
+    kind: str = "shard"  # or "trace file": what messages call it
 
     @property
     def name(self) -> str:
@@ -129,7 +132,7 @@ class Shard:
         return self.entry["rows"]
 
     def _fail(self, problem: str) -> ChecksumError:
-        return ChecksumError(f"shard {self.name}: {problem} ({self.manifest})")
+        return ChecksumError(f"{self.kind} {self.name}: {problem} ({self.manifest})")
 
     def read_bytes(self, verify: bool = True) -> bytes:
         """The file's bytes; with `verify`, only once size, sha256 and row count match the entry."""
@@ -207,6 +210,9 @@ class LogitStore:
         else:
             diffs = [f"{key}: store has {manifest.get(key)!r}, this run has {value!r}"
                      for key, value in wanted.items() if manifest.get(key) != value]
+            if manifest["format"] != FORMAT:
+                raise StoreError(f"store at {norm_uri} is {manifest['format']}, made before traces were kept: "
+                                 "it can be read and trained on, but not resumed; curate into another run directory")
             if diffs:
                 raise StoreError(f"store at {norm_uri} belongs to another run ({'; '.join(diffs)}); "
                                  "use another run directory, or the original config to resume")
@@ -271,10 +277,12 @@ class LogitStore:
 
     def _remove_orphans(self) -> None:
         named = {entry["name"] for entry in self.manifest["shards"] if entry["name"]}
+        named |= {entry["trace"]["name"] for entry in self.manifest["shards"] if "trace" in entry}
         for info in self.filesystem.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)):
             name = posixpath.basename(info.path)
+            committed_name = SHARD_NAME.fullmatch(name) or TRACE_NAME.fullmatch(name)
             if info.type == pafs.FileType.File and (
-                name.startswith(_TMP_PREFIX) or (SHARD_NAME.fullmatch(name) and name not in named)
+                name.startswith(_TMP_PREFIX) or (committed_name and name not in named)
             ):
                 self.filesystem.delete_file(info.path)
 
@@ -317,14 +325,18 @@ class LogitStore:
         return pa.Table.from_arrays(columns, schema=schema)
 
     def append(
-        self, examples: Sequence[CuratedExample], skipped: Mapping[str, str] | None = None
+        self, examples: Sequence[CuratedExample], skipped: Mapping[str, str] | None = None,
+        traces: Sequence[ProblemTrace] | None = None,
     ) -> dict | None:
-        """Commit one shard of accepted examples plus skipped problems {id: reason}.
+        """Commit one shard of accepted examples plus skipped problems {id: reason}, and the
+        trace of every one of those problems (one trace file per entry). Curation passes every
+        problem's whole trace; without `traces` (a store built from examples alone) each kept
+        example's trace is what the example holds and a skip's is its reason.
 
         Problems already done (kept or skipped in a committed shard) are dropped, as are
         repeats inside `examples`. Returns the new manifest entry, or None if nothing new.
-        Write order: Parquet to a temp name, move to its final name, then the manifest via
-        temp + move, so a crash at any point leaves the previous manifest valid.
+        Write order: Parquet files to temp names, moved to their final names, then the manifest
+        via temp + move, so a crash at any point leaves the previous manifest valid.
         """
         if not self._writable:
             raise StoreError(f"store at {self.uri} was opened read-only")
@@ -339,6 +351,10 @@ class LogitStore:
             raise ValueError(f"problems both kept and skipped in one append: {both[:5]}")
         if not kept and not skips:
             return None
+        if traces is None:
+            traces = [*map(traces_.trace_of_example, kept.values()),
+                      *(ProblemTrace(pid, "", "", "", reason) for pid, reason in skips.items())]
+        traced = self._traces_for([*kept, *skips], traces)
         entry: dict[str, Any] = {"name": None, "rows": 0, "tokens": 0, "bytes": 0, "sha256": None,
                                  "problem_ids": list(kept), "skipped": skips}
         if kept:
@@ -349,6 +365,13 @@ class LogitStore:
             self._write_atomic(name, data)
             entry.update(name=name, rows=len(kept), bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
             entry["tokens"] = sum(len(ex.response_ids) for ex in kept.values())
+        buf = pa.BufferOutputStream()
+        pq.write_table(traces_.to_table(traced), buf, **traces_.WRITE_OPTIONS)
+        data = buf.getvalue().to_pybytes()
+        trace_name = f"trace-{len(self.manifest['shards']):05d}.parquet"
+        self._write_atomic(trace_name, data)
+        entry["trace"] = {"name": trace_name, "rows": len(traced), "bytes": len(data),
+                          "sha256": hashlib.sha256(data).hexdigest()}
         self.manifest["shards"].append(entry)
         try:
             self._write_manifest()
@@ -356,6 +379,15 @@ class LogitStore:
             self.manifest["shards"].pop()  # not committed: keep memory in step with the disk
             raise
         return entry
+
+    @staticmethod
+    def _traces_for(problem_ids: list[str], traces: Sequence[ProblemTrace]) -> list[ProblemTrace]:
+        """The traces of exactly the problems an entry commits, in its order: none missing."""
+        by_id = {t.problem_id: t for t in traces}
+        missing = [pid for pid in problem_ids if pid not in by_id]
+        if missing:
+            raise ValueError(f"no trace for {len(missing)} of the problems to commit: {missing[:5]}")
+        return [by_id[pid] for pid in problem_ids]
 
     # -- reading --------------------------------------------------------------------------
 
@@ -381,9 +413,16 @@ class LogitStore:
         return [Shard(self.filesystem, self._path(entry["name"]), entry, f"{self.uri}/{MANIFEST}")
                 for entry in self._files()]
 
+    def trace_files(self) -> list[Shard] | None:
+        """Every entry's trace file, in commit order; None for a store made before traces."""
+        if self.manifest["format"] != FORMAT:
+            return None
+        return [Shard(self.filesystem, self._path(entry["trace"]["name"]), entry["trace"], f"{self.uri}/{MANIFEST}",
+                      kind="trace file") for entry in self.manifest["shards"]]
+
     def verify(self) -> None:
-        """Re-hash every committed shard; ChecksumError names the first missing/bad one."""
-        for shard in self.shards():
+        """Re-hash every committed shard and trace file; ChecksumError names the first missing/bad one."""
+        for shard in [*self.shards(), *(self.trace_files() or [])]:
             shard.read_bytes()
 
     def _tables(self, verify: bool) -> Iterator[pa.Table]:

@@ -204,13 +204,13 @@ def test_writer_killed_mid_commit_leaves_a_valid_store(
 
     reader = LogitStore.open(uri, **fs)  # readers ignore orphans and never delete them
     assert reader.read_table().column("problem_id").to_pylist() == ["a"]
-    assert len(listed()) == 4
+    assert len(listed()) == 6  # and the uncommitted shard's trace file
 
     resumed = LogitStore.create_or_resume(uri, **RUN, **fs)
-    assert listed() == ["manifest.json", "shard-00000.parquet"]
+    assert listed() == ["manifest.json", "shard-00000.parquet", "trace-00000.parquet"]
     entry = resumed.append([make_example("b", rng)])
     assert entry is not None and entry["name"] == "shard-00001.parquet"
-    named = {e["name"] for e in resumed.manifest["shards"]}
+    named = {e["name"] for e in resumed.manifest["shards"]} | {e["trace"]["name"] for e in resumed.manifest["shards"]}
     assert named <= set(listed())  # the manifest never names a missing file
     resumed.verify()
 
