@@ -9,10 +9,12 @@
     POST   /v1/curate                        a few problems, answered when curated
     GET    /healthz                          liveness: {"status": "ok"}, no token; with one, Redis's state too
     GET    /metrics                          Prometheus
-    GET    /openapi.json, /docs              the schema
+    GET    /openapi.json, /docs              the schema (Swagger UI served locally)
+    GET    /ui/...                           the browser's pages (services.ui_routes)
 
 Every request but GET /healthz needs `Authorization: Bearer <token>`, unknown paths included
-(services.settings.BearerAuth, outermost). Paths in job records and examples are relative to
+(services.settings.BearerAuth, outermost); /docs, /openapi.json and /ui/ also take the session
+cookie that POST /ui/login sets. Paths in job records and examples are relative to
 the jobs root: the server's own layout is not the client's business. Limits answer with the
 limit's name: 413 for the body size and problem counts, 422 for malformed input (FastAPI's own), 429
 for too many queued or running jobs of one token, or too many stored ones. Redis down → 503 with a message; nothing else fails
@@ -29,13 +31,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.jobs import JobStore, JobStoreUnavailable, TooManyJobs
 from ssb.layout import RunLayout
 from services.settings import (BearerAuth, ServiceSettings, bearer_error, deployment_salt, http_routes,
                                owner_id, resolve_under)
+from services.ui_routes import UiAuth, ui_router
 
 log = logging.getLogger("ssb.api")
 
@@ -292,6 +295,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise HTTPException(401, error, headers={"WWW-Authenticate": "Bearer"})
         return owner_id(authorization.partition(" ")[2].strip(), owner_salt())
 
+    # Pages under /ui/ take `Depends(ui.owner)`: the owner behind a bearer token or a browser session.
+    ui = UiAuth(api, owner_salt)
+
     @app.exception_handler(JobStoreUnavailable)
     async def _redis_down(request: Request, exc: JobStoreUnavailable) -> JSONResponse:
         return JSONResponse({"detail": f"{exc}; retry shortly"}, status_code=503, headers={"Retry-After": "2"})
@@ -307,7 +313,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return response
 
     app.add_middleware(_BodyLimit, limit=api.max_request_bytes)
-    app.add_middleware(BearerAuth, api=api, open_paths=("/healthz",))
+    app.add_middleware(BearerAuth, api=api, open_paths=("/healthz",), session=ui)
 
     def _get_own(job_id: str, who: str) -> dict[str, Any]:
         record = store().get(job_id) if len(job_id) <= 64 else None
@@ -444,16 +450,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         _, page = _examples(record, 0, api.max_sync_problems)
         return CurateOut(job=job_out(record, paths), examples=page)
 
-    @app.get("/openapi.json", include_in_schema=False)
-    def openapi(_: str = Depends(owner)) -> JSONResponse:
-        return JSONResponse(app.openapi())
-
-    @app.get("/docs", include_in_schema=False)
-    def docs(_: str = Depends(owner)) -> HTMLResponse:
-        from fastapi.openapi.docs import get_swagger_ui_html
-
-        return get_swagger_ui_html(openapi_url="openapi.json", title="ssb curation API")
-
+    app.include_router(ui_router(api, ui, store, app.openapi, title=app.title))
     return app
 
 

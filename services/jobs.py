@@ -352,6 +352,24 @@ class JobStore:
             raise TooManyJobs(-out, max_active)
         return out or None
 
+    def list_owned(self, owner: str, offset: int = 0, limit: int = 50) -> tuple[int, list[dict[str, Any]]]:
+        """(how many, one page of records, newest first) of `owner`'s stored jobs. Read from the
+        stored-jobs index, which max_stored_per_owner bounds, so sorting it all is cheap."""
+        ids = self._call(self._r.zrangebyscore, self._stored(owner), f"({time.time()}", "+inf")
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._job(job_id), "created_at", "owner")
+        heads = self._call(pipe.execute) if ids else []
+        # A record gone (expired just now) or of another owner is not listed, whatever the index says.
+        live = sorted(((created, job_id) for job_id, (created, who) in zip(ids, heads) if created and who == owner),
+                      reverse=True)
+        page = [job_id for _, job_id in live[offset:offset + limit]]
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in page:
+            pipe.hgetall(self._job(job_id))
+        raws = self._call(pipe.execute) if page else []
+        return len(live), [decode_record(raw) for raw in raws if raw]
+
     def queue_length(self) -> int:
         return int(self._call(self._r.llen, self._queue))
 

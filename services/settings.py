@@ -165,10 +165,15 @@ def bearer_error(authorization: str | None, api: ApiConfig) -> str | None:
 class BearerAuth:
     """ASGI middleware: 401 for every request without a valid token, routed or not (an
     unknown path reveals nothing either), except GET on `open_paths` (relative to the app's
-    root_path). It sits outside everything, so a refused body is never read."""
+    root_path). It sits outside everything, so a refused body is never read.
 
-    def __init__(self, app: Any, api: ApiConfig, open_paths: tuple[str, ...] = ()):
-        self.app, self.api, self.open_paths = app, api, open_paths
+    `session`, when given, is the browser's way in (services.ui_routes.UiAuth): on the paths its
+    `covers(method, path)` names, a request without a valid token goes to its
+    `gate(scope, receive, send, app)`, which lets a valid session through and answers the rest
+    itself. Every other path stays bearer-only."""
+
+    def __init__(self, app: Any, api: ApiConfig, open_paths: tuple[str, ...] = (), session: Any = None):
+        self.app, self.api, self.open_paths, self.session = app, api, open_paths, session
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -182,6 +187,8 @@ class BearerAuth:
         error = bearer_error(header, self.api)
         if error is None:
             return await self.app(scope, receive, send)
+        if self.session is not None and scope["type"] == "http" and self.session.covers(scope.get("method"), path):
+            return await self.session.gate(scope, receive, send, self.app)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
         body = json.dumps({"detail": error}).encode()
