@@ -23,4 +23,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     echo "warning: redis-server not found; install it for the serving tests and 'ssb serve'" >&2
   fi
 fi
+# A real browser for the UI tests (tests/browser_fixture.py): Debian's chromium and its driver,
+# so Selenium never downloads one.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null; }) \
+      || echo "warning: could not install chromium and chromium-driver; the browser tests will be skipped" >&2
+  else
+    echo "warning: /usr/bin/chromium or /usr/bin/chromedriver not found; install Debian's chromium and chromium-driver for the browser tests" >&2
+  fi
+fi
 "$VENV/bin/python" -c "from ssb.default_model import ensure_default_model; print('default model:', ensure_default_model())"
