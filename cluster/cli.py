@@ -5,6 +5,7 @@
     ssb eval --run-dir runs/demo --adapter runs/demo/adapter --with-base eval.limit=50
     ssb run --config configs/default.yaml --rounds 2
     ssb report --run-dir runs/demo
+    ssb inspect runs/demo
     ssb doctor
     ssb submit curate configs/default.yaml --address http://HEAD:8265 run_dir=/shared/runs/demo
     ssb jobs status|logs|stop ID
@@ -14,14 +15,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable
 
+from ssb.layout import is_remote
 from ssb.store import StoreError
 
 from cluster.args import check_run_dir, config_from_args
+
+
+def print_inspect_hint(run_dir: str) -> None:
+    """The command that opens this run in the browser, spelled as this `ssb` was called."""
+    import shutil
+
+    me = os.path.abspath(sys.argv[0]) if sys.argv else ""
+    called = "ssb" if os.path.basename(me) != "ssb" or shutil.which("ssb") == me else os.path.relpath(me)
+    if not is_remote(run_dir):
+        print(f"inspect every problem's path: {called} inspect {run_dir}")
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
@@ -31,6 +44,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     summary = run_curation(cfg, progress=not args.quiet)
     print(summary.table())
     print(f"store: {cfg.store_dir}")
+    print_inspect_hint(cfg.output_dir)
     return 0
 
 
@@ -67,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     print(render_table(report))
     print(f"report: {cfg.layout.report_md}")
+    print_inspect_hint(cfg.output_dir)
     return 0
 
 
@@ -185,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit.add_parser(sub)
     jobs.add_parser(sub)
+    from cluster import inspect_cmd  # a local web app over a run directory; no config, no Ray
+
+    inspect_cmd.add_parser(sub)
     return parser
 
 

@@ -450,6 +450,9 @@ class LogitStore:
         tokens = sum(entry["tokens"] for entry in files)
         size = sum(entry["bytes"] for entry in files)
         reasons = Counter(reason for entry in self.manifest["shards"] for reason in entry["skipped"].values())
+        traces = [entry["trace"] for entry in self.manifest["shards"] if "trace" in entry]
+        trace_bytes, traced = sum(t["bytes"] for t in traces), sum(t["rows"] for t in traces)
         return {"rows": sum(entry["rows"] for entry in files), "shards": len(files), "tokens": tokens,
                 "bytes": size, "bytes_per_token": size / tokens if tokens else None,
-                "skipped": dict(reasons)}
+                "skipped": dict(reasons), "trace_bytes": trace_bytes,
+                "trace_bytes_per_problem": trace_bytes / traced if traced else None}

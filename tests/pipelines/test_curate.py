@@ -41,6 +41,43 @@ def test_curation_keeps_problems_and_reports_why_others_were_skipped(curated_run
     assert (Path(cfg.output_dir) / "config.yaml").exists()
 
 
+def test_every_curated_problem_has_a_trace_of_its_path(curated_run):
+    from ssb.trace import KEPT, TraceIndex
+
+    cfg, summary = curated_run
+    store = LogitStore.open(cfg.store_dir)
+    index = TraceIndex(store)
+    assert len(index) == summary.processed and index.outcomes() == {KEPT: summary.kept, **summary.skipped}
+    rows = {row["problem_id"]: row for row in store.read_table().to_pylist()}
+    for item in index.select(limit=len(index))[1]:
+        trace = index.get(item["problem_id"])
+        assert trace is not None and trace.question and trace.answer and trace.outcome == item["outcome"]
+        if trace.outcome == "prompt_too_long":
+            continue
+        assert len(trace.rollouts) == cfg.curate.rollout.n
+        assert all(r.text and r.finish_reason and r.verdict and r.tokens > 0 for r in trace.rollouts)
+        assert sum(r.tokens for r in trace.rollouts) == trace.rollout_tokens
+        if trace.outcome in ("no_correct_rollout", "no_incorrect_rollout"):
+            assert trace.correct_index is None and not trace.teacher and trace.teacher_tokens == 0
+            continue
+        pair = trace.rollouts[trace.correct_index], trace.rollouts[trace.incorrect_index]
+        assert pair[0].verdict == "correct" and pair[1].verdict != "correct"
+        assert pair[1].answer == trace.incorrect_answer and trace.incorrect_count >= 1
+        assert len(trace.teacher) == cfg.curate.teacher.n
+        assert sum(s.tokens for s in trace.teacher) == trace.teacher_tokens
+        chosen = [s for s in trace.teacher if s.chosen]
+        if trace.outcome == KEPT:
+            assert len(chosen) == 1 and chosen[0].rejection is None and chosen[0].verdict == "correct"
+            assert chosen[0].text == rows[trace.problem_id]["response_text"]  # the stored answer
+            assert all(s.rejection for s in trace.teacher[:chosen[0].index])  # the first acceptable one
+        else:
+            assert not chosen and trace.teacher[0].rejection == trace.outcome
+            assert all(s.rejection for s in trace.teacher)
+    # What a problem's trace costs next to the kept examples' shards (bench/RESULTS.md).
+    sizes = store.summary()
+    assert sizes["trace_bytes"] > 0 and sizes["trace_bytes_per_problem"] == sizes["trace_bytes"] / len(index)
+
+
 def test_a_fresh_process_reads_the_shards_through_ray_data(curated_run, ray_session):
     cfg, summary = curated_run
     store = LogitStore.open(cfg.store_dir)
@@ -143,6 +180,11 @@ def test_a_killed_run_resumes_and_stores_each_problem_once(tmp_path, model_path,
     assert len(kept) == len(set(kept)), "a problem was stored twice"
     if kept:
         assert sorted(store.read_table().column("problem_id").to_pylist()) == sorted(kept)
+    # One trace per problem across the killed run's commits and the resume's: none twice, none missing.
+    from ssb.trace import TraceIndex
+
+    traced = [row["problem_id"] for row in TraceIndex(store).select(limit=100)[1]]
+    assert sorted(traced) == sorted(store.done_ids())
 
 
 def test_split_stages_write_the_same_kind_of_store(tmp_path, model_path, ray_session):

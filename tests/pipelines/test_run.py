@@ -4,14 +4,11 @@ the round-1 student → train → evaluate base, round 1 and round 2 → report.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO, tiny_curation_overrides
+from tests.conftest import tiny_curation_overrides
 
 
 CURATED, EVALUATED = 12, 6  # problems per round (fewer keep too few to train on) and per evaluated model
@@ -25,14 +22,11 @@ def tiny_run_overrides(run_dir) -> list[str]:
 
 
 @pytest.mark.slow
-def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, model_path):
+def test_run_writes_a_report_comparing_base_and_student_per_round(two_round_run):
     """As a user runs it (its own process and local Ray): a quiet console, the logs in the run."""
     from ssb.config import load_config
 
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cluster.cli", "run", "--rounds", "2", *tiny_run_overrides(run_dir)]
-    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
-                          timeout=2400)
+    run_dir, done = two_round_run
     console = done.stdout + done.stderr
     assert done.returncode == 0, console[-3000:]
     noise = [line for line in console.splitlines() if "Traceback" in line or re.search(r"\bERROR\b", line)]
@@ -44,6 +38,7 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(tmp_path, mode
     assert not chatter, "\n".join(chatter[:20])
     assert "core_worker.cc" not in console  # Ray's C++ lines on fd 2 went to logs/native.log
     assert "== curate (round 1)" in done.stdout and f"report: {run_dir}/report.md" in done.stdout
+    assert f"inspect every problem's path: ssb inspect {run_dir}" in done.stdout
     logs = run_dir / "logs"
     assert (logs / "driver.log").stat().st_size > 0  # Ray's and the libraries' own lines went here
     assert any(logs.glob("ray/worker-*.out")) and any(logs.glob("ray/worker-*.err"))

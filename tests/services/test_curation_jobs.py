@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ssb.store import LogitStore, example_arrays
+from ssb.trace import TraceIndex
 from tests.services.conftest import EQUAL_N, TOKEN, process_titles, tiny_job
 
 pytestmark = pytest.mark.slow
@@ -42,6 +43,14 @@ def assert_same_distributions(ours: dict, theirs: dict) -> None:
 def _rows(store_dir) -> list[dict]:
     table = LogitStore.open(str(store_dir), allow_empty=True).read_table()
     return sorted(table.to_pylist(), key=lambda r: r["problem_id"])
+
+
+def _traces(store_dir) -> dict[str, dict]:
+    """Every problem's trace but the engine seconds (the two engines' timings differ)."""
+    index = TraceIndex(LogitStore.open(str(store_dir), allow_empty=True))
+    return {row["problem_id"]: {k: v for k, v in index.get(row["problem_id"]).to_dict().items()
+                                if k != "engine_seconds"}
+            for row in index.select(limit=len(index))[1]}
 
 
 def _skips(store_dir) -> dict[str, str]:
@@ -81,6 +90,9 @@ def test_a_job_over_http_writes_the_examples_ssb_curate_writes(service, referenc
     service_rows, reference_rows = _rows(job_store), _rows(reference)
     assert [r["problem_id"] for r in service_rows] == [r["problem_id"] for r in reference_rows]
     assert _skips(job_store) == _skips(reference)
+    # The same trace for every problem, kept or skipped: rollouts, verdicts, pair, teacher samples.
+    service_traces, reference_traces = _traces(job_store), _traces(reference)
+    assert len(service_traces) == EQUAL_N and service_traces == reference_traces
     for ours, theirs in zip(service_rows, reference_rows):
         # Everything sampled, selected and decided is identical: prompts, the teacher's ids and
         # text, the rollouts shown to it, hashes, seed, meta.
