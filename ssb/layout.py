@@ -16,6 +16,7 @@
       eval/merged/                   adapters merged for evaluation
       diagnostics/curated_problems.jsonl   the round's mixed problems its zero-shot pass answered (`ssb run`)
       diagnostics/eval/              that pass's results and outputs, laid out as eval/ is
+      inspect/kl/<problem id>.json   the student's per-token KL to the teacher (`ssb inspect`, on demand)
       round-<r>/                     bootstrapping round r ≥ 2: the same layout again
       timings.json                   stage → seconds (`ssb run`)
       report.json, report.md, accuracy.png, loss.png
@@ -32,12 +33,14 @@ needs those asks `local(stage)` first, which refuses a remote root by naming the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ssb.manifest import MANIFEST
 
@@ -66,6 +69,8 @@ WORKER_LOGS = "ray"
 JOBS = "jobs"
 REDIS = "redis"
 INLINE = "inline.jsonl"
+INSPECT = "inspect"
+INSPECT_KL = "kl"
 # A Ray Train checkpoint directory (under train/ray/distill/checkpoint_*/) holds these.
 CHECKPOINT_ADAPTER = ADAPTER
 CHECKPOINT_STATE = "train_state.pt"
@@ -235,6 +240,15 @@ class RunLayout:
 
     def eval_outputs(self, label: str, benchmark: str) -> Path:
         return self._path(EVAL, label, f"{benchmark}.jsonl")
+
+    # -- the inspector ------------------------------------------------------------------------
+    def inspect_kl(self, problem_id: str) -> Path:
+        """The cached per-token KL of one kept problem. Problem ids come from data files: quoted so
+        none can name a path outside `inspect/kl/`, hashed when too long for a file name."""
+        name = quote(problem_id, safe="")
+        if len(name) > 200 or name.startswith("."):
+            name = hashlib.sha256(problem_id.encode()).hexdigest()
+        return self._path(INSPECT, INSPECT_KL, f"{name}.json")
 
     # -- the whole run ----------------------------------------------------------------------
     def round(self, r: int) -> RunLayout:
