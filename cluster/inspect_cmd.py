@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,15 @@ def _url(sock: socket.socket) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
+def _warm_up(run_dir: str) -> None:
+    from ssb.run_view import RunView
+
+    try:
+        RunView(run_dir).token_text(1)
+    except Exception:  # noqa: BLE001 - only a head start: a page that needs it loads it again and says why
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
     from ssb.layout import RunLayout
 
@@ -57,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     server = uvicorn.Server(uvicorn.Config(create_app(args.run_dir), log_level="warning", access_log=False))
     print(f"inspector: {_url(sock)}", flush=True)
+    # The tokenizer (and transformers' import) takes seconds: load it while the first pages are read.
+    threading.Thread(target=_warm_up, args=(args.run_dir,), daemon=True).start()
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # a second Ctrl-C while uvicorn shuts down

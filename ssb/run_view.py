@@ -118,10 +118,20 @@ class TokenText:
         return text
 
 
-@lru_cache(maxsize=4)
+# transformers imports its classes lazily: two threads importing it at once can see a half-made
+# module ("cannot import name 'AutoTokenizer'"). Whatever loads from it in a server holds this.
+LOAD_LOCK = threading.RLock()
+
+
 def token_text(model_name: str) -> TokenText:
     """The round's tokenizer, loaded once; none (ids shown as `#<id>`) when it cannot be loaded.
     Only local files: the inspector must work offline and never waits on a download."""
+    with LOAD_LOCK:
+        return _token_text(model_name)
+
+
+@lru_cache(maxsize=4)
+def _token_text(model_name: str) -> TokenText:
     try:
         from transformers import AutoTokenizer
 
@@ -413,7 +423,7 @@ class RunView:
             first = ra or rb
             items.append({"problem_id": pid, "question": first.get("question"), "reference": first.get("answer"),
                           "a": _side(ra), "b": _side(rb)})
-        right = lambda item, side: (item[side] or {}).get("right")  # noqa: E731
+        right = lambda item, side: (item[side] or {}).get("right")
         kinds = {"base_right_student_wrong": lambda i: right(i, "a") is True and right(i, "b") is False,
                  "base_wrong_student_right": lambda i: right(i, "a") is False and right(i, "b") is True}
         counts = {"all": len(items), **{name: sum(map(test, items)) for name, test in kinds.items()}}

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ssb.run_view import NotFound, RunView
+from ssb.run_view import LOAD_LOCK, NotFound, RunView
 from ssb.store import example_arrays
 
 TEMPERATURE = 1.0
@@ -35,7 +35,7 @@ def adapter_stamp(adapter: Path) -> list[list[Any]]:
 
 
 @lru_cache(maxsize=1)
-def _student(model_path: str, adapter: str, stamp: str) -> Any:  # noqa: ARG001 - stamp: a retrained adapter reloads
+def _student(model_path: str, adapter: str, stamp: str) -> Any:  # stamp: a retrained adapter reloads
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -82,7 +82,11 @@ def _compute(view: RunView, r: int, problem_id: str, stamp: list[list[Any]]) -> 
         raise NotFound(f"round {r} has no loadable config.yaml: the base model under its adapter is unknown")
     row = view.kept_row(r, problem_id)
     adapter = view.round(r).adapter
-    model = _student(resolve_model(cfg.model.name), str(adapter), json.dumps(stamp))
+    try:
+        with LOAD_LOCK:
+            model = _student(resolve_model(cfg.model.name), str(adapter), json.dumps(stamp))
+    except (OSError, ValueError, RuntimeError) as e:  # no weights here, or an adapter of another model
+        raise NotFound(f"the student of round {r} cannot be loaded ({cfg.model.name} + {adapter}): {e}") from e
     kls, ps = _bucket_kls(model, list(row["student_prompt_ids"]), list(row["response_ids"]), row)
     text = view.token_text(r)
     tokens = [{"id": int(t), "text": text(t), "kl": round(kl, 6), "p_student": round(p, 6)}

@@ -39,13 +39,14 @@ MAX_LIMIT = 500
 
 @lru_cache(maxsize=1)
 def _templates() -> Any:
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+    from jinja2 import Environment, FileSystemLoader
 
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(seg=lambda v: quote(str(v), safe=""), pct=views.pct, ci=views.ci, verdict=views.verdict_word, shade=views.shade,
-                       token_title=views.token_title, kl_title=views.kl_title)
-    env.globals.update(legend=views.legend, MIXED=MIXED)
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(seg=lambda v: quote(str(v), safe=""), cell=views.cell, pct=views.pct, ci=views.ci,
+                       verdict=views.verdict_word, shade=views.shade, token_title=views.token_title,
+                       kl_title=views.kl_title)
+    env.globals.update(legend=views.legend, MIXED=MIXED, summary_columns=views.SUMMARY_COLUMNS)
     return env
 
 

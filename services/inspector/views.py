@@ -13,6 +13,10 @@ PLOT_W, PLOT_H, MARGIN = 640, 220, 48
 # falls, so the positions worth a look stand out in a long answer.
 SHADE_RGB = "214, 96, 20"
 LEGEND_STEPS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1)
+# curation_summary.json's counts shown on the overview (a key an older file lacks shows as –).
+SUMMARY_COLUMNS = (("problems in the data", "problems"), ("processed", "processed"), ("already done", "already_done"),
+                   ("kept", "kept"), ("rollout tokens", "rollout_tokens"), ("teacher tokens", "teacher_tokens"),
+                   ("wall seconds", "wall_seconds"))
 
 
 def funnel_bars(funnel: dict[str, Any], link: Callable[[str], str]) -> dict[str, Any]:
@@ -76,6 +80,12 @@ def kl_title(token: dict[str, Any]) -> str:
 def kl_scale(tokens: list[dict[str, Any]]) -> float:
     """The KL that shades fully: the page's largest, at least 1 nat, so small values stay pale."""
     return max([t["kl"] for t in tokens] + [1.0])
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def pct(x: float | None) -> str:

@@ -21,6 +21,7 @@ import pytest
 
 from ssb.config import dump_config, load_config
 from ssb.layout import RunLayout
+from ssb.manifest import FORMAT, FORMAT_WITHOUT_TRACES
 from ssb.records import CuratedExample, SkipReason
 from ssb.store import LogitStore
 from ssb.trace import KEPT, ProblemTrace, RolloutTrace, TeacherSampleTrace
@@ -172,6 +173,8 @@ def run(tmp_path_factory, model_path) -> Iterator[Run]:
     root = tmp_path_factory.mktemp("inspect") / "run"
     kept_tokens = build_run(root, AutoTokenizer.from_pretrained(model_path))
     make_adapter(model_path, root / "adapter")
+    shutil.copytree(root / "curated", root / "round-2" / "curated")  # round 2: curated, not trained
+    shutil.copy(root / "config.yaml", root / "round-2" / "config.yaml")
     proc, url = start_inspector(root)
     yield Run(root, url, kept_tokens)
     stop(proc)
@@ -196,7 +199,19 @@ def test_the_overview_shows_the_funnel_accuracy_loss_timings_and_config(run):
     assert 'href="/problems?outcome=teacher_answer_wrong"' in html and 'href="/problems?outcome=kept"' in html
     assert f'href="/eval/{BENCH}"' in html and "50.0%" in html
     assert re.search(r"\[\d+\.\d, \d+\.\d\]", html)  # the 95% interval
-    assert "<pre>name: default" in html
+    assert "<pre>name: default" in html and "12.5" in html  # curation_summary.json's wall seconds
+
+
+def test_each_round_has_its_own_pages(run):
+    d = run.get("/", format="json", round=2).json()
+    assert d["rounds"] == [1, 2] and d["round"] == 2 and not d["trained"] and d["loss"] == []
+    html = run.get("/", round=2).text
+    assert "<strong>2</strong>" in html and '<a href="/">1</a>' in html  # the rounds: this one, and a link to 1
+    assert 'href="/problems?outcome=kept&amp;round=2"' in html and 'href="/problems?round=2"' in html
+    assert run.get("/problems", format="json", round=2).json()["total"] == 26
+    page = run.get("/problems/k1", round=2)
+    assert page.status_code == 200 and 'href="/problems/k1/kl' not in page.text  # no adapter in round 2
+    assert not run.get("/problems/k1", format="json", round=2).json()["kl_available"]
 
 
 def test_the_problem_list_filters_and_pages(run):
@@ -254,7 +269,8 @@ def test_a_skipped_problem_says_why(run):
 
 def test_unknown_things_are_404(run):
     for path, params in [("/problems/nope", {}), ("/problems/nope", {"format": "json"}), ("/eval/nope", {}),
-                         ("/", {"round": 2}), ("/problems/s01/kl", {"format": "json"}),
+                         ("/", {"round": 3}), ("/problems/s01/kl", {"format": "json"}),
+                         ("/problems/k1/kl", {"round": 2}),
                          ("/eval/" + BENCH, {"a": "nope"})]:
         r = run.get(path, **params)
         assert r.status_code == 404, (path, params, r.text[:200])
@@ -323,6 +339,10 @@ def test_a_damaged_trace_file_is_a_409_page_naming_it(run, tmp_path):
         path.unlink()
         r = httpx.get(url.rstrip("/") + "/problems", timeout=60)
         assert r.status_code == 409 and "trace-00001.parquet: missing from the store" in r.text
+        manifest = damaged / "curated" / "manifest.json"  # a store from before traces
+        manifest.write_text(manifest.read_text().replace(FORMAT, FORMAT_WITHOUT_TRACES))
+        r = httpx.get(url.rstrip("/") + "/problems", timeout=60)
+        assert r.status_code == 409 and "written before traces were kept" in r.text
     finally:
         stop(proc)
 
@@ -371,7 +391,7 @@ def test_the_pages_mount_under_a_prefix_for_a_jobs_run_directory(run, tmp_path):
     app.include_router(build_inspector_router(resolve), prefix="/ui/jobs/{job_id}")
     server, url, thread = _serve_in_thread(app)
     try:
-        get = lambda path, **params: httpx.get(url + path, params=params, timeout=60)  # noqa: E731
+        get = lambda path, **params: httpx.get(url + path, params=params, timeout=60)
         html = get("/ui/jobs/j-1/").text
         assert 'href="/outer/ui/jobs/j-1/problems?outcome=kept"' in html and "No evaluation" in html
         assert 'href="/problems' not in html
