@@ -92,17 +92,18 @@ class UiAuth:
         """(status, detail, headers) for a request `identify` refused."""
         root = scope.get("root_path", "")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        method = scope.get("method", "GET")
-        if not authorization and wants_html(method, headers.get("accept"), (query.get("format") or [None])[0]):
-            here = app_path(scope) + (f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else "")
+        query = scope.get("query_string", b"").decode("latin-1")
+        fmt = (parse_qs(query).get("format") or [None])[0]
+        if not authorization and wants_html(scope.get("method", "GET"), headers.get("accept"), fmt):
+            here = app_path(scope) + (f"?{query}" if query else "")
             return 303, "log in first", {"Location": login_url(root, here), "Cache-Control": "no-store"}
         if authorization:
             detail = bearer_error(authorization, self.api) or "invalid bearer token"
         elif cookie:
             detail = f"invalid or expired session: log in again at {root}/ui/login, or send a bearer token"
         else:
-            detail = f"missing bearer token or session: send 'Authorization: Bearer <token>' or log in at {root}/ui/login"
+            detail = (f"missing bearer token or session: send 'Authorization: Bearer <token>' "
+                      f"or log in at {root}/ui/login")
         return 401, detail, {"WWW-Authenticate": "Bearer"}
 
     def owner(self, request: Request) -> str:

@@ -1,6 +1,8 @@
 """Auth and secrets of everything `ssb serve` starts: each route of each running app (found
 through Serve's route table and the apps themselves, not a list kept here) answers 401
 without the token; tokens are long, digests and owner ids salted; clients see no server paths.
+The browser's pages (services/ui_routes.py) may instead send a browser to the login form, and
+the form itself (and logging out) needs no credential: none of them gives data without one.
 
 Serve's proxy answers `/-/routes` and `/-/healthz` itself, before any app: Ray's, not ours,
 and they show only app names and route prefixes."""
@@ -21,7 +23,9 @@ from tests.conftest import REPO, tiny_curation_overrides
 from tests.services.conftest import TOKEN
 
 BAD_HEADERS = [{}, {"Authorization": "Bearer wrong-token-but-long-enough"}, {"Authorization": "Bearer"},
-               {"Authorization": TOKEN}]
+               {"Authorization": TOKEN},
+               {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}]  # a browser without a session
+LOGIN_FORM = {("GET", "/ui/login"), ("POST", "/ui/login"), ("POST", "/ui/logout")}  # open, and empty of data
 
 
 # -- without Ray ---------------------------------------------------------------------------------
@@ -79,13 +83,22 @@ def test_every_route_of_every_running_app_needs_the_token(served):
             schema = c.get(f"{root}/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"})
             assert schema.status_code == 200, (app, schema.status_code)
             assert set(schema.json()["paths"]) <= {_schema_path(p) for p, _ in routes}  # nothing served unlisted
-            for path, methods in [*routes, ["/no-such-route", ["GET", "POST"]]]:
+            unknown = [["/no-such-route", ["GET", "POST"]], ["/ui/no-such-page", ["GET", "POST"]]]
+            for path, methods in [*routes, *unknown]:
                 for method in methods:
                     for headers in BAD_HEADERS:
                         r = c.request(method, root + _concrete(path), headers=headers,
                                       json={} if method in ("POST", "PUT", "PATCH") else None)
                         if (method, path) == ("GET", "/healthz"):  # open, and it says only that it answers
                             assert r.status_code == 200 and r.json() == {"status": "ok"}, (app, r.text)
+                            continue
+                        if app == "served" and (method, path) in LOGIN_FORM:
+                            _login_form_only(r, prefix.rstrip("/"), method, path)
+                            continue
+                        if r.status_code == 303:  # a browser sent to log in, from a page that takes a session
+                            assert app == "served" and method == "GET" and "Accept" in headers, (app, method, path)
+                            assert r.headers["location"].startswith(f"{prefix.rstrip('/')}/ui/login?next="), r.headers
+                            assert "set-cookie" not in r.headers and r.json() == {"detail": "log in first"}
                             continue
                         assert r.status_code == 401, (app, method, path, headers, r.status_code, r.text[:200])
                         assert r.headers["www-authenticate"] == "Bearer"
@@ -96,6 +109,17 @@ def test_every_route_of_every_running_app_needs_the_token(served):
         assert c.get("/healthz").json() == {"status": "ok", "redis": "ok"}
         models = httpx.get(f"{base}/served-llm/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         assert models.status_code == 200 and models.json()["data"][0]["id"] == svc.settings.llm.model_id
+
+
+def _login_form_only(r: httpx.Response, root: str, method: str, path: str) -> None:
+    """The login form (or logging out) without a credential: no data, and no session."""
+    if path == "/ui/logout":  # clears the cookie and goes to the form
+        assert r.status_code == 303 and r.headers["location"] == f"{root}/ui/login", r.headers
+        assert "Max-Age=0" in r.headers["set-cookie"] and r.headers["set-cookie"].startswith("ssb_session=;")
+        return
+    assert r.status_code == (200 if method == "GET" else 401), (method, path, r.status_code)
+    assert r.headers["content-type"].startswith("text/html") and 'name="token"' in r.text
+    assert "set-cookie" not in r.headers and "curation-jobs" not in r.text
 
 
 def test_owner_ids_in_redis_are_salted_and_clients_see_no_server_paths(served):

@@ -12,7 +12,7 @@ from tests.services.conftest import TOKEN
 pytestmark = pytest.mark.slow
 
 
-def test_docs_in_a_browser_log_in_then_swagger_ui_renders_the_operations(api_only, browser, tmp_path):
+def test_docs_in_a_browser_log_in_then_swagger_ui_renders_the_operations(api_only, browser, tmp_path):  # noqa: F811
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
