@@ -406,3 +406,11 @@ def test_the_pages_mount_under_a_prefix_for_a_jobs_run_directory(run, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_the_benchmark_runs_at_its_smoke_size():
+    done = subprocess.run([sys.executable, "bench/inspector.py", "--smoke"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"RESULT inspector list_ms=[\d.]+ problem_ms=[\d.]+ index_ms=[\d.]+ problems=200", last), last
