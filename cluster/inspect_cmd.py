@@ -43,10 +43,7 @@ def _url(sock: socket.socket) -> str:
 def _warm_up(run_dir: str) -> None:
     from ssb.run_view import RunView
 
-    try:
-        RunView(run_dir).token_text(1)
-    except Exception:  # noqa: BLE001 - only a head start: a page that needs it loads it again and says why
-        pass
+    RunView(run_dir).token_text(1)  # never raises: without a tokenizer, pages show token ids
 
 
 def run(args: argparse.Namespace) -> int:

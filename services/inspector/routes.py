@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from services.inspector import views
+from ssb.layout import RemoteRunDirError
 from ssb.run_view import MIXED, BadRequest, NotFound, RunView
 from ssb.store import StoreError
 
@@ -97,7 +98,7 @@ def _page(request: Request, local: str, fmt: str | None, r: int, template: str,
         return _error(fmt, link, 404, str(e))
     except BadRequest as e:
         return _error(fmt, link, 400, str(e))
-    except StoreError as e:  # ChecksumError (a damaged or missing file), ManifestError, a store before traces
+    except (StoreError, RemoteRunDirError) as e:  # a damaged or missing file, a store before traces, a URI
         return _error(fmt, link, 409, str(e))
     status = 409 if data.get("store_error") else 200
     if fmt == "json":
