@@ -56,7 +56,7 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def _bucket_kl(u: Tensor, l: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+def bucket_kl(u: Tensor, l: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     """Per-token KL(p_T ‖ q_T) over the k + 1 buckets and d(T²·KL)/du.
 
     u: student bucket log-probs [n, k+1]; l: teacher bucket log-probs at T = 1 [n, k+1].
@@ -87,7 +87,7 @@ def _chunk(
     lse_tail = m_tail + tail_sum.log()  # -inf for an empty tail
     lse = torch.logaddexp(lse_tail, z_k.logsumexp(1, keepdim=True))
     u = torch.cat([z_k - lse, lse_tail - lse], 1)
-    kl, g = _bucket_kl(u, teacher, temperature)
+    kl, g = bucket_kl(u, teacher, temperature)
     g = g * kl_scale
     s_k = (z_k - lse).exp()
     # Tail ids: g_tail·exp(z_j - lse_tail) + ce·exp(z_j - lse) = e_j · (row constant).
@@ -193,7 +193,7 @@ def dense_topk_kl_loss(
                                              target_ids, mask)
     logs = F.linear(h, weight, bias).to(_compute_dtype(h)).log_softmax(-1)
     log_tail = logs.scatter(1, ids, float("-inf")).logsumexp(-1, keepdim=True)
-    kl, _ = _bucket_kl(torch.cat([logs.gather(1, ids), log_tail], 1), teacher, temperature)
+    kl, _ = bucket_kl(torch.cat([logs.gather(1, ids), log_tail], 1), teacher, temperature)
     ce = -logs.gather(1, target[:, None]).squeeze(1)
     n = max(h.shape[0], 1)
     kl_mean, ce_mean = kl.sum() / n, ce.sum() / n

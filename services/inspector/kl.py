@@ -50,7 +50,7 @@ def _bucket_kls(model: Any, prompt: list[int], response: list[int], row: dict[st
     import torch
     import torch.nn.functional as F
 
-    from ssb.loss import _bucket_kl
+    from ssb.loss import bucket_kl
 
     ids, logprobs, tail = example_arrays(row)
     causal_lm = model.get_base_model()
@@ -68,7 +68,7 @@ def _bucket_kls(model: Any, prompt: list[int], response: list[int], row: dict[st
             logs = F.linear(hidden[rows], head.weight, head.bias).float().log_softmax(-1)
             log_tail = logs.scatter(1, top[rows], float("-inf")).logsumexp(-1, keepdim=True)
             student = torch.cat([logs.gather(1, top[rows]), log_tail], 1).double()
-            kl, _ = _bucket_kl(student, teacher[rows], TEMPERATURE)
+            kl, _ = bucket_kl(student, teacher[rows], TEMPERATURE)
             kls += kl.tolist()
             ps += logs.gather(1, target[rows, None]).squeeze(1).exp().tolist()
     return kls, ps
