@@ -165,7 +165,10 @@ def ui_router(api: ApiConfig, ui: UiAuth, store: Callable[[], JobStore], openapi
     async def login(request: Request) -> Response:
         # Parsed here rather than with Form(): no multipart parser, and a body that is not a form
         # (a script posting JSON) is simply a login without a token.
-        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
+        try:
+            form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
+        except ValueError:  # more fields than a login form has
+            form = {}
         token = (form.get("token") or [""])[0].strip()
         target = safe_next((form.get("next") or [None])[0])
         root = request.scope.get("root_path", "")

@@ -85,7 +85,9 @@ def test_a_wrong_token_is_401_with_the_form_again_and_no_cookie(api_only):
         assert token not in r.text or not token
     with _client(api_only) as c:  # a script posting JSON: a login without a token
         r = c.post("/ui/login", json={"token": TOKEN})
-    assert r.status_code == 401 and "set-cookie" not in r.headers
+        assert r.status_code == 401 and "set-cookie" not in r.headers
+        r = c.post("/ui/login", data={"token": TOKEN, **{f"f{i}": "x" for i in range(20)}})  # not our form
+        assert r.status_code == 401 and "set-cookie" not in r.headers
 
 
 def test_the_right_token_sets_a_signed_session_cookie_and_redirects(api_only):
