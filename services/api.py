@@ -11,6 +11,7 @@
     GET    /metrics                          Prometheus
     GET    /openapi.json, /docs              the schema (Swagger UI served locally)
     GET    /ui/...                           the browser's pages (services.ui_routes)
+    GET    /ui/jobs/{id}/...                 the inspector over a job's run directory (services.inspector)
 
 Every request but GET /healthz needs `Authorization: Bearer <token>`, unknown paths included
 (services.settings.BearerAuth, outermost); /docs, /openapi.json and /ui/ also take the session
@@ -34,6 +35,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Res
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.inspector import build_inspector_router
 from services.jobs import JobStore, JobStoreUnavailable, TooManyJobs
 from ssb.layout import RunLayout
 from services.settings import (BearerAuth, ServiceSettings, bearer_error, deployment_salt, http_routes,
@@ -451,6 +453,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return CurateOut(job=job_out(record, paths), examples=page)
 
     app.include_router(ui_router(api, ui, store, app.openapi, title=app.title))
+
+    def job_run_dir(job_id: str, who: str = Depends(ui.owner)) -> Path:
+        return Path(_get_own(job_id, who)["run_dir"])  # another token's job: 404, as in the job API
+
+    # The inspector's pages over each job's run directory, the same pages as `ssb inspect`.
+    app.include_router(build_inspector_router(job_run_dir, redact=paths.text), prefix="/ui/jobs/{job_id}")
     return app
 
 

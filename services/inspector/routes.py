@@ -36,6 +36,9 @@ from ssb.store import StoreError
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 MAX_LIMIT = 500
+# Page fields that name the server's files (the resolved config names several): a service shows
+# them to clients through `redact`.
+SERVER_PATHS = ("run_dir", "store_error", "adapter", "config")
 
 
 @lru_cache(maxsize=1)
@@ -89,17 +92,19 @@ def _render(template: str, code: int, **context: Any) -> HTMLResponse:
 
 def _page(request: Request, local: str, fmt: str | None, r: int, template: str,
           produce: Callable[[], dict[str, Any]], decorate: Callable[[dict[str, Any], Links], dict[str, Any]] | None = None,
-          ) -> Response:
-    """One page: `produce()`'s data as JSON or through `template`, and the run's errors as pages."""
+          redact: Callable[[str], str] = str) -> Response:
+    """One page: `produce()`'s data as JSON or through `template`, and the run's errors as pages.
+    `redact` rewrites what names server paths (the run directory, errors, the adapter)."""
     link = Links(base_url(request, local), r)
     try:
         data = produce()
     except NotFound as e:
-        return _error(fmt, link, 404, str(e))
+        return _error(fmt, link, 404, redact(str(e)))
     except BadRequest as e:
-        return _error(fmt, link, 400, str(e))
+        return _error(fmt, link, 400, redact(str(e)))
     except (StoreError, RemoteRunDirError) as e:  # a damaged or missing file, a store before traces, a URI
-        return _error(fmt, link, 409, str(e))
+        return _error(fmt, link, 409, redact(str(e)))
+    data = {k: redact(v) if k in SERVER_PATHS and isinstance(v, str) else v for k, v in data.items()}
     status = 409 if data.get("store_error") else 200
     if fmt == "json":
         return JSONResponse(views.finite(data), status_code=status)
@@ -117,8 +122,9 @@ def _limit(limit: int) -> int:
     return max(1, min(limit, MAX_LIMIT))
 
 
-def build_inspector_router(resolve: Callable[..., Path]) -> APIRouter:
-    """The inspector's routes; `resolve` (a FastAPI dependency) gives the run directory."""
+def build_inspector_router(resolve: Callable[..., Path], redact: Callable[[str], str] = str) -> APIRouter:
+    """The inspector's routes; `resolve` (a FastAPI dependency) gives the run directory, and
+    `redact` rewrites server paths in what the pages show (a service hides its own layout)."""
     router = APIRouter()
     Fmt = Query(None, alias="format", description="json for the page's data")
     Round = Query(1, alias="round", ge=1)
@@ -128,14 +134,15 @@ def build_inspector_router(resolve: Callable[..., Path]) -> APIRouter:
         def decorate(d: dict[str, Any], link: Links) -> dict[str, Any]:
             funnel = d["funnel"] and views.funnel_bars(d["funnel"], lambda o: link("/problems", outcome=o))
             return {"funnel": funnel, "loss": views.loss_plot(d["loss"])}
-        return _page(request, "/", fmt, r, "overview.html", lambda: RunView(run_dir).overview(r), decorate)
+        return _page(request, "/", fmt, r, "overview.html", lambda: RunView(run_dir).overview(r), decorate,
+                     redact=redact)
 
     @router.get("/problems", response_class=HTMLResponse)
     def problems(request: Request, run_dir: Path = Depends(resolve), r: int = Round, fmt: str | None = Fmt,
                  outcome: str | None = None, q: str | None = None, offset: int = Query(0, ge=0),
                  limit: int = Query(50, ge=1)):
         return _page(request, "/problems", fmt, r, "problems.html",
-                     lambda: RunView(run_dir).problems(r, outcome, q, offset, _limit(limit)))
+                     lambda: RunView(run_dir).problems(r, outcome, q, offset, _limit(limit)), redact=redact)
 
     @router.get("/problems/{problem_id:path}/kl", response_class=HTMLResponse)
     def problem_kl(request: Request, problem_id: str, run_dir: Path = Depends(resolve), r: int = Round,
@@ -145,19 +152,19 @@ def build_inspector_router(resolve: Callable[..., Path]) -> APIRouter:
         def decorate(d: dict[str, Any], link: Links) -> dict[str, Any]:
             return {"scale": views.kl_scale(d["tokens"])}
         return _page(request, "/problems/{problem_id}/kl", fmt, r, "kl.html",
-                     lambda: per_token_kl(RunView(run_dir), r, problem_id), decorate)
+                     lambda: per_token_kl(RunView(run_dir), r, problem_id), decorate, redact=redact)
 
     @router.get("/problems/{problem_id:path}", response_class=HTMLResponse)
     def problem(request: Request, problem_id: str, run_dir: Path = Depends(resolve), r: int = Round,
                 fmt: str | None = Fmt):
         return _page(request, "/problems/{problem_id}", fmt, r, "problem.html",
-                     lambda: RunView(run_dir).problem(r, problem_id))
+                     lambda: RunView(run_dir).problem(r, problem_id), redact=redact)
 
     @router.get("/eval/{benchmark}", response_class=HTMLResponse)
     def compare(request: Request, benchmark: str, run_dir: Path = Depends(resolve), fmt: str | None = Fmt,
                 a: str | None = None, b: str | None = None, filter: str = "all", offset: int = Query(0, ge=0),
                 limit: int = Query(50, ge=1)):
         return _page(request, "/eval/{benchmark}", fmt, 1, "eval.html",
-                     lambda: RunView(run_dir).compare(benchmark, a, b, filter, offset, _limit(limit)))
+                     lambda: RunView(run_dir).compare(benchmark, a, b, filter, offset, _limit(limit)), redact=redact)
 
     return router
