@@ -458,7 +458,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return Path(_get_own(job_id, who)["run_dir"])  # another token's job: 404, as in the job API
 
     # The inspector's pages over each job's run directory, the same pages as `ssb inspect`.
-    app.include_router(build_inspector_router(job_run_dir, redact=paths.text), prefix="/ui/jobs/{job_id}")
+    app.include_router(build_inspector_router(job_run_dir, redact=paths.text), prefix="/ui/jobs/{job_id}",
+                       include_in_schema=False)
     return app
 
 

@@ -45,7 +45,9 @@ SERVER_PATHS = ("run_dir", "store_error", "adapter", "config")
 def _templates() -> Any:
     from jinja2 import Environment, FileSystemLoader
 
-    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
+    # The page skeleton and its shared styles are the service UI's (services/templates/page.html).
+    here = Path(__file__).parent
+    env = Environment(loader=FileSystemLoader([here / "templates", here.parent / "templates"]), autoescape=True,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(seg=lambda v: quote(str(v), safe=""), cell=views.cell, pct=views.pct, ci=views.ci,
                        verdict=views.verdict_word, shade=views.shade, token_title=views.token_title,
