@@ -50,7 +50,8 @@ class SyntheticConfig(_Strict):
     n: int = Field(default=200, ge=1, description="How many synthetic problems to draw.")
     seed: int = Field(default=0, ge=0, description="Seed of the draw: the same seed gives the same problems.")
     difficulty: str = Field(default="add1", description=(
-        "\"add1\": one-digit a+b word problems; \"addsub\": one-step +/- word problems up to 20; \"twostep\"; "
+        "\"add1\": one-digit a+b word problems; \"addsub\": one-step +/- word problems up to 20; \"twostep\": "
+        "two steps of +/- up to 50; "
         "\"word\": all four operations, two-digit numbers, distractor sentences (ssb/synthetic.py)."))
 
 
@@ -208,7 +209,8 @@ class LoraConfig(_Strict):
 class TrainConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig, description="The student's LoRA adapter.")
     lr: float = Field(default=2e-4, gt=0, description="Learning rate.")
-    warmup_steps: int = Field(default=0, ge=0, description="Optimizer steps of linear warm-up.")
+    warmup_steps: int = Field(default=0, ge=0, description=(
+        "Optimizer steps of linear warm-up; the rate then falls linearly to 0 at the last step."))
     batch_size: int = Field(default=4, ge=1, description="Examples per step, per worker.")
     grad_accum: int = Field(default=1, ge=1, description="Batches accumulated per optimizer step.")
     epochs: int = Field(default=3, ge=1, description="Passes over the store.")
