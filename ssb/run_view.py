@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from ssb.diagnostics import TEACHER_REASONS
 from ssb.layout import EVAL, MERGED, RunLayout, read_jsonl
 from ssb.scoring import wilson
 from ssb.store import LogitStore, StoreError, example_arrays
-from ssb.trace import INDEX_COLUMNS, KEPT, OUTCOMES, ProblemTrace, TraceIndex
+from ssb.trace import KEPT, OUTCOMES, ProblemTrace, TraceIndex
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -180,19 +179,6 @@ def _load_store(curated: str) -> StoreView:
     return StoreView(store, index, index.outcomes(), shard_of)
 
 
-def _select(index: TraceIndex, outcomes: tuple[str, ...], q: str | None, offset: int,
-            limit: int) -> tuple[int, list[dict[str, Any]]]:
-    """TraceIndex.select for a set of outcomes (the `mixed` filter)."""
-    table = index.table
-    mask = pc.is_in(table.column("outcome"), value_set=pa.array(outcomes, pa.string()))
-    if q:
-        hit = pc.or_(pc.match_substring(pc.utf8_lower(table.column("question")), q.lower()),
-                     pc.match_substring(table.column("problem_id"), q))
-        mask = pc.and_(mask, hit)
-    table = table.filter(mask)
-    return table.num_rows, table.slice(offset, limit).select(INDEX_COLUMNS).to_pylist()
-
-
 def _side(row: dict[str, Any] | None) -> dict[str, Any] | None:
     """One label's answer to a problem: the greedy one when drawn, else the majority vote's."""
     if row is None:
@@ -317,10 +303,8 @@ class RunView:
         if offset < 0 or limit < 1:
             raise BadRequest(f"offset {offset} and limit {limit}: need offset ≥ 0 and limit ≥ 1")
         sv = self.store(r)
-        if outcome == MIXED:
-            total, items = _select(sv.index, MIXED_OUTCOMES, q or None, offset, limit)
-        else:
-            total, items = sv.index.select(outcome or None, q or None, offset, limit)
+        total, items = sv.index.select(MIXED_OUTCOMES if outcome == MIXED else outcome or None, q or None,
+                                       offset, limit)
         return {"total": total, "items": items, "offset": offset, "limit": limit, "outcome": outcome or None,
                 "q": q or None, "round": r, "outcomes": sv.outcomes}
 

@@ -171,12 +171,14 @@ class TraceIndex:
     def outcomes(self) -> dict[str, int]:
         return dict(Counter(self.table.column("outcome").to_pylist()))
 
-    def select(self, outcome: str | None = None, q: str | None = None, offset: int = 0,
+    def select(self, outcome: str | Sequence[str] | None = None, q: str | None = None, offset: int = 0,
                limit: int = 50) -> tuple[int, list[dict[str, Any]]]:
-        """(matching count, one page of {problem_id, outcome, question}) in commit order."""
+        """(matching count, one page of {problem_id, outcome, question}) in commit order, of the
+        problems with `outcome` (or any of several) whose question or id contains `q`."""
         mask = None
         if outcome:
-            mask = pc.equal(self.table.column("outcome"), outcome)
+            wanted = [outcome] if isinstance(outcome, str) else list(outcome)
+            mask = pc.is_in(self.table.column("outcome"), value_set=pa.array(wanted, pa.string()))
         if q:
             if self._lower_questions is None:
                 self._lower_questions = pc.utf8_lower(self.table.column("question"))
