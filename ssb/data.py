@@ -24,8 +24,8 @@ from ssb.datasets import DATASETS, named_source
 from ssb.records import Problem
 from ssb.synthetic import synthetic_problems
 
-__all__ = ["LoadReport", "check_source", "load_problems", "resolved_source", "last_boxed", "extract_reference_answer",
-           "synthetic_problems"]
+__all__ = ["LoadReport", "check_source", "load_problems", "resolved_source", "source_file", "last_boxed",
+           "extract_reference_answer", "synthetic_problems"]
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "query")
 ANSWER_FIELDS = ("answer", "final_answer", "solution")
@@ -313,6 +313,18 @@ def resolved_source(cfg: SourceFields) -> SourceFields:
     src = named_source(cfg.source, cfg.split, cfg.data_root)
     fields = {k: v for k, v in src.fields.items() if getattr(cfg, k) is None}
     return cfg.model_copy(update={"source": src.source, "split": src.split, "subset": src.subset, **fields})
+
+
+def source_file(cfg: SourceFields) -> Path | None:
+    """The file `cfg` reads (a named dataset's copy under a data root, a file, a directory's
+    split file); None for the synthetic set, a mix or a hub dataset."""
+    if cfg.source == "synthetic" or (isinstance(cfg, DataConfig) and cfg.sources):
+        return None
+    cfg = resolved_source(cfg)
+    path = _local_path(cfg.source)
+    if path is None:
+        return None
+    return _resolve_split_file(path, cfg.split) if path.is_dir() else path
 
 
 def check_source(cfg: SourceFields) -> None:
