@@ -4,10 +4,14 @@
     ssb eval --run-dir runs/demo --adapter runs/demo/adapter --with-base eval.limit=50
 
 1. Each benchmark becomes a problem source (`resolve_benchmark`): a named one (gsm8k-test,
-   math500, aime24, svamp: ssb/datasets.py) from its local copy under the data root or
-   from the hub, the synthetic held-out templates, or any path / hub name given directly.
+   math500, aime24, svamp: ssb/datasets.py) from the first data root holding it (the repo's
+   data/ unless a setting names another) or from the hub, the synthetic held-out templates,
+   or any path / hub name given directly.
    `label=source` files a source's results under that label; without one a path is
-   labelled by its directory and file (…/svamp/test.jsonl → svamp-test).
+   labelled by its directory and file (…/svamp/test.jsonl → svamp-test). `load_benchmark`
+   reads it whole, records what it read (file or hub name, sha256, problem count and digest:
+   each result's `data_*` fields), refuses a named benchmark's copy whose problems are not the
+   repo's (ssb.datasets.check_pinned), and keeps the first `eval.limit` problems.
 2. A Ray Data job streams (model label, problem) rows through `engine.replicas` vLLM actors.
    An actor holds one engine at a time. On GPUs it is built with LoRA enabled and each request names
    its adapter (`LoRARequest`) or none (the base model): one engine load for every label.
@@ -32,7 +36,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +44,8 @@ from pipelines.engine import engine_actor_options
 from pipelines.eval_worker import EvalWorker
 from pipelines.merged import merged_copy, merges_adapters
 from ssb.config import DataConfig, RunConfig, SyntheticConfig
-from ssb.data import load_problems
-from ssb.datasets import BENCHMARKS, split_benchmark
+from ssb.data import LoadReport, load_problems, resolved_source, source_file
+from ssb.datasets import BENCHMARKS, check_pinned, display_path, file_sha256, problems_digest, split_benchmark
 from ssb.default_model import resolve_model
 from ssb.layout import RunLayout
 from ssb.records import Problem, Verdict
@@ -76,6 +80,32 @@ def resolve_benchmark(spec: str, cfg: RunConfig) -> DataConfig:
 def benchmark_key(spec: str) -> str:
     """The label a benchmark's results are filed and reported under (ssb/datasets.py)."""
     return split_benchmark(spec)[0]
+
+
+def load_benchmark(spec: str, cfg: RunConfig) -> tuple[list[Problem], LoadReport, dict[str, Any]]:
+    """A benchmark's first `eval.limit` problems, the load report (over the whole set), and what
+    was read, as BenchmarkResult's `data_*` fields: the file (relative to the checkout) or hub
+    dataset or synthetic settings, the file's sha256, and the whole set's count and
+    `problems_digest`. Raises ssb.datasets.BenchmarkMismatch for a named benchmark (svamp,
+    gsm8k-test, math500, aime24) whose copy holds other problems than the repo's."""
+    src = resolve_benchmark(spec, cfg)
+    _, name = split_benchmark(spec)
+    whole = src if src.source == "synthetic" else src.model_copy(update={"limit": None})
+    problems, report = load_problems(whole)
+    file, sha = source_file(whole), None
+    if file is not None:
+        where, sha = display_path(file), file_sha256(file)
+    elif src.source == "synthetic":
+        s = src.synthetic
+        where = f"synthetic (difficulty {s.difficulty}, seed {s.seed}, split {src.split}, n {s.n})"
+    else:
+        hub = resolved_source(whole)
+        where = f"{hub.source} (hub{f', subset {hub.subset}' if hub.subset else ''}, split {hub.split})"
+    digest = problems_digest(problems)
+    if name in BENCHMARKS:
+        check_pinned(*BENCHMARKS[name], len(problems), digest, where)
+    data = {"data_file": where, "data_sha256": sha, "data_problems": len(problems), "data_problems_sha256": digest}
+    return (problems if src.limit is None else problems[: src.limit]), report, data
 
 
 
@@ -177,9 +207,10 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
     summary = EvalSummary()
     order: dict[tuple[str, str], list[str]] = {}
     rows: list[dict[str, Any]] = []
+    data: dict[str, dict[str, Any]] = {}  # benchmark → what was read (load_benchmark)
     for name in cfg.eval.benchmarks:
         key = benchmark_key(name)  # the config checked that no two benchmarks share one
-        problems, report = load_problems(resolve_benchmark(name, cfg))
+        problems, report, data[key] = load_benchmark(name, cfg)
         summary.load_reports[key] = report.summary()
         if report.skipped:
             log.warning("benchmark %s: %s", key, report.summary())
@@ -220,7 +251,7 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
     for (label, key), ids in order.items():
         records = _records(got[(-1, label, key)], ids, f"{key} ({label})")
         summary.files.append(str(write_outputs(layout, label, key, records)))
-        summary.results.setdefault(label, {})[key] = _score(key, label, records)
+        summary.results.setdefault(label, {})[key] = replace(_score(key, label, records), **data[key])
     for i, x in enumerate(extras):
         records = _records(got[(i, x.model, x.benchmark)], [p.id for p in x.problems], f"{x.label}")
         summary.files.append(str(write_outputs(x.layout, x.label, x.benchmark, records)))
@@ -296,4 +327,5 @@ def load_results(run_dir: str | Path) -> dict[str, dict[str, BenchmarkResult]]:
     return {label: {k: BenchmarkResult.from_dict(d) for k, d in per.items()} for label, per in raw.items()}
 
 
-__all__ = ["BENCHMARKS", "EvalSummary", "EvalWorker", "ExtraSet", "resolve_benchmark", "run_evaluation", "load_results"]
+__all__ = ["BENCHMARKS", "EvalSummary", "EvalWorker", "ExtraSet", "load_benchmark", "resolve_benchmark",
+           "run_evaluation", "load_results"]

@@ -6,7 +6,9 @@ Reads only files a run leaves behind (no Ray, no engine), so it can be rebuilt a
 with `ssb report --run-dir DIR` (the names are ssb/layout.py's; a remote run directory is refused):
 
 - eval/results.json             label → benchmark → ssb.scoring.BenchmarkResult as a dict
-                                (labels: "base", "ssb", and "round-<r>" for earlier rounds)
+                                (labels: "base", "ssb", and "round-<r>" for earlier rounds), with
+                                the data each benchmark read (`data_*`: file, sha256, problem
+                                count and digest), which the report repeats
 - curation_summary.json         round 1's curation (round-<r>/curation_summary.json later rounds)
 - train/metrics.jsonl, train/summary.json   (round-<r>/train/... for later rounds)
 - timings.json                  stage → seconds, written by `ssb run`
@@ -29,6 +31,8 @@ from ssb.layout import ROUND_PREFIX, RunLayout, read_jsonl, round_number
 # The curation skip reasons that mean a problem never reached the teacher.
 NOT_MIXED = ("no_correct_rollout", "no_incorrect_rollout", "prompt_too_long")
 STAGE = "the report"
+# What a benchmark read (ssb.scoring.BenchmarkResult; pipelines/evaluate.py's load_benchmark).
+DATA_KEYS = ("data_file", "data_sha256", "data_problems", "data_problems_sha256")
 
 
 def _read_json(path: Path) -> Any:
@@ -60,7 +64,7 @@ def funnel(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _entry(result: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "ci95", "n", "metric", "greedy", "greedy_ci95", "pass1", "pass1_ci95", "maj", "maj_ci95",
-            "samples_per_problem", "answered_share", "tokens", "seconds")
+            "samples_per_problem", "answered_share", "tokens", "seconds", *DATA_KEYS)
     return {k: result.get(k) for k in keys if k in result}
 
 
@@ -86,6 +90,13 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         for name, result in (results.get(label) or {}).items():
             benchmarks.setdefault(name, {})[label] = _entry(result)
     for name, entry in benchmarks.items():
+        read = {label: {k: e[k] for k in DATA_KEYS if e.get(k) is not None} for label, e in entry.items()}
+        first = next((r for r in read.values() if r), None)
+        if first is not None:
+            entry["data"] = first
+        if "base" in entry and "ssb" in entry and read["base"] and read["ssb"] and (
+                read["base"].get("data_problems_sha256") != read["ssb"].get("data_problems_sha256")):
+            entry["data_differs"] = True  # e.g. a base result kept from an evaluation of another copy
         if "base" in entry and "ssb" in entry:
             base, ssb = entry["base"], entry["ssb"]
             entry["delta"] = ssb["accuracy"] - base["accuracy"]
@@ -97,6 +108,8 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
                 entry["verdict"] = "no change"
             else:
                 entry["verdict"] = "lower"
+            if entry.get("data_differs"):
+                entry["verdict"] = "not comparable: base and SSB read different problems"
 
     per_round: list[dict[str, Any]] = []
     for label, per in results.items():
@@ -215,6 +228,35 @@ def render_diagnostics(diagnostics: dict[str, Any]) -> list[str]:
     return out
 
 
+def render_data(benchmarks: dict[str, Any]) -> list[str]:
+    """The report.md section naming the problems behind each benchmark: the file (or hub
+    dataset) read, its sha256, its problem count and digest, and how many were evaluated."""
+    rows = [(name, e) for name, e in benchmarks.items() if e.get("data")]
+    if not rows:
+        return []
+    out = ["", "## Benchmark data", "",
+           "What each benchmark read. A named benchmark (svamp, gsm8k-test, math500, aime24) always holds the "
+           "repo's problems (data/README.md; a copy with other problems is refused), and the digests tell any two "
+           "runs' problems apart (the problems digest: questions and gold answers, normalised, in order; "
+           "ssb/datasets.py).", "",
+           "| benchmark | read from | problems | evaluated | file sha256 | problems digest |",
+           "|---|---|---|---|---|---|"]
+    for name, e in rows:
+        d = e["data"]
+        n = (e.get("ssb") or e.get("base") or {}).get("n", "–")
+        out.append(f"| {name} | `{d.get('data_file', '–')}` | {d.get('data_problems', '–')} | {n} | "
+                   f"{_code(d.get('data_sha256'))} | {_code(d.get('data_problems_sha256'))} |")
+    differ = [name for name, e in rows if e.get("data_differs")]
+    if differ:
+        out += ["", f"**Base and SSB were evaluated on different problems for: {', '.join(differ)}** (their "
+                "problems digests differ in eval/results.json): their accuracies are not comparable."]
+    return out
+
+
+def _code(digest: str | None) -> str:
+    return "–" if not digest else f"`{digest[:16]}…`"  # report.json has all 64
+
+
 def render_table(report: dict[str, Any]) -> str:
     """Plain-text table of base vs SSB per benchmark, printed at the end of `ssb run`."""
     header = f"{'benchmark':<20} {'metric':<7} {'base':>7} {'95% CI':>14} {'ssb':>7} {'95% CI':>14} {'delta':>7}  n"
@@ -256,6 +298,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lower = [n for n, e in report["benchmarks"].items() if e.get("delta") is not None and e["delta"] <= 0]
     if lower:
         out += ["", f"**The SSB student is not better than the base model on: {', '.join(lower)}.**"]
+    out += render_data(report["benchmarks"])
     if len(report["rounds"]) > 2:
         out += ["", "## Accuracy per round", "", "| round | model | " + " | ".join(report["benchmarks"]) + " |",
                 "|---|---|" + "---|" * len(report["benchmarks"])]

@@ -100,7 +100,12 @@ class BenchmarkResult:
     """What a report needs about one benchmark under one model (label: "base", "ssb", ...).
 
     `accuracy` is greedy accuracy when greedy samples were drawn, else pass@1; `metric`
-    says which.
+    says which. The `data_*` fields say which problems were evaluated (None in results written
+    before they were recorded): `data_file`, the file read (a path relative to the checkout:
+    data/svamp/test.jsonl) or the hub dataset or synthetic settings; `data_sha256`, the file's
+    bytes' sha256 (None for the hub and the synthetic set); `data_problems` and
+    `data_problems_sha256`, the whole set's problem count and normalised digest
+    (ssb.datasets.problems_digest), of which the first `n` were evaluated.
     """
 
     benchmark: str
@@ -119,6 +124,10 @@ class BenchmarkResult:
     answered_share: float = 0.0  # samples (greedy included) with an extractable answer
     tokens: int = 0
     seconds: float = 0.0
+    data_file: str | None = None
+    data_sha256: str | None = None
+    data_problems: int | None = None
+    data_problems_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
