@@ -27,7 +27,14 @@ def test_named_benchmarks_read_local_copies_under_the_data_root(tmp_path):
     assert problems == load_problems(DataConfig(source=str(root / "svamp" / "test.jsonl"), limit=5))[0]
 
 
-def test_named_benchmarks_fall_back_to_the_hub_without_a_local_copy(tmp_path):
+def test_named_benchmarks_fall_back_to_the_hub_without_a_local_copy(tmp_path, monkeypatch):
+    import ssb.datasets
+
+    # no copy anywhere: an empty data root, no $SSB_DATA_ROOT, no repo data/ (a non-editable
+    # install), no shared/data
+    monkeypatch.delenv("SSB_DATA_ROOT", raising=False)
+    monkeypatch.setattr(ssb.datasets, "repo_data", lambda: None)
+    monkeypatch.setattr(ssb.datasets, "shared_data_dirs", lambda: [])
     cfg = load_config(None, [f"eval.data_root={tmp_path}"])
     gsm = resolved_source(resolve_benchmark("gsm8k-test", cfg))
     assert (gsm.source, gsm.subset, gsm.split) == ("openai/gsm8k", "main", "test")
