@@ -65,8 +65,9 @@ class SourceFields(_Strict):
         "The split to read (a named dataset's, a directory's file, a hub split)."))
     subset: str | None = Field(default=None, description="A hub dataset's subset (configuration) name.")
     data_root: str | None = Field(default=None, description=(
-        "Where named datasets' local copies live (<root>/<name>/<split>.jsonl); None: ssb/datasets.py's "
-        "default ($SSB_DATA_ROOT, then the folders it lists), else the hub."))
+        "A folder looked in first for named datasets (<root>/<name>/<split>.jsonl); then $SSB_DATA_ROOT, "
+        "the repo's data/, shared/data beside the working directory or the checkout, and the hub "
+        "(ssb/datasets.py). A named benchmark is refused where its problems differ from the repo's."))
     limit: int | None = Field(default=None, ge=1, description=(
         "At most this many problems (in a mix: in all, split by weight); None: every problem."))
     question_field: str | None = Field(default=None, description=(
@@ -278,6 +279,20 @@ class EvalConfig(_Strict):
         "`ssb run`: each round's curating model answers the round's mixed problems zero-shot (greedy, at most "
         "64 a round) in the final evaluation, on the engine that evaluates that model anyway, for the report's "
         "diagnostics."))
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _labelled_once(cls, benchmarks: list[str]) -> list[str]:
+        from ssb.datasets import split_benchmark
+
+        labels: dict[str, str] = {}
+        for spec in benchmarks:
+            label = split_benchmark(spec)[0]  # raises for a malformed label=source
+            if label in labels:
+                raise ValueError(f"{spec!r} and {labels[label]!r} would share the label {label!r}; "
+                                 f"name one: label=source")
+            labels[label] = spec
+        return benchmarks
 
 
 class RayConfig(_Strict):
