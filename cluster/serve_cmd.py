@@ -5,12 +5,16 @@
 
 Without `--redis-url` a `redis-server` is started on a free loopback port with its
 append-only file in `<run-dir>/redis/` (restart `ssb serve` on the same run dir and every
-job is still there). Overrides starting with `serve.` set the service settings
-(services/settings.py); all others set the run config jobs start from.
+job is still there), and supervised: killed or crashed, it is restarted on the same port and
+directory, each restart logged in `<run-dir>/redis/supervisor.log` (services/redis_server.py).
+With `--redis-url` nothing is started, and that Redis's availability is its operator's.
+Overrides starting with `serve.` set the service settings (services/settings.py); all others
+set the run config jobs start from.
 
 SIGTERM or SIGINT (a second one cuts the graceful part short) stops everything it started:
 Serve first, so each replica's `__del__` stops its vLLM engine, then Ray, then Redis; and
-last, any process it ever saw among its descendants that is still running. Ray cleans up a
+last, any process it ever saw among its descendants that is still running. What Ray prints
+while it shuts down goes to `<run-dir>/logs/driver.log`, not the console. Ray cleans up a
 replica's engine processes only while its raylet lives (a force-killed worker kills its
 children, the raylet the worker's process group); a raylet that goes first, e.g. on a
 SIGTERM sent to the whole process group, which reaches Ray's own processes too, leaves them
@@ -27,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from ssb.layout import RunLayout
 
 # How often the set of descendant processes is refreshed, from start-up on: replicas and their
 # engines come and go with autoscaling, and one started since the last look is only caught by
@@ -56,7 +62,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipelines.ray_setup import init_ray
     from services.app import deploy, require_tokens, service_settings
-    from services.redis_server import RedisServer
 
     serve_overrides = [o[len("serve."):] for o in args.overrides if o.startswith("serve.")]
     args.overrides = [o for o in args.overrides if not o.startswith("serve.")]
@@ -84,14 +89,16 @@ def run(args: argparse.Namespace) -> int:
     started.watch(_RECORD_EVERY_S)
     redis = None
     try:
-        if args.redis_url is None:
-            redis = RedisServer(run_dir / "redis").start()
+        redis = own_redis(args.redis_url, run_dir)
+        if redis is not None:
             settings = settings.model_copy(update={"jobs": settings.jobs.model_copy(update={"redis_url": redis.url})})
-            print(f"redis: {redis.url} (append-only file in {redis.dir})")
+            print(f"redis: {redis.url} (append-only file in {redis.dir}; restarted if it dies, "
+                  f"see {redis.supervisor_log.name} there)")
         init_ray(cfg.ray)
         _on_stop_signals(_raise_stop)  # ray.init installs its own SIGTERM handler (sys.exit(15))
         url = deploy(settings)
-        print(f"curation API: {url}/v1/curation-jobs   docs: {url}/docs   health: {url}/healthz")
+        print(f"curation API: {url}/v1/curation-jobs   docs: {url}/docs   "
+              f"health: {url}/livez (liveness), {url}/readyz (readiness)")
         if settings.llm.enabled:
             print(f"OpenAI endpoint: {url}{settings.llm.route_prefix}/v1/completions (model {settings.llm.model_id!r}, "
                   "same bearer tokens)")
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             started.stop_watching()
             started.record()
-            _stop_ray(started)
+            _stop_ray(started, RunLayout(str(run_dir)).driver_log)
         except _Stop:
             print("ssb serve: stopping without waiting for Serve and Ray", file=sys.stderr)
         finally:
@@ -114,6 +121,16 @@ def run(args: argparse.Namespace) -> int:
             if left:
                 print(f"ssb serve: stopped {len(left)} process(es) left running: {', '.join(left)}", file=sys.stderr)
     return 0
+
+
+def own_redis(redis_url: str | None, run_dir: Path) -> Any:
+    """The supervised redis-server `ssb serve` runs itself, in `<run-dir>/redis/`; None (and
+    nothing started) when it was given a Redis URL."""
+    if redis_url is not None:
+        return None
+    from services.redis_server import RedisServer
+
+    return RedisServer(RunLayout(str(run_dir)).redis).start()
 
 
 class _Stop(BaseException):
@@ -192,23 +209,36 @@ class Descendants:
         return all(_running(p) for p in head)
 
 
-def _stop_ray(started: Descendants) -> None:
+def _stop_ray(started: Descendants, log: Path) -> None:
     """Serve first: deleting its apps runs each replica's `__del__`, which stops its engine;
     Ray's own shutdown would kill the replicas' workers without it."""
     import ray
 
     if not ray.is_initialized():
         return
-    try:
-        if started.head_alive():
-            from ray import serve
+    with _ray_messages_to(log):
+        try:
+            if started.head_alive():
+                from ray import serve
 
-            try:
-                serve.shutdown()
-            except Exception as exc:  # Ray's shutdown and the sweep below still run
-                print(f"ssb serve: Serve did not shut down cleanly: {exc!r}", file=sys.stderr)
-    finally:
-        ray.shutdown()
+                try:
+                    serve.shutdown()
+                except Exception as exc:  # Ray's shutdown and the sweep below still run
+                    print(f"ssb serve: Serve did not shut down cleanly: {exc!r}", file=sys.stderr)
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_messages_to(path: Path) -> Any:
+    """The errors the raylet publishes to the driver go to `path` for this block. Serve's
+    controller ends by killing itself, so the driver's calls still waiting on it (its
+    graceful_shutdown, its handles' long polls) fail as "killed by ray.kill", and Ray's thread
+    for such errors prints them on sys.stdout, even with log_to_driver off: an expected end,
+    which on the console reads as a crash. ray.shutdown() joins that thread before it returns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f, contextlib.redirect_stdout(f):
+        yield
 
 
 def terminate(procs: list[Any], grace_s: float = _TERMINATE_GRACE_S) -> list[str]:

@@ -22,7 +22,8 @@
       report.json, report.md, accuracy.png, loss.png
       logs/driver.log, logs/ray/     library and Ray worker logs of the CLI commands
       jobs/<job id>/                 the curation service's job run directories (`ssb serve`)
-      redis/                         the service's own Redis (append-only file)
+      redis/                         the service's own Redis (append-only file; supervisor.log: its
+                                     restarts and their causes)
       inline.jsonl                   a service job's problems given in the request
 
 A run directory may be a URI (s3://, gs://, ...). Only two parts of it are written through
@@ -68,6 +69,7 @@ NATIVE_LOG = "native.log"
 WORKER_LOGS = "ray"
 JOBS = "jobs"
 REDIS = "redis"
+REDIS_SUPERVISOR_LOG = "supervisor.log"  # under redis/: each restart of the embedded Redis
 INLINE = "inline.jsonl"
 INSPECT = "inspect"
 INSPECT_KL = "kl"
@@ -308,6 +310,10 @@ class RunLayout:
     @property
     def redis(self) -> Path:
         return self._path(REDIS)
+
+    @property
+    def redis_supervisor_log(self) -> Path:
+        return self._path(REDIS, REDIS_SUPERVISOR_LOG)
 
     @property
     def inline(self) -> Path:
