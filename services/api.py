@@ -7,19 +7,24 @@
     DELETE /v1/curation-jobs/{id}            cancel (a running job stops after its current batch)
     POST   /v1/curation-jobs/{id}/resume     requeue a failed or cancelled job (it resumes from its store)
     POST   /v1/curate                        a few problems, answered when curated
-    GET    /healthz                          liveness: {"status": "ok"}, no token; with one, Redis's state too
+    GET    /livez                            liveness: {"status": "ok"}, no token (services.health)
+    GET    /readyz                           readiness: 200, or 503 naming the failing checks (Redis, runner,
+                                             engine), no token (services.health)
+    GET    /healthz                          the older liveness route: {"status": "ok"}, no token; with one,
+                                             Redis's state too
     GET    /metrics                          Prometheus
     GET    /openapi.json, /docs              the schema (Swagger UI served locally)
     GET    /ui/...                           the browser's pages (services.ui_routes)
     GET    /ui/jobs/{id}/...                 the inspector over a job's run directory (services.inspector)
 
-Every request but GET /healthz needs `Authorization: Bearer <token>`, unknown paths included
-(services.settings.BearerAuth, outermost); /docs, /openapi.json and /ui/ also take the session
-cookie that POST /ui/login sets. Paths in job records and examples are relative to
-the jobs root: the server's own layout is not the client's business. Limits answer with the
-limit's name: 413 for the body size and problem counts, 422 for malformed input (FastAPI's own), 429
-for too many queued or running jobs of one token, or too many stored ones. Redis down → 503 with a message; nothing else fails
-with a 5xx by design.
+Every request but GET /healthz, /livez and /readyz needs `Authorization: Bearer <token>`, unknown
+paths included (services.settings.BearerAuth; only the probes' middleware sits outside it);
+/docs, /openapi.json and /ui/ also take the session cookie that POST /ui/login sets. Paths in
+job records and examples are relative to the jobs root: the server's own layout is not the
+client's business. Limits answer with the limit's name: 413 for the body size and problem
+counts, 422 for malformed input (FastAPI's own), 429 for too many queued or running jobs of one
+token, or too many stored ones. Redis down → 503 with a message; nothing else fails with a 5xx
+by design.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Res
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.health import HealthRoutes
 from services.inspector import build_inspector_router
 from services.jobs import JobStore, JobStoreUnavailable, TooManyJobs
 from ssb.layout import RunLayout
@@ -316,6 +322,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     app.add_middleware(_BodyLimit, limit=api.max_request_bytes)
     app.add_middleware(BearerAuth, api=api, open_paths=("/healthz",), session=ui)
+    # Added last, so outermost: probes pass no bearer check, body limit or request metrics.
+    app.add_middleware(HealthRoutes, jobs=j)
 
     def _get_own(job_id: str, who: str) -> dict[str, Any]:
         record = store().get(job_id) if len(job_id) <= 64 else None
@@ -379,6 +387,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             metrics().jobs_created.inc()
         return record
 
+    # The older liveness route, kept for the clients that use it: probes use /livez and /readyz.
     @app.get("/healthz", tags=["ops"])
     def healthz(authorization: str | None = Header(None)) -> dict[str, Any]:
         if bearer_error(authorization, api) is not None:  # a stranger learns only that this answers

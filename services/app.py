@@ -49,7 +49,7 @@ def _settings_from_args(args: dict[str, Any]) -> ServiceSettings:
 
 def require_tokens(settings: ServiceSettings, token_env: str = "SSB_API_TOKEN") -> None:
     if not settings.api.token_digests:
-        raise ValueError(f"no API token: set {token_env} (every route but /healthz needs one)")
+        raise ValueError(f"no API token: set {token_env} (every route but /healthz, /livez and /readyz needs one)")
 
 
 def build_app(args: dict[str, Any]) -> Any:

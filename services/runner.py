@@ -23,6 +23,8 @@ job. This assumes runners' clocks agree to well within `lease_s / 3`, and that o
 takes less than that. Engine calls get a deadline (`batch_timeout_s`).
 
 Every `sweep_every_s` the runner also removes old job run directories (job_run.sweep_run_dirs).
+Beside its loop each replica writes a heartbeat to Redis, with the state of the engine its
+backend needs, which the API's readiness route reads (services/health.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ssb.config import RunConfig
 from ssb.layout import RunLayout
 
 from ssb.records import Problem, ProblemState
+from services.health import RunnerHeartbeat, serve_engine_state
 from services.job_run import JobCancelled, Processor, result_of, run_job, sweep_run_dirs
 from services.jobs import JobStore, JobStoreUnavailable, Lease, LeaseLost
 from services.settings import ServiceSettings
@@ -61,11 +64,28 @@ class CurationRunner:
         self._openai: tuple[Any, Any] | None = None
         self._custom = processor
         self._task: asyncio.Task[None] | None = None
+        self._beats: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
 
     def _ensure_started(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+            loop = asyncio.get_running_loop()
+            task = self._task = loop.create_task(self._loop())
+            # Beats stop with the loop: a runner that no longer claims jobs is not ready.
+            beat = RunnerHeartbeat(self.settings.jobs, self.name, self._engine_state())
+            self._beats = loop.create_task(beat.run(lambda: not task.done(), self._stop))
+
+    def _engine_state(self) -> Callable[[], str] | None:
+        """What readiness needs of the engine this runner's jobs go to (None: a custom
+        processor, no engine)."""
+        if self._custom is not None:
+            return None
+        if self.settings.jobs.backend == "engine":
+            engine = self.engine
+            if engine is None:
+                return lambda: "no engine deployment bound to the runner"
+            return lambda: serve_engine_state(engine.app_name, lambda name: name == engine.deployment_name)
+        return lambda: serve_engine_state(self.settings.llm.app_name, lambda name: "LLMServer" in name)
 
     async def check_health(self) -> None:
         # Serve calls this every few seconds from the replica's loop: it also starts the loop.
