@@ -110,7 +110,9 @@ class RedisServer:
         if self._supervisor is not None:
             self._supervisor.join(timeout=30)
             self._supervisor = None
-            self._note(f"stopped ({'SIGKILL' if kill else 'SIGTERM'}); no restart", level=logging.INFO)
+            # The file's entry only, in effect: a stop is asked for, and the console of a stopping
+            # `ssb serve` stays quiet.
+            self._note(f"stopped ({'SIGKILL' if kill else 'SIGTERM'}); no restart", level=logging.DEBUG)
         self.proc = None
 
     # -- the supervisor -----------------------------------------------------------------------

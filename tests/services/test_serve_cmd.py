@@ -1,7 +1,8 @@
 """`ssb serve` end to end: its own Ray, its own redis-server (append-only file in the run dir),
-the API on a chosen port, a job accepted and picked up, and on SIGTERM a clean exit that leaves
-none of the processes it started running: Ray's, Redis, and the vLLM engines of both the
-curation engine and the OpenAI endpoint."""
+the API on a chosen port, a job accepted and picked up; that redis-server SIGKILLed and back by
+itself, reaped, the service ready again and taking jobs; and on SIGTERM a clean exit, quiet on
+the console, that leaves none of the processes it started running: Ray's, Redis, and the vLLM
+engines of both the curation engine and the OpenAI endpoint."""
 
 from __future__ import annotations
 
@@ -65,6 +66,20 @@ def redis_port(p: psutil.Process) -> int | None:
     except psutil.Error:
         return None
     return ports.pop() if len(ports) == 1 else None
+
+
+def wait_ready(url: str, timeout: float = 120) -> dict:
+    """/readyz's body once it answers 200 (the runner's first heartbeat follows its first health check)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=5)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "not ready"
+        time.sleep(0.2)
 
 
 def test_stop_sweeps_descendants_whose_parents_are_gone():
@@ -153,6 +168,32 @@ def test_ssb_serve_starts_everything_locally(tmp_path, model_path):
         assert done["status"] == "succeeded"
         assert done["result"]["store"] == f"{done['id']}/curated" and str(tmp_path) not in json.dumps(done)
         assert (tmp_path / "run" / "redis" / "appendonlydir").is_dir()
+        assert wait_ready(url) == {"status": "ok", "checks": {"redis": "ok", "runner": "ok", "engine": "ok"}}
+
+        # The OOM killer takes the embedded Redis: its supervisor reaps it and starts it again
+        # on the same port, and the service is ready again with no one's help.
+        old = next(p for p in psutil.Process(proc.pid).children() if redis_port(p) is not None)
+        port_before = redis_port(old)
+        old.kill()
+        killed = time.monotonic()
+        assert httpx.get(f"{url}/livez", timeout=10).json() == {"status": "ok"}
+        while not [p for p in psutil.Process(proc.pid).children() if p.pid != old.pid and redis_port(p) == port_before]:
+            assert time.monotonic() - killed < 30, "the embedded Redis was not restarted on its port"
+            time.sleep(0.1)
+        back = time.monotonic() - killed
+        wait_ready(url, timeout=30)
+        print(f"\nembedded Redis SIGKILLed: listening again after {back:.1f} s, "
+              f"/readyz 200 after {time.monotonic() - killed:.1f} s")
+        assert not os.path.exists(f"/proc/{old.pid}"), "the killed redis-server was not reaped"
+        assert "was killed by SIGKILL" in (tmp_path / "run" / "redis" / "supervisor.log").read_text()
+        again = httpx.post(f"{url}/v1/curation-jobs", json=tiny_job(), headers=headers, timeout=30)
+        assert again.status_code == 202
+        deadline = time.monotonic() + 300
+        while (done := httpx.get(f"{url}/v1/curation-jobs/{again.json()['id']}", headers=headers,
+                                 timeout=10).json())["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(1)
+        assert done["status"] == "succeeded"
 
         # Everything the command started, recorded now: once a parent is gone its children are
         # reparented to init and no longer show up as descendants.
@@ -166,6 +207,7 @@ def test_ssb_serve_starts_everything_locally(tmp_path, model_path):
         assert all(ours(p, marker) for p in engines)
         assert any(title(p).split(" ")[0].endswith("/raylet") for p in started), titles
 
+        console_at_stop = len(log.read_text())
         proc.send_signal(signal.SIGTERM)
         stopping = time.monotonic()
         try:
@@ -173,6 +215,11 @@ def test_ssb_serve_starts_everything_locally(tmp_path, model_path):
         except subprocess.TimeoutExpired:
             pytest.fail(f"ssb serve still running 120 s after SIGTERM:\n{tail()}")
         assert rc == 0, tail()
+        # Serve's controller kills itself at the end of its shutdown; Ray's report of the calls
+        # that were waiting on it belongs in the run's logs, not on the console.
+        after_stop = log.read_text()[console_at_stop:]
+        assert not [line for line in after_stop.splitlines() if "Task ServeController" in line or "raylet" in line], \
+            after_stop
 
         deadline = stopping + 60
         while True:
