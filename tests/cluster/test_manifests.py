@@ -172,3 +172,28 @@ def test_rayservice_curation_app_builds_from_its_args(monkeypatch):
         build_app(args)
     monkeypatch.setenv("SSB_API_TOKEN", "a-token-of-sixteen-chars")
     assert isinstance(build_app(args), Application)
+
+
+def test_rayservice_probes_ask_the_curation_api_on_the_serve_port():
+    """The GPU workers' proxies carry the traffic (the head is out of the Serve service), each
+    ready only while /readyz says the service is, and alive while /livez answers; the head keeps
+    KubeRay's own probes, which gate the Serve deployment itself (ours there would wait on it)."""
+    from services.health import LIVE_PATH, READY_PATH, REDIS_TIMEOUT_S
+
+    doc = _load(KUBERAY / "rayservice.yaml")
+    port = yaml.safe_load(doc["spec"]["serveConfigV2"])["http_options"]["port"]
+    assert doc["spec"]["excludeHeadPodFromServeSvc"] is True
+    cluster = doc["spec"]["rayClusterConfig"]
+    for c in _containers(cluster["headGroupSpec"]):
+        assert "readinessProbe" not in c and "livenessProbe" not in c and "startupProbe" not in c
+    workers = [c for g in cluster["workerGroupSpecs"] for c in _containers(g)]
+    assert workers
+    for c in workers:
+        ready, live = c["readinessProbe"], c["livenessProbe"]
+        assert ready["httpGet"] == {"path": READY_PATH, "port": port}
+        assert live["httpGet"] == {"path": LIVE_PATH, "port": port}
+        # A readiness check is a Redis PING and a heartbeat read, each with its own time-out.
+        assert ready["timeoutSeconds"] > 2 * REDIS_TIMEOUT_S
+        # Engines load for minutes before the API answers through a new pod's proxy.
+        assert live["initialDelaySeconds"] >= 300 and live["failureThreshold"] * live["periodSeconds"] >= 60
+        assert {"containerPort": port, "name": "serve"} in c["ports"]
