@@ -1,20 +1,35 @@
 """Training tokens/s through Ray Train (one worker) vs the same loop in this process.
 
-    .venv/bin/python bench/train_overhead.py                       # store: /tmp/ssb-dev/curated
-    .venv/bin/python bench/train_overhead.py --store runs/demo/curated --steps 12
-
 Both sides run ssb.train's loop on the embedded default model (SmolLM2-135M, fp32 on CPU,
 LoRA r=32) over the same store with the same TrainConfig and the same number of torch
-threads; one after the other, so they never share the cores. Throughput is input tokens
-(non-padding) per second of step wall time, waiting for data included: the median over every
-step but the first (warm-up); Ray's start-up and the model load are not steps and are
-reported apart. Plain runs before and after the Ray run; their mean is the baseline.
+threads. Throughput is input tokens (non-padding) per second of step wall time, waiting for
+data included: the median over every step but the first (warm-up); Ray's start-up and the
+model load are not steps and are reported apart.
+
+The two sides run `--repeats` times, interleaved (plain, Ray, plain, Ray, ...), one after the
+other so they never share the cores, each repetition a fresh trainer on both sides (the plain
+loop builds its model anew; Ray Train starts a fresh worker in a run directory of its own).
+Ray itself is started once, before the first repetition, so its idle daemons are there for
+every run of both sides alike. `ratio` is the median over repetitions of ray_tok_s / plain_tok_s
+of the same repetition, `ratio_min`/`ratio_max` their range (bench/_sides.py); `ray_tok_s` and
+`plain_tok_s` are each side's median; `steps` the fewest timed steps of any run; `load` the
+1-minute load average at the end (figures count only from a quiet machine, below 2).
 
 When the store has no rows, a small one is curated first (`ssb curate`); if that holds fewer
 than 4 batches (a 135M model fails most of its own problems), a stand-in store is written
 from the model's own greedy answers and top-k log-probs: the bench measures throughput, not
 what is learnt. Ends with one line:
-    RESULT train_overhead ratio=<ray/plain> ray_tok_s=... plain_tok_s=... steps=...
+
+    RESULT train_overhead ratio=… ratio_min=… ratio_max=… repeats=… ray_tok_s=… plain_tok_s=… steps=… load=…
+
+Full size (12 steps of batch 4 on each side, 3 repetitions of each side):
+
+    .venv/bin/python bench/train_overhead.py                       # store: /tmp/ssb-dev/curated
+    .venv/bin/python bench/train_overhead.py --store runs/demo/curated --steps 12 --repeats 3
+
+Smoke (tests/test_bench_smoke.py): `--smoke` is 3 steps of batch 1, 1 repetition, on a
+stand-in store of 4 examples of 8 tokens written straight away (no curation; --store is
+ignored).
 """
 
 from __future__ import annotations
@@ -28,6 +43,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _sides import add_repeats_arg, load1, median, ratio_fields, repeats
 
 from ssb.config import RunConfig, load_config  # noqa: E402
 from ssb.layout import RunLayout  # noqa: E402
@@ -114,18 +131,26 @@ def stand_in_store(workdir: Path, n: int = 16, max_new_tokens: int = 80, k: int 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", default="/tmp/ssb-dev/curated")
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=None, help="default 12 (3 with --smoke)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 4 (1 with --smoke)")
+    add_repeats_arg(parser)
+    parser.add_argument("--smoke", action="store_true", help="the test suite's tiny run (see above)")
     # 1 thread by default: OpenMP threads that share busy cores spin at their barriers and
     # turn any figure into noise (a step took 10-20x longer with 2 threads on a loaded box).
     parser.add_argument("--threads", type=int, default=1, help="torch threads on both sides (= Ray worker CPUs)")
     parser.add_argument("--workdir", default=None, help="default: a temporary directory")
     args = parser.parse_args()
+    args.steps = args.steps or (3 if args.smoke else 12)
+    args.batch_size = args.batch_size or (1 if args.smoke else 4)
+    if args.steps < 3:
+        parser.error("--steps: at least 3 (the first is not timed; the median needs two more)")
+    reps = repeats(args)
 
     import torch
     from transformers import AutoTokenizer
 
     from pipelines.distill import read_metrics, run_distillation
+    from pipelines.ray_setup import init_ray
     from ssb.batching import TRAIN_COLUMNS
     from ssb.default_model import resolve_model
 
@@ -134,13 +159,15 @@ def main() -> None:
     # At least 4 batches an epoch: with fewer, every step starts an epoch and the figure
     # says more about a one-row store than about training.
     need = 4 * args.batch_size
+    if args.smoke:
+        store = stand_in_store(workdir, n=need, max_new_tokens=8)
     if row_count(store) == 0:
         print(f"{store}: no rows; curating a small store")
         store = curate_small(workdir)
     if row_count(store) < need:
         print(f"{store}: {row_count(store)} rows, fewer than {need}")
         store = stand_in_store(workdir, n=need)
-    overrides = [f"run_dir={workdir / 'ray'}", f"train.store={store}", f"train.max_steps={args.steps}",
+    overrides = [f"train.store={store}", f"train.max_steps={args.steps}",
                  f"train.batch_size={args.batch_size}", "train.epochs=100", "train.num_workers=1",
                  f"train.cpus_per_worker={args.threads}", "train.log_every=1",
                  "train.checkpoint_every=1000000"]  # no checkpoint but the final one, as in the plain run
@@ -148,29 +175,36 @@ def main() -> None:
     model_path = resolve_model(cfg.model.name)
     tok = AutoTokenizer.from_pretrained(model_path)
     rows = LogitStore.open(store).read_table().select(TRAIN_COLUMNS).to_pylist()
-    print(f"store {store}: {len(rows)} rows; {args.steps} steps of batch {args.batch_size} on each side")
+    print(f"store {store}: {len(rows)} rows; {args.steps} steps of batch {args.batch_size} on each side, "
+          f"{reps} times each")
 
-    # Plain, Ray, plain again: one after the other (never sharing the cores), and the Ray
-    # figure compared with the mean of the plain runs on both sides of it, so a machine
-    # that gets busier or quieter meanwhile (shared CI boxes) biases the ratio less.
+    # Plain, Ray, plain, Ray, ...: one after the other (never sharing the cores), each Ray
+    # figure compared with the plain one just before it, so a machine that gets busier or
+    # quieter meanwhile (shared CI boxes) moves both sides of a ratio alike.
     torch.set_num_threads(args.threads)
-    plain = [measure_plain(model_path, rows, cfg, tok.pad_token_id)]
-    if (workdir / "ray").exists():
-        shutil.rmtree(workdir / "ray")
-    t0 = time.perf_counter()
-    run_distillation(cfg)
-    ray_wall = time.perf_counter() - t0
-    ray_metrics = read_metrics(workdir / "ray")
-    ray_tok_s, ray_measured = steady_tok_s(ray_metrics)
-    steps_wall = sum(m["input_tokens"] / m["tokens_per_s"] for m in ray_metrics if "tokens_per_s" in m)
-    plain.append(measure_plain(model_path, rows, cfg, tok.pad_token_id))
-    plain_tok_s = sum(p[0] for p in plain) / len(plain)
-    measured = min(p[1] for p in plain)
-    print(f"plain: {plain[0][0]:.1f} and {plain[1][0]:.1f} tok/s (mean {plain_tok_s:.1f}) over {measured} steps")
-    print(f"ray:   {ray_tok_s:.1f} tok/s over {ray_measured} steps ({ray_wall:.1f} s in all, "
-          f"~{ray_wall - steps_wall:.1f} s of it start-up, data set-up and saving)")
-    print(f"RESULT train_overhead ratio={ray_tok_s / plain_tok_s:.3f} ray_tok_s={ray_tok_s:.1f} "
-          f"plain_tok_s={plain_tok_s:.1f} steps={min(measured, ray_measured)}")
+    init_ray(cfg.ray)  # up for every run of both sides; its start-up is no step
+    plain_rates, ray_rates, ratios, measured = [], [], [], []
+    for rep in range(reps):
+        plain_tok_s, plain_measured = measure_plain(model_path, rows, cfg, tok.pad_token_id)
+        run_dir = workdir / f"ray-{rep}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        t0 = time.perf_counter()
+        run_distillation(load_config(None, [f"run_dir={run_dir}", *overrides]))
+        ray_wall = time.perf_counter() - t0
+        ray_metrics = read_metrics(run_dir)
+        ray_tok_s, ray_measured = steady_tok_s(ray_metrics)
+        steps_wall = sum(m["input_tokens"] / m["tokens_per_s"] for m in ray_metrics if "tokens_per_s" in m)
+        plain_rates.append(plain_tok_s)
+        ray_rates.append(ray_tok_s)
+        ratios.append(ray_tok_s / plain_tok_s)
+        measured += [plain_measured, ray_measured]
+        print(f"repetition {rep + 1}/{reps}: plain {plain_tok_s:.1f} tok/s over {plain_measured} steps; "
+              f"ray {ray_tok_s:.1f} tok/s over {ray_measured} steps ({ray_wall:.1f} s in all, "
+              f"~{ray_wall - steps_wall:.1f} s of it start-up, data set-up and saving); ratio {ratios[-1]:.3f}",
+              flush=True)
+    print(f"RESULT train_overhead {ratio_fields(ratios)} ray_tok_s={median(ray_rates):.1f} "
+          f"plain_tok_s={median(plain_rates):.1f} steps={min(measured)} load={load1()}")
 
 
 if __name__ == "__main__":
