@@ -1,13 +1,20 @@
 """Load on the curation API: N concurrent job submissions, then status polls of every job.
 
-    SSB_API_TOKEN=... python bench/api_load.py --url http://127.0.0.1:8000 --n 100 --polls 5
-    python bench/api_load.py --local --n 100      # starts redis-server + Ray Serve (API only) itself
-
 Counts a job as lost when its submission did not answer 202, or any later poll did not
 return it (404, another id, an error). The jobs are cancelled at the end, so a real runner
 is not left with them. p50/p99 are status-poll latencies; throughput counts every request.
+Ends with:
 
-Ends with: RESULT api_load p50_ms=... p99_ms=... throughput_rps=... lost=...
+    RESULT api_load p50_ms=… p99_ms=… throughput_rps=… lost=…
+
+Full size, against a running server or a local one (`--local`: redis-server + Ray Serve with
+the API deployment only, no runner and no engine: the API's own cost):
+
+    SSB_API_TOKEN=... python bench/api_load.py --url http://127.0.0.1:8000 --n 100 --polls 5
+    python bench/api_load.py --local --n 100
+
+Smoke (tests/test_bench_smoke.py): `--smoke` is `--local` with 4 submissions, 2 polls each,
+4 connections: the same redis-server, Serve app, submissions, polls and cancellations.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -99,15 +107,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--token-env", default="SSB_API_TOKEN")
-    p.add_argument("--n", type=int, default=100, help="concurrent job submissions")
-    p.add_argument("--polls", type=int, default=5, help="status polls per job")
-    p.add_argument("--concurrency", type=int, default=100, help="open connections")
+    p.add_argument("--n", type=int, default=None, help="concurrent job submissions (default 100; 4 with --smoke)")
+    p.add_argument("--polls", type=int, default=None, help="status polls per job (default 5; 2 with --smoke)")
+    p.add_argument("--concurrency", type=int, default=None, help="open connections (default 100; 4 with --smoke)")
     p.add_argument("--local", action="store_true", help="start redis + Serve (API only) here")
+    p.add_argument("--smoke", action="store_true", help="the test suite's tiny run: --local at tiny size")
     args = p.parse_args()
+    args.local = args.local or args.smoke
+    args.n = args.n or (4 if args.smoke else 100)
+    args.polls = args.polls or (2 if args.smoke else 5)
+    args.concurrency = args.concurrency or (4 if args.smoke else 100)
     token = os.environ.get(args.token_env, "")
     redis = None
     if args.local:
-        token = token or "bench-token"
+        token = token or secrets.token_hex(24)  # the API wants tokens of 16 characters or more
         args.url, redis = start_local(token)
     if not token:
         print(f"set {args.token_env}", file=sys.stderr)

@@ -14,7 +14,12 @@
    token of a fixed cycle over a small alphabet, so a working loop drives the loss down.
 
 Prints `RESULT gpu_check_loss ...` and `RESULT gpu_check_train ...`, then ends with one
-`RESULT gpu_check device=... ok=yes|no ...` line; exits 1 when ok=no.
+summary line (ok=yes|no; `na` for what the device does not measure); exits 1 when ok=no:
+
+    RESULT gpu_check device=… ok=… loss_bf16_fp32_rel_diff=… grad_bf16_fp32_rel_max_diff=… chunked_mb=… dense_mb=… steps_per_s=… tokens_per_s=… loss_decreasing=… seconds=…
+
+Smoke (tests/test_gpu_check.py through gpu_check.sh, tests/test_bench_smoke.py directly):
+`--device cpu`, the tiny sizes.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ serves the inspector in this process (uvicorn in a thread, a free port) and asks
     .venv/bin/python bench/inspector.py                    # 10,000 problems
     .venv/bin/python bench/inspector.py --smoke            # 200 problems, 5 requests: seconds
 
-Ends with: RESULT inspector list_ms=... problem_ms=... index_ms=... problems=...
+Smoke (tests/test_bench_smoke.py, tests/services/test_inspector.py): `--smoke`. Ends with:
+
+    RESULT inspector list_ms=... problem_ms=... index_ms=... problems=...
 """
 
 from __future__ import annotations

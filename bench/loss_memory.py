@@ -1,15 +1,22 @@
 """Peak memory and time of the chunked top-k KL loss vs. the dense (full-logits) loss.
 
-    .venv/bin/python bench/loss_memory.py                 # Qwen2.5-sized head: V=151936, H=2048
-    .venv/bin/python bench/loss_memory.py --tokens 512    # quick, while developing
-
 Forward + backward with the LM head frozen (the LoRA case) and hidden requiring grad.
 Peak memory is what the loss adds on top of its inputs: on CUDA max_memory_allocated
 (reset between variants); on CPU each variant runs in a fresh spawned process and reports
 its peak RSS (ru_maxrss) minus the peak after the inputs were made, so the two numbers are
 comparable. Time is the median of --repeats full runs after a small warm-up, the two
 variants' runs interleaved in one process (fair under load from others on the machine).
-Ends with one line: RESULT loss_memory memory_ratio=... time_ratio=... ...
+Ends with one line:
+
+    RESULT loss_memory memory_ratio=… time_ratio=… chunked_mb=… dense_mb=… chunked_s=… dense_s=… device=… dtype=… tokens=… vocab=…
+
+Full size (a Qwen2.5-sized head: V=151936, H=2048, 4096 tokens, 3 repeats):
+
+    .venv/bin/python bench/loss_memory.py
+    .venv/bin/python bench/loss_memory.py --tokens 512    # quick, while developing
+
+Smoke (tests/test_bench_smoke.py): `--smoke` is 256 tokens, V=4096, H=64, chunks of 64,
+k=8, 1 repeat (explicit size options still win).
 """
 
 from __future__ import annotations
@@ -110,7 +117,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--smoke", action="store_true", help="the test suite's tiny run (see above)")
     args = parser.parse_args()
+    if args.smoke:
+        tiny = {"tokens": 256, "vocab": 4096, "hidden": 64, "k": 8, "chunk_tokens": 64, "repeats": 1}
+        for name, value in tiny.items():  # a size given on the command line wins
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     cuda = args.device.startswith("cuda")
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
 

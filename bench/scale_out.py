@@ -7,15 +7,26 @@ of 3 logical CPUs each. Each replica is an actor running curation's own rollout 
 two nodes, as `engine.replicas=2` does in a curation job. Engines start before the clock
 does (start-up is not throughput); then the same problems are dealt out in
 `engine.batch_size` batches to whichever replica is free, and rollout tokens per second of
-wall time are compared.
+wall time are compared (`ratio` = 2 replicas over 1; `na` for a round left out with
+`--replicas`). Ends with:
 
-    .venv/bin/python bench/scale_out.py [--problems 32] [overrides ...]
+    RESULT scale_out ratio=… replicas1_tok_s=… replicas2_tok_s=… problems=… nodes=… cores=… load1=… limit=…
 
 On one 2-core machine both "nodes" share the same two cores, and each engine binds its
 OpenMP threads to both of them: two replicas split the cores instead of adding any, so a
 ratio near 1.0 (or below, from the two engines' threads contending) is the expected result
 here. On real nodes each replica brings its own cores or GPU and the ratio approaches the
 replica count while the driver keeps every engine fed.
+
+Full size (32 problems, 4 rollouts of at most 128 tokens, batches of 8):
+
+    .venv/bin/python bench/scale_out.py [--problems 32] [overrides ...]
+
+Smoke (tests/test_bench_smoke.py): `--smoke` is the same two-node cluster with the 2-replica
+round only (`--replicas 2`: two engine actors spread over the two nodes; replicas1_tok_s and
+the ratio print as na) on 2 problems, 1 rollout of at most 8 tokens, batches of 1 (overrides
+given on the command line still win). The 1-replica round runs the same code with one actor,
+and its engine start would add 15-25 s to the suite.
 """
 
 from __future__ import annotations
@@ -51,7 +62,8 @@ class RolloutReplica:
         return sum(s.rollout_tokens for s in states)
 
 
-def measure(cfg, model_path: str, problems: list[dict], replicas: int) -> tuple[float, int, float, set[str]]:
+def measure(cfg, model_path: str, problems: list[dict], replicas: int,
+            settle_s: float = 0.0) -> tuple[float, int, float, set[str]]:
     import ray
 
     from pipelines.engine import engine_actor_options
@@ -72,15 +84,21 @@ def measure(cfg, model_path: str, problems: list[dict], replicas: int) -> tuple[
     seconds = time.perf_counter() - start
     for a in actors:
         ray.kill(a)
-    time.sleep(5)  # let the engines' memory go before the next round
+    time.sleep(settle_s)  # let the engines' memory go before the next round
     return tokens / seconds, tokens, seconds, nodes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--problems", type=int, default=32)
+    parser.add_argument("--problems", type=int, default=None, help="default 32 (2 with --smoke)")
+    parser.add_argument("--replicas", default=None, help="comma-separated rounds: 1,2 (default both; 2 with --smoke)")
+    parser.add_argument("--smoke", action="store_true", help="the test suite's tiny run (see above)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    rounds = sorted({int(r) for r in (args.replicas or ("2" if args.smoke else "1,2")).split(",")})
+    if not set(rounds) <= {1, 2}:
+        parser.error("--replicas: rounds of 1 and/or 2 replicas")
+    smoke = ["curate.rollout.n=1", "curate.rollout.max_tokens=8", "engine.batch_size=1"] if args.smoke else []
 
     from dataclasses import asdict
 
@@ -90,8 +108,9 @@ def main() -> None:
     from tests.cluster.loopback import LoopbackCluster
 
     cfg = load_config(REPO / "configs" / "default.yaml", [
-        f"data.synthetic.n={args.problems}", "curate.rollout.n=4", "curate.rollout.max_tokens=128",
-        "engine.batch_size=8", "engine.cpu_kvcache_gb=1", "engine.cpus_per_replica=2", *args.overrides])
+        f"data.synthetic.n={args.problems or (2 if args.smoke else 32)}", "curate.rollout.n=4",
+        "curate.rollout.max_tokens=128", "engine.batch_size=8", "engine.cpu_kvcache_gb=1", "engine.cpus_per_replica=2",
+        *smoke, *args.overrides])
     model_path = resolve_model(cfg.model.name)
     problems = [asdict(p) for p in load_problems(cfg.data)[0]]
 
@@ -105,17 +124,19 @@ def main() -> None:
         ray.init(address=cluster.gcs_address, log_to_driver=False)
         try:
             results = {}
-            for replicas in (1, 2):
-                rate, tokens, seconds, nodes = measure(cfg, model_path, problems, replicas)
+            for replicas in rounds:
+                rate, tokens, seconds, nodes = measure(cfg, model_path, problems, replicas,
+                                                       settle_s=5.0 if replicas != rounds[-1] else 0.0)
                 results[replicas] = rate
                 print(f"replicas={replicas}: {tokens} rollout tokens in {seconds:.1f} s = {rate:.1f} tok/s "
                       f"on {len(nodes)} node(s)", flush=True)
         finally:
             ray.shutdown()
     load = os.getloadavg()[0]
-    print(f"RESULT scale_out ratio={results[2] / results[1]:.3f} replicas1_tok_s={results[1]:.1f} "
-          f"replicas2_tok_s={results[2]:.1f} problems={len(problems)} nodes=2 cores={os.cpu_count()} "
-          f"load1={load:.1f} limit=both_nodes_share_{os.cpu_count()}_cores")
+    ratio = f"{results[2] / results[1]:.3f}" if len(results) == 2 else "na"
+    one, two = (f"{results[r]:.1f}" if r in results else "na" for r in (1, 2))
+    print(f"RESULT scale_out ratio={ratio} replicas1_tok_s={one} replicas2_tok_s={two} problems={len(problems)} "
+          f"nodes=2 cores={os.cpu_count()} load1={load:.1f} limit=both_nodes_share_{os.cpu_count()}_cores")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,20 @@ response tokens they hold. `logit_bytes_per_token`: the top-k ids, log-probs and
 alone (what grows with k). `kl_nats`: mean over response tokens of KL(full ‖ stored) on the
 k+1 buckets the loss sees (the k stored ids and the tail), where "full" is the teacher's
 full-vocabulary distribution recomputed by a transformers forward pass of the same weights on
-the teacher prompt + response. It folds in both the float16 storage and the numeric
-difference between vLLM's bf16 engine and this forward pass.
+the teacher prompt + response, over the first `--rows` rows (`kl_rows` of them; all by
+default). It folds in both the float16 storage and the numeric difference between vLLM's
+bf16 engine and this forward pass. `tokens`/`rows`: the whole store's. Ends with:
+
+    RESULT store_size bytes_per_token=… logit_bytes_per_token=… kl_nats=… k=… tokens=… rows=… kl_rows=…
+
+Full size (a given store, or one curated here from `--problems` problems with
+configs/default.yaml):
 
     .venv/bin/python bench/store_size.py [--store runs/x/curated] [--problems 64]
+
+Smoke (tests/test_bench_smoke.py, which passes the test session's curated store): `--smoke`
+is `--rows 4` (and, without `--store`, 8 problems curated first; a store with no kept rows
+is an error).
 """
 
 from __future__ import annotations
@@ -57,9 +67,13 @@ def bucket_kl(full_logprobs, ids: np.ndarray, stored: np.ndarray, stored_tail: n
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--store")
-    parser.add_argument("--problems", type=int, default=64)
+    parser.add_argument("--problems", type=int, default=None, help="default 64 (8 with --smoke)")
+    parser.add_argument("--rows", type=int, default=None, help="rows whose KL is measured (default all; 4 with --smoke)")
     parser.add_argument("--model", default="default")
+    parser.add_argument("--smoke", action="store_true", help="the test suite's tiny run (see above)")
     args = parser.parse_args()
+    args.problems = args.problems or (8 if args.smoke else 64)
+    args.rows = args.rows or (4 if args.smoke else None)
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -69,11 +83,14 @@ def main() -> None:
 
     store = LogitStore.open(args.store or curate_store(args.problems))
     summary = store.summary()
+    if not summary["rows"]:
+        raise SystemExit(f"{store.uri}: the store has no rows")
     logit_bytes = logit_column_bytes(store.shard_paths())
     model = AutoModelForCausalLM.from_pretrained(resolve_model(args.model), dtype=torch.bfloat16).eval()
     kls, k = [], store.manifest["top_k"]
     with torch.no_grad():
-        for row in store.read_table().to_pylist():
+        table = store.read_table()
+        for row in (table if args.rows is None else table.slice(0, args.rows)).to_pylist():
             ids, logprobs, tail = example_arrays(row)
             prompt, response = row["teacher_prompt_ids"], row["response_ids"]
             x = torch.tensor([prompt + response[:-1]])
@@ -84,7 +101,7 @@ def main() -> None:
           f"{summary['shards']} shards; KL p50={np.median(kl):.5f} p99={np.quantile(kl, 0.99):.4f}")
     print(f"RESULT store_size bytes_per_token={summary['bytes'] / summary['tokens']:.1f} "
           f"logit_bytes_per_token={logit_bytes / summary['tokens']:.1f} kl_nats={kl.mean():.5f} k={k} "
-          f"tokens={summary['tokens']} rows={summary['rows']}")
+          f"tokens={summary['tokens']} rows={summary['rows']} kl_rows={len(kls)}")
 
 
 if __name__ == "__main__":
