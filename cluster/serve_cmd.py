@@ -236,8 +236,13 @@ def _ray_messages_to(path: Path) -> Any:
     graceful_shutdown, its handles' long polls) fail as "killed by ray.kill", and Ray's thread
     for such errors prints them on sys.stdout, even with log_to_driver off: an expected end,
     which on the console reads as a crash. ray.shutdown() joins that thread before it returns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f, contextlib.redirect_stdout(f):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = path.open("a")
+    except OSError:  # a run directory gone read-only must not stop the shutdown
+        yield
+        return
+    with f, contextlib.redirect_stdout(f):
         yield
 
 

@@ -156,6 +156,8 @@ class RunnerHeartbeat:
                     await asyncio.to_thread(self.beat, engine)
                 except redis.RedisError as exc:  # the job store is down: readiness says so itself
                     log.debug("heartbeat not written: %s", type(exc).__name__)
+                except Exception:  # a beat that fails otherwise must not end the beats for good
+                    log.exception("heartbeat not written")
             await asyncio.sleep(self.every_s)
 
 
