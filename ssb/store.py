@@ -358,20 +358,11 @@ class LogitStore:
         entry: dict[str, Any] = {"name": None, "rows": 0, "tokens": 0, "bytes": 0, "sha256": None,
                                  "problem_ids": list(kept), "skipped": skips}
         if kept:
-            buf = pa.BufferOutputStream()
-            pq.write_table(self._to_table(list(kept.values())), buf, **_WRITE_OPTIONS)
-            data = buf.getvalue().to_pybytes()
-            name = f"shard-{len(self.shard_uris()):05d}.parquet"
-            self._write_atomic(name, data)
-            entry.update(name=name, rows=len(kept), bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+            entry.update(self._write_parquet(f"shard-{len(self.shard_uris()):05d}.parquet",
+                                             self._to_table(list(kept.values())), _WRITE_OPTIONS))
             entry["tokens"] = sum(len(ex.response_ids) for ex in kept.values())
-        buf = pa.BufferOutputStream()
-        pq.write_table(traces_.to_table(traced), buf, **traces_.WRITE_OPTIONS)
-        data = buf.getvalue().to_pybytes()
-        trace_name = f"trace-{len(self.manifest['shards']):05d}.parquet"
-        self._write_atomic(trace_name, data)
-        entry["trace"] = {"name": trace_name, "rows": len(traced), "bytes": len(data),
-                          "sha256": hashlib.sha256(data).hexdigest()}
+        entry["trace"] = self._write_parquet(f"trace-{len(self.manifest['shards']):05d}.parquet",
+                                             traces_.to_table(traced), traces_.WRITE_OPTIONS)
         self.manifest["shards"].append(entry)
         try:
             self._write_manifest()
@@ -379,6 +370,14 @@ class LogitStore:
             self.manifest["shards"].pop()  # not committed: keep memory in step with the disk
             raise
         return entry
+
+    def _write_parquet(self, name: str, table: pa.Table, options: dict[str, Any]) -> dict[str, Any]:
+        """`table` written atomically as `name`: its manifest fields (name, rows, bytes, sha256)."""
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, **options)
+        data = buf.getvalue().to_pybytes()
+        self._write_atomic(name, data)
+        return {"name": name, "rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
     @staticmethod
     def _traces_for(problem_ids: list[str], traces: Sequence[ProblemTrace]) -> list[ProblemTrace]:
