@@ -196,10 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
             add_arguments(p)
         p.set_defaults(fn=fn)
-    from cluster import jobs, submit  # Ray job submission: its own modules, its own arguments
+    from cluster import ray_jobs, submit  # Ray job submission: its own modules, its own arguments
 
     submit.add_parser(sub)
-    jobs.add_parser(sub)
+    ray_jobs.add_parser(sub)
     from cluster import inspect_cmd  # a local web app over a run directory; no config, no Ray
 
     inspect_cmd.add_parser(sub)

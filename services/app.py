@@ -74,7 +74,7 @@ def build_curation_app(settings: ServiceSettings, model_path: str | None = None)
 
     from pipelines.engine import control_actor_options, engine_actor_options
     from services.api import build_api_deployment
-    from services.engine_deployment import CurationEngine
+    from services.engine_deployment import EngineReplica
     from services.runner import CurationRunner
 
     run = settings.run
@@ -82,7 +82,7 @@ def build_curation_app(settings: ServiceSettings, model_path: str | None = None)
     if settings.jobs.backend == "engine":
         e = run.engine
         engine = serve.deployment(
-            CurationEngine, name="CurationEngine", ray_actor_options=engine_actor_options(e, serve=True),
+            EngineReplica, name="EngineReplica", ray_actor_options=engine_actor_options(e, serve=True),
             autoscaling_config={"min_replicas": settings.llm.min_replicas, "max_replicas": max(
                 settings.llm.max_replicas, e.replicas), "target_ongoing_requests": e.max_concurrent_batches},
             # each replica works on this many batches at once; more wait in Serve's queue.

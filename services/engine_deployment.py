@@ -22,8 +22,8 @@ from ssb.config import RunConfig
 from ssb.records import Problem, ProblemState
 
 
-class CurationEngine:
-    """A Serve replica holding one CurationEngine; `run_batch` curates one batch with a job's config."""
+class EngineReplica:
+    """A Serve replica holding one pipelines CurationEngine; `run_batch` curates one batch with a job's config."""
 
     def __init__(self, cfg_json: str, model_path: str):
         from pipelines.curation_engine import CurationEngine as Engine

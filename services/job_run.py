@@ -4,7 +4,7 @@ The job's config is the service's run config with the request's overrides and it
 directory; problems come from a file under the allowed roots, the synthetic set, or the
 request itself (written to `<run_dir>/inline.jsonl` and read back by the normal loader, so
 they are validated and named exactly as a file given to `ssb curate` would be). Batches of
-`engine.batch_size` problems go to the CurationEngine deployment (or a Curator sampling
+`engine.batch_size` problems go to the EngineReplica deployment (or a Curator sampling
 through the OpenAI endpoint), and a `pipelines.curate.CurationRun` commits them to the
 LogitStore: the shards and manifest `ssb curate` writes for the same problems and seed (each
 request is seeded from the problem id, not from the engine or the batch;
@@ -183,14 +183,14 @@ def result_of(cfg_store_dir: str, summary: CurationSummary) -> dict[str, Any]:
 SKIP_REASONS = [r.value for r in SkipReason]
 
 
-def sweep_run_dirs(jobs_root: str, get_record: Callable[[str], dict[str, Any] | None], retention_s: float,
+def prune_run_dirs(jobs_root: str, get_record: Callable[[str], dict[str, Any] | None], retention_s: float,
                    now: float | None = None) -> list[str]:
     """Removes old job run directories; returns the job ids whose directory went.
 
     `<jobs_root>/<id>` goes once nothing in it changed for `retention_s` seconds and its job
     ended (succeeded, failed, cancelled) or its record expired (`get_record` gives None). A
     queued or running job keeps its directory at any age; names that are not job ids are
-    never touched. `get_record` raising (Redis unavailable) stops the sweep: a record that
+    never touched. `get_record` raising (Redis unavailable) stops the pruning: a record that
     cannot be read is not an expired one.
     """
     root = Path(jobs_root)

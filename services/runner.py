@@ -7,7 +7,7 @@ restarted by Serve) puts the job back at the head of the queue, and the job resu
 its store: no job is lost silently, and none is stored twice.
 
 Backends (`jobs.backend`):
-- "engine" (default): batches go to the CurationEngine deployment, which curates them on
+- "engine" (default): batches go to the EngineReplica deployment, which curates them on
   `ssb curate`'s own engine: the job's shards equal `ssb curate`'s for the same problems and
   seed (services/engine_deployment.py says how far "the same" goes).
 - "openai": a Curator runs here and samples through the OpenAI LLMServer deployment
@@ -22,7 +22,7 @@ abandons the job, so a runner cut off from Redis has stopped before another can 
 job. This assumes runners' clocks agree to well within `lease_s / 3`, and that one commit
 takes less than that. Engine calls get a deadline (`batch_timeout_s`).
 
-Every `sweep_every_s` the runner also removes old job run directories (job_run.sweep_run_dirs).
+Every `prune_every_s` the runner also removes old job run directories (job_run.prune_run_dirs).
 Beside its loop each replica writes a heartbeat to Redis, with the state of the engine its
 backend needs, which the API's readiness route reads (services/health.py).
 """
@@ -42,7 +42,7 @@ from ssb.layout import RunLayout
 
 from ssb.records import Problem, ProblemState
 from services.health import RunnerHeartbeat, serve_engine_state
-from services.job_run import JobCancelled, Processor, result_of, run_job, sweep_run_dirs
+from services.job_run import JobCancelled, Processor, result_of, run_job, prune_run_dirs
 from services.jobs import JobStore, JobStoreUnavailable, Lease, LeaseLost
 from services.settings import ServiceSettings
 
@@ -52,7 +52,7 @@ log = logging.getLogger("ssb.runner")
 class CurationRunner:
     def __init__(self, settings_json: str, engine: Any = None,
                  processor: Callable[[RunConfig], Processor] | None = None):
-        """`engine`: the CurationEngine deployment's handle (backend "engine"); else the
+        """`engine`: the EngineReplica deployment's handle (backend "engine"); else the
         OpenAI LLMServer is looked up by application name (backend "openai"). `processor`
         replaces both: cfg -> the function that curates one batch of problems."""
         self.settings = ServiceSettings.model_validate_json(settings_json)
@@ -65,7 +65,7 @@ class CurationRunner:
         self._custom = processor
         self._task: asyncio.Task[None] | None = None
         self._beats: asyncio.Task[None] | None = None
-        self._next_sweep = 0.0
+        self._next_prune = 0.0
 
     def _ensure_started(self) -> None:
         if self._task is None:
@@ -102,7 +102,7 @@ class CurationRunner:
         j = self.settings.jobs
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(self._sweep)
+                await asyncio.to_thread(self._prune)
                 await asyncio.to_thread(self.jobs.reap, j.max_attempts)
                 lease = await asyncio.to_thread(self.jobs.claim, self.name, j.lease_s)
             except JobStoreUnavailable as exc:
@@ -118,12 +118,12 @@ class CurationRunner:
                 continue
             await asyncio.to_thread(self._run_one, lease)
 
-    def _sweep(self) -> None:
+    def _prune(self) -> None:
         j = self.settings.jobs
-        if j.run_dir_retention_s <= 0 or time.monotonic() < self._next_sweep:
+        if j.run_dir_retention_s <= 0 or time.monotonic() < self._next_prune:
             return
-        self._next_sweep = time.monotonic() + j.sweep_every_s
-        removed = sweep_run_dirs(j.jobs_root, self.jobs.get, j.run_dir_retention_s)
+        self._next_prune = time.monotonic() + j.prune_every_s
+        removed = prune_run_dirs(j.jobs_root, self.jobs.get, j.run_dir_retention_s)
         self.stats["swept"] += len(removed)
         if removed:
             log.info("removed %d old job run directories", len(removed))

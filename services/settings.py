@@ -80,14 +80,14 @@ class JobsConfig(_Strict):
     # The runner removes <jobs_root>/<id> once its job has ended (or its record expired) and
     # nothing in it changed for this long; 0 keeps run directories forever.
     run_dir_retention_s: int = 7 * 86400
-    sweep_every_s: float = 600.0
+    prune_every_s: float = 600.0
     batch_timeout_s: float = 3600.0  # one batch through the engine; past it the job fails, resumable
     jobs_root: str = "runs/serve/jobs"  # a job's run directory is ssb.layout.job_dir: <jobs_root>/<job id>
     runner_replicas: int = 1
     lease_s: float = 30.0  # a runner that stops renewing for this long has lost its job
     max_attempts: int = 3  # runner losses before a job is failed (resumable)
     poll_s: float = 0.5
-    # "engine": a CurationEngine deployment runs `ssb curate`'s batches (equal shards);
+    # "engine": an EngineReplica deployment (one pipelines CurationEngine per replica) runs `ssb curate`'s batches (equal shards);
     # "openai": the runner samples through the OpenAI LLMServer deployment (services/llm.py).
     backend: str = "engine"
 

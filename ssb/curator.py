@@ -23,7 +23,7 @@ import json
 from typing import Any, Protocol, Sequence
 
 from ssb.config import RunConfig, SamplingConfig
-from ssb.curate import judge_teacher, select_pair
+from ssb.selection import judge_teacher, select_pair
 from ssb.logits import encode_topk
 from ssb.prompts import Prompts, render_ids, rollout_messages, student_messages, teacher_messages
 from ssb.records import (CuratedExample, Problem, ProblemState, Rollout, SkipReason, TeacherAnswer, TeacherSample,

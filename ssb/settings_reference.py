@@ -71,7 +71,7 @@ SERVE_NOTES: dict[str, str] = {
     "jobs.batch_timeout_s": "Longest one batch may take through the engine; past it the job fails (resumable).",
     "jobs.jobs_root": ("Where job run directories go: <jobs_root>/<job id> (ssb.layout.job_dir); `ssb serve` "
                        "makes it <run-dir>/jobs unless set. Local or shared filesystem only."),
-    "jobs.sweep_every_s": "How often the runner removes old job run directories, in seconds.",
+    "jobs.prune_every_s": "How often the runner removes old job run directories, in seconds.",
     "jobs.runner_replicas": "Replicas of the job runner.",
     "jobs.poll_s": "How often an idle runner looks for a queued job, in seconds.",
 }

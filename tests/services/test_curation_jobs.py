@@ -194,7 +194,7 @@ def test_the_api_and_runner_replicas_run_at_the_engine_niceness(service):
     the API's Redis calls time out and the runner loses its leases."""
     app = service.settings.api.app_name
     titles = process_titles()
-    for deployment in ("CurationAPI", "CurationRunner", "CurationEngine"):
+    for deployment in ("CurationAPI", "CurationRunner", "EngineReplica"):
         pids = [pid for pid, t in titles.items() if t.startswith(f"ray::ServeReplica:{app}:{deployment}")]
         assert pids, sorted(t for t in titles.values() if t.startswith("ray::"))
         assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in pids} == {service.settings.run.engine.worker_niceness}

@@ -36,9 +36,9 @@ def _title(p: psutil.Process) -> str:
 
 def _replicas(app: str) -> list[psutil.Process]:
     """The app's engine replicas: Ray workers descended from this test process (its Ray is
-    local), titled "ray::ServeReplica:<app>:CurationEngine[.<method>]"."""
+    local), titled "ray::ServeReplica:<app>:EngineReplica[.<method>]"."""
     found = [p for p in psutil.Process(os.getpid()).children(recursive=True)
-             if f"ServeReplica:{app}:CurationEngine" in _title(p)]
+             if f"ServeReplica:{app}:EngineReplica" in _title(p)]
     assert found, "no engine replica of the app is running"
     return found
 
@@ -54,7 +54,7 @@ def test_deleting_the_app_stops_its_engine_processes(service):
     try:
         # One batch, as the runner sends it: the engine has served just before it is stopped.
         problems = [Problem(**p) for p in tiny_job()["problems"]]
-        engine = serve.get_deployment_handle("CurationEngine", app_name=app)
+        engine = serve.get_deployment_handle("EngineReplica", app_name=app)
         states = engine.run_batch.remote(run.model_dump_json(), problems).result(timeout_s=600)
         assert [s.problem.id for s in states] == [p.id for p in problems]
 

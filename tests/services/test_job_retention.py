@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.job_run import sweep_run_dirs
+from services.job_run import prune_run_dirs
 from services.jobs import TERMINAL, JobStore, JobStoreUnavailable, TooManyJobs, TooManyStoredJobs
 from services.redis_server import free_port
 from services.runner import CurationRunner
@@ -125,13 +125,13 @@ def test_sweep_removes_only_old_run_dirs_of_ended_or_expired_jobs(redis_dir, tmp
     _run_dir(root, young)
     _run_dir(root, "notes", age_s=3600)
 
-    assert sorted(sweep_run_dirs(str(root), jobs.get, retention_s=600)) == sorted([ended, expired])
+    assert sorted(prune_run_dirs(str(root), jobs.get, retention_s=600)) == sorted([ended, expired])
     assert sorted(p.name for p in root.iterdir()) == sorted([young, running, queued, "notes"])
 
     gone = _run_dir(root, uuid.uuid4().hex, age_s=3600)
     away = JobStore(f"redis://127.0.0.1:{free_port()}/0", prefix="t", timeout_s=0.5)
     with pytest.raises(JobStoreUnavailable):
-        sweep_run_dirs(str(root), away.get, retention_s=600)
+        prune_run_dirs(str(root), away.get, retention_s=600)
     assert gone.exists()  # an unreadable record is not an expired one
 
 
@@ -140,7 +140,7 @@ def test_the_runner_sweeps_old_run_dirs_as_it_polls(redis_dir, tmp_path):
     old = _run_dir(root, uuid.uuid4().hex, age_s=3600)
     settings = ServiceSettings.model_validate({"jobs": {
         "redis_url": redis_dir.url, "prefix": "t", "jobs_root": str(root), "poll_s": 0.1,
-        "run_dir_retention_s": 600, "sweep_every_s": 0.2}, "llm": {"enabled": False}})
+        "run_dir_retention_s": 600, "prune_every_s": 0.2}, "llm": {"enabled": False}})
     runner = CurationRunner(settings.model_dump_json())
     loop = threading.Thread(target=asyncio.run, args=(runner._loop(),), daemon=True)
     loop.start()

@@ -1,4 +1,4 @@
-from ssb.curate import judge_teacher, mentions_hints, select_pair
+from ssb.selection import judge_teacher, mentions_hints, select_pair
 from ssb.records import Rollout, SkipReason, Verdict
 
 

@@ -1,4 +1,4 @@
-"""`ssb jobs status|logs|stop|list`: look after jobs that `ssb submit` started.
+"""`ssb jobs status|logs|stop|list`: look after the Ray Jobs that `ssb submit` started (not the service's curation jobs).
 
     ssb jobs status raysubmit_XYZ --address http://HEAD:8265
     ssb jobs logs raysubmit_XYZ --follow
