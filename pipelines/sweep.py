@@ -38,10 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipelines.run import round_config
-from ssb.config import RunConfig, digest_dir, load_config, set_dotted
+from ssb.config import RunConfig, apply_overrides, digest_dir, load_config
 from ssb.layout import RunLayout
 
 # The sweep's tables, plot and records are written with local file operations.
@@ -173,16 +171,8 @@ def setting_name(values: tuple[tuple[str, str], ...], rounds: int | None) -> str
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """`cfg` with dotted overrides laid over it; the values are read as `ssb` reads an override's."""
-    tree = cfg.model_dump(mode="json")
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        set_dotted(tree, key.strip(), value)
-    return RunConfig.model_validate(tree)
+    """`cfg` with dotted overrides laid over it, read as every `ssb` command reads them."""
+    return RunConfig.model_validate(apply_overrides(cfg.model_dump(mode="json"), overrides))
 
 
 def plan_sweep(base: RunConfig, axes: list[Axis], rounds: list[int] | None = None) -> SweepPlan:

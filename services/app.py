@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ssb.config import RunConfig, load_config
+from ssb.config import RunConfig, apply_overrides, load_config
 from ssb.default_model import resolve_model
 
 from services.settings import ServiceSettings, set_dotted, tokens_from_env, with_tokens
@@ -22,12 +22,7 @@ def service_settings(run: RunConfig, serve_overrides: list[str], extra: dict[str
                      token_env: str = "SSB_API_TOKEN") -> ServiceSettings:
     """Service settings from `serve.`-stripped dotted overrides (plus `extra` dotted keys set
     after them) around a run config; bearer tokens from the environment, kept as digests."""
-    import yaml
-
-    tree: dict[str, Any] = {}
-    for item in serve_overrides:
-        key, _, raw = item.partition("=")
-        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "")
+    tree = apply_overrides({}, serve_overrides)
     for key, value in (extra or {}).items():
         set_dotted(tree, key, value)
     tree["run"] = run.model_dump()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -385,25 +386,44 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ValueError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(tree, dict):
             raise ValueError(f"{path}: a config file must hold a mapping at the top level")
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key.path=value")
-        key, raw = item.split("=", 1)
-        set_dotted(tree, key.strip(), _scalar(key.strip(), raw))
+    apply_overrides(tree, overrides)
     # Laid over the defaults rather than validated alone: `curate.teacher.n=4` must keep the
     # teacher's own default temperature (0.4), not SamplingConfig's class default.
     return RunConfig.model_validate(_merge(RunConfig().model_dump(), tree))
 
 
-def _scalar(key: str, raw: str) -> Any:
-    # Text that is not YAML (a prompt holding "{x: ") is meant as the string it is; a setting
-    # that wants a number still rejects it. A tag safe_load refuses (!!python/...) stays an error.
+class OverrideError(ValueError):
+    """A dotted override that cannot be read; its message is one line naming the override."""
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=c` → ("a.b", value): the one reading of an override for the CLI, the sweep and the
+    service. The value is a YAML scalar; text that is not YAML (a prompt holding "{x: ") is meant
+    as the string it is, and a setting that wants a number still rejects it. A tag safe_load
+    refuses (!!python/...) is an error, never a string."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(part == "" for part in key.split(".")):
+        raise OverrideError(f"override {item!r} is not of the form key.path=value")
+    if raw == "":
+        return key, ""
     try:
-        return yaml.safe_load(raw) if raw != "" else ""
+        return key, yaml.safe_load(raw)
     except yaml.constructor.ConstructorError as exc:
-        raise ValueError(f"override {key}: {exc.problem}") from None
+        raise OverrideError(f"override {key}={raw}: {exc.problem}") from None
     except yaml.YAMLError:
-        return raw
+        return key, raw
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Lay dotted overrides over a config tree (in place, and returned); OverrideError names a bad one."""
+    for item in overrides:
+        key, value = parse_override(item)
+        try:
+            set_dotted(tree, key, value)
+        except ValueError as exc:
+            raise OverrideError(str(exc)) from None
+    return tree
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
