@@ -337,8 +337,10 @@ class RunConfig(_Strict):
     def store_dir(self) -> str:
         return self.layout.curated
 
-    def curation_hash(self) -> str:
-        """Identifies what a stored example depends on; a resume only reuses matching shards."""
+    # What each stage's result depends on, side by side: a rerun redoes a stage whose key changed
+    # (pipelines/stages.py). Settings of how a stage runs (workers, batch sizes, logging) are left out.
+    def curation_key(self) -> dict[str, Any]:
+        """What a stored example depends on; a resume only reuses matching shards."""
         keys = {
             "model": self.model.model_dump(),
             "prompts": self.prompts.model_dump(),
@@ -348,8 +350,64 @@ class RunConfig(_Strict):
         }
         if self.model.adapter:
             keys["adapter_digest"] = digest_dir(self.model.adapter)
-        blob = json.dumps(keys, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return keys
+
+    def curation_hash(self) -> str:
+        """The curation key as the store's manifest records it."""
+        return key_digest(self.curation_key())
+
+    def model_key(self) -> dict[str, Any]:
+        """The model a student is trained from and evaluated on (its adapter is another key's part)."""
+        return {"name": self.model.name, "files": model_digest(self.model.name)}
+
+    def train_key(self, store_digest: str) -> dict[str, Any]:
+        """What a trained adapter depends on: the model, the training settings that change what is
+        learned, and the content of the store it read (`store_digest`)."""
+        return {"model": self.model_key(), "train": self.train.model_dump(mode="json", exclude=set(HOW_TRAINED)),
+                "store": store_digest}
+
+    def eval_key(self, adapter_digest: str | None, benchmark: dict[str, Any], *, samples: bool = True
+                 ) -> dict[str, Any]:
+        """What one model's results on one benchmark depend on: model and adapter content, the
+        benchmark's problems (`benchmark`: its source and file digest), the limit and sampling, the
+        student prompt, the verifier and the seed. `samples=False`: a greedy-only pass over given
+        problems."""
+        sampling = {"n", "temperature", "top_p", "max_tokens", "greedy", "limit"} if samples else {"max_tokens"}
+        engine = self.model.model_dump(mode="json", include={"dtype", "max_model_len"})
+        return {"model": {**self.model_key(), **engine}, "adapter": adapter_digest, "benchmark": benchmark,
+                "eval": self.eval.model_dump(mode="json", include=sampling),
+                "prompts": {"tutor_system": self.prompts.tutor_system},
+                "verify": self.verify.model_dump(mode="json", exclude={"workers"}),
+                "engine": {"seed": self.engine.seed}}
+
+    @staticmethod
+    def merged_key(model_path: str, adapter: str) -> str:
+        """A merged copy's name: the base model's path and the adapter's content."""
+        base = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
+        return hashlib.sha256(f"{base}\n{digest_dir(adapter)}".encode()).hexdigest()[:16]
+
+
+# Train settings that change how a training is run or recorded, not what it learns.
+HOW_TRAINED = ("log_every", "checkpoint_every", "max_failures", "merge", "store", "cpus_per_worker")
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_digest(name: str) -> str | None:
+    """A local model directory's content; None for a hub name or the embedded default. Small files
+    count by their bytes, weight files by size and modification time: hashing gigabytes on every
+    run would cost more than the stage it guards."""
+    root = Path(name).expanduser()
+    if not root.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(file.relative_to(root).as_posix().encode())
+        digest.update(file.read_bytes() if stat.st_size < 1 << 20 else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
 
 
 def digest_dir(path: str) -> str:
