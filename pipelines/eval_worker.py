@@ -1,6 +1,6 @@
 """The evaluation's Ray Data actor (pipelines/evaluate.py runs the job): vLLM engines, one at a
-time, answer each row's problem with the student prompt, and the project's Verifier checks
-every answer."""
+time, answer each EvalRecord's problem with the student prompt, and the project's Verifier
+checks every answer."""
 
 from __future__ import annotations
 
@@ -11,32 +11,18 @@ from typing import Any
 import pyarrow as pa
 
 from ssb.config import RunConfig
-from ssb.records import Verdict
+from ssb.eval_table import EVAL_SCHEMA, from_table, to_table
+from ssb.records import EvalRecord, SkipReason, Verdict
 from ssb.scoring import majority_vote
 
-OUT_SCHEMA = pa.schema([
-    ("benchmark", pa.string()), ("label", pa.string()), ("id", pa.string()), ("question", pa.string()),
-    ("answer", pa.string()), ("status", pa.string()), ("prompt_tokens", pa.int64()),
-    ("sample_texts", pa.list_(pa.string())), ("sample_answers", pa.list_(pa.string())),
-    ("sample_verdicts", pa.list_(pa.string())), ("sample_finish", pa.list_(pa.string())),
-    ("sample_tokens", pa.int64()),
-    ("greedy_text", pa.string()), ("greedy_answer", pa.string()), ("greedy_verdict", pa.string()),
-    ("greedy_finish", pa.string()), ("greedy_tokens", pa.int64()),
-    ("maj_answer", pa.string()), ("maj_correct", pa.bool_()),
-    # The engine's busy seconds (any batch generating) handed out batch by batch over their
-    # rows, and each engine's start-up (on the next row the actor produced only): lets a
-    # benchmark separate engine time from overhead.
-    ("generate_seconds", pa.float64()), ("engine_load_seconds", pa.float64()),
-    ("extra", pa.int64()),  # -1: a benchmark's problem; else the index of its ExtraSet
-    # The model directory the engine that answered loaded, and the actor ("host:pid") it ran in.
-    ("engine_model", pa.string()), ("worker", pa.string()),
-])
+# What the actor takes and returns: EvalRecords, unanswered and answered (ssb/eval_table.py).
+OUT_SCHEMA = EVAL_SCHEMA
 
 
 class EvalWorker:
     """A Ray Data actor: one vLLM AsyncLLM engine at a time and a Verifier. `engines` lists what
-    each engine loads (a model directory, and {label: LoRA adapter or None}); a row names its
-    engine by index, and the actor loads the engines it is sent in turn, so evaluating several
+    each engine loads (a model directory, and {label: LoRA adapter or None}); a record's label
+    names its engine, and the actor loads the engines it is sent in turn, so evaluating several
     merged models costs one actor and one `import vllm`, not one of each per model. Ray Data
     calls it with up to `engine.max_concurrent_batches` batches at once; their requests share
     the engine's running batch, and a batch is verified while the next ones generate, so the
@@ -60,6 +46,7 @@ class EvalWorker:
         from ssb.verify import Verifier
 
         self.engines = engines
+        self.engine_of = {label: i for i, (_, labels) in enumerate(engines) for label in labels}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.llm: Any = None
         self.loaded: int | None = None  # index into `engines` of the engine in self.llm
@@ -134,59 +121,58 @@ class EvalWorker:
     async def __call__(self, batch: pa.Table) -> pa.Table:
         import asyncio
 
-        rows = batch.to_pylist()
-        out = [self._empty(r) for r in rows]
-        # Ray Data may hand one batch rows of two engines (where one engine's rows end).
-        for index in sorted({r["engine"] for r in rows}):
+        records = from_table(batch)
+        # Ray Data may hand one batch records of two engines (where one engine's records end).
+        for index in sorted({self.engine_of[r.label] for r in records}):
             await self._acquire(index)
             try:
-                await self._generate([(r, o) for r, o in zip(rows, out) if r["engine"] == index])
+                await self._generate([r for r in records if self.engine_of[r.label] == index])
             finally:
                 await self._release()
         # The verifier blocks on its child process: off the event loop, so the other batches'
         # requests keep streaming in and out of the engine meanwhile.
-        await asyncio.to_thread(self._verify, out)
+        await asyncio.to_thread(self._verify, records)
         seconds = self._clock.take()
-        for o in out:
-            o["generate_seconds"] = seconds / max(len(out), 1)
-        if self.load_seconds is not None and out:
-            out[0]["engine_load_seconds"], self.load_seconds = self.load_seconds, None
-        return pa.Table.from_pylist(out, schema=OUT_SCHEMA)
+        for r in records:
+            r.generate_seconds = seconds / max(len(records), 1)
+        if self.load_seconds is not None and records:
+            records[0].engine_load_seconds, self.load_seconds = self.load_seconds, None
+        return to_table(records)
 
-    async def _generate(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
-        """Every sample and greedy answer of these rows (row, its output) on the loaded engine."""
+    async def _generate(self, records: list[EvalRecord]) -> None:
+        """Every sample and greedy answer of these records on the loaded engine."""
         import asyncio
 
         from pipelines.engine import generate_one
 
-        requests, slots = [], []  # slot: (output, "samples" | "greedy")
-        for row, o in pairs:
-            o["engine_model"], o["worker"] = self.engines[row["engine"]][0], self.worker
-            ids = self._prompt_ids(row["question"])
-            o["prompt_tokens"] = len(ids)
+        requests, slots = [], []  # slot: (record, "samples" | "greedy")
+        for r in records:
+            r.engine_model, r.worker = self.engines[self.engine_of[r.label]][0], self.worker
+            ids = self._prompt_ids(r.question)
+            r.prompt_tokens = len(ids)
             if len(ids) > self.cfg.model.max_model_len - self.cfg.eval.max_tokens:
-                o["status"] = "prompt_too_long"  # scored as unanswered, never dropped
+                r.status = SkipReason.PROMPT_TOO_LONG  # scored as unanswered, never dropped
                 continue
-            kinds = ((("greedy", self.zero_shot_params),) if row["extra"] >= 0
+            kinds = ((("greedy", self.zero_shot_params),) if r.extra is not None
                      else (("samples", self.sample_params), ("greedy", self.greedy_params)))
             for kind, params in kinds:
                 if params is not None:
                     requests.append(generate_one(self.llm, self._tokens_prompt(prompt_token_ids=ids), params,
-                                                 f"eval-{next(self._requests)}", self.lora.get(row["label"])))
-                    slots.append((o, kind))
+                                                 f"eval-{next(self._requests)}", self.lora.get(r.label)))
+                    slots.append((r, kind))
         self._clock.start()
         try:
             results = await asyncio.gather(*requests)
         finally:
             self._clock.stop()
-        for (o, kind), res in zip(slots, results):
+        for (r, kind), res in zip(slots, results):
             if kind == "samples":
-                o["sample_texts"] = [c.text for c in res.outputs]
-                o["sample_finish"] = [str(c.finish_reason) for c in res.outputs]
-                o["sample_tokens"] = sum(len(c.token_ids) for c in res.outputs)
+                r.sample_texts = [c.text for c in res.outputs]
+                r.sample_finish = [str(c.finish_reason) for c in res.outputs]
+                r.sample_tokens = sum(len(c.token_ids) for c in res.outputs)
             else:
                 c = res.outputs[0]
-                o["greedy_text"], o["greedy_finish"], o["greedy_tokens"] = c.text, str(c.finish_reason), len(c.token_ids)
+                r.greedy_text, r.greedy_finish, r.greedy_tokens = c.text, str(c.finish_reason), len(c.token_ids)
 
     def __del__(self) -> None:
         # Ray Data drops the UDF when the job ends: stop the engine first, so its output loop is
@@ -206,31 +192,24 @@ class EvalWorker:
 
         return render_ids(self.tokenizer, student_messages(question, self.prompts))
 
-    def _verify(self, out: list[dict[str, Any]]) -> None:
+    def _verify(self, records: list[EvalRecord]) -> None:
         """Verdicts for every sample and greedy answer, and the majority answer."""
         texts: list[tuple[str, str]] = []
-        for o in out:
-            texts += [(t, o["answer"]) for t in o["sample_texts"]]
-            if o["greedy_text"] is not None:
-                texts.append((o["greedy_text"], o["answer"]))
+        for r in records:
+            texts += [(t, r.answer) for t in r.sample_texts]
+            if r.greedy_text is not None:
+                texts.append((r.greedy_text, r.answer))
         checks = iter(self.verifier.check_many(texts))
-        for o in out:
-            verdicts = [next(checks) for _ in o["sample_texts"]]
-            o["sample_answers"] = [a for a, _ in verdicts]
-            o["sample_verdicts"] = [Verdict(v).value for _, v in verdicts]
-            if o["greedy_text"] is not None:
+        for r in records:
+            verdicts = [next(checks) for _ in r.sample_texts]
+            r.sample_answers = [a for a, _ in verdicts]
+            r.sample_verdicts = [Verdict(v) for _, v in verdicts]
+            if r.greedy_text is not None:
                 a, v = next(checks)
-                o["greedy_answer"], o["greedy_verdict"] = a, Verdict(v).value
-            elif self.greedy_params is not None or o["extra"] >= 0:
-                o["greedy_verdict"] = Verdict.NO_ANSWER.value
-            if self.sample_params is not None and o["extra"] < 0:
-                pick = majority_vote(o["sample_answers"], same=self.verifier.equivalent)
-                o["maj_answer"] = o["sample_answers"][pick] if pick is not None else None
-                o["maj_correct"] = pick is not None and o["sample_verdicts"][pick] == Verdict.CORRECT.value
-
-    def _empty(self, row: dict[str, Any]) -> dict[str, Any]:
-        o: dict[str, Any] = {name: None for name in OUT_SCHEMA.names}
-        o.update({k: row[k] for k in ("benchmark", "label", "id", "question", "answer", "extra")})
-        o.update(status="", sample_texts=[], sample_answers=[], sample_verdicts=[], sample_finish=[],
-                 sample_tokens=0, greedy_tokens=0, generate_seconds=0.0, engine_load_seconds=0.0)
-        return o
+                r.greedy_answer, r.greedy_verdict = a, Verdict(v)
+            elif self.greedy_params is not None or r.extra is not None:
+                r.greedy_verdict = Verdict.NO_ANSWER
+            if self.sample_params is not None and r.extra is None:
+                pick = majority_vote(r.sample_answers, same=self.verifier.equivalent)
+                r.maj_answer = r.sample_answers[pick] if pick is not None else None
+                r.maj_correct = pick is not None and r.sample_verdicts[pick] is Verdict.CORRECT

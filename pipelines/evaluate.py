@@ -47,8 +47,9 @@ from ssb.config import DataConfig, RunConfig, SyntheticConfig
 from ssb.data import LoadReport, load_problems, resolved_source, source_file
 from ssb.datasets import BENCHMARKS, check_pinned, display_path, file_sha256, problems_digest, split_benchmark
 from ssb.default_model import resolve_model
+from ssb.eval_table import from_table, to_table, write_records
 from ssb.layout import RunLayout
-from ssb.records import Problem, Verdict
+from ssb.records import EvalRecord, Problem
 from ssb.scoring import BenchmarkResult, ProblemOutcome, score
 
 log = logging.getLogger(__name__)
@@ -125,14 +126,6 @@ class ExtraSet:
     layout: RunLayout
 
 
-def outcome(row: dict[str, Any]) -> ProblemOutcome:
-    correct = Verdict.CORRECT.value
-    greedy = None if row.get("greedy_verdict") is None else row["greedy_verdict"] == correct
-    answered = sum(a is not None for a in row["sample_answers"]) + (row.get("greedy_answer") is not None)
-    return ProblemOutcome(samples=[v == correct for v in row["sample_verdicts"]], greedy=greedy,
-                          majority=row.get("maj_correct"), answered=answered)
-
-
 @dataclass
 class EvalSummary:
     results: dict[str, dict[str, BenchmarkResult]] = field(default_factory=dict)  # label → benchmark → result
@@ -158,16 +151,17 @@ class EvalSummary:
         return "\n".join(lines)
 
 
-def build_eval_dataset(cfg: RunConfig, rows: list[dict[str, Any]],
+def build_eval_dataset(cfg: RunConfig, records: list[EvalRecord],
                        engines: list[tuple[str, dict[str, str | None]]]) -> Any:
-    """The Ray Data plan over `rows` (each names its engine by index into `engines`: see
-    EvalWorker); nothing runs until it is iterated."""
+    """The Ray Data plan that answers `records` (each label's engine is the one of `engines`
+    that lists it: see EvalWorker); nothing runs until it is iterated."""
     import ray
 
     e = cfg.engine
     # Sorted by engine, so an actor swaps engines as few times as it can.
-    rows = sorted(rows, key=lambda r: r["engine"])
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / e.batch_size)))
+    engine_of = {label: i for i, (_, labels) in enumerate(engines) for label in labels}
+    table = to_table(sorted(records, key=lambda r: engine_of[r.label]))
+    ds = ray.data.from_arrow(table, override_num_blocks=max(1, math.ceil(len(records) / e.batch_size)))
     # Each actor takes several batches at once (the worker is async) and is sent twice as many
     # as it runs, so the next one is already there when one finishes (ray.data.llm does the same).
     # A LoRA-enabled engine takes one batch at a time: with the base model's batch and the
@@ -206,7 +200,7 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
     model_path = resolve_model(cfg.model.name)
     summary = EvalSummary()
     order: dict[tuple[str, str], list[str]] = {}
-    rows: list[dict[str, Any]] = []
+    records: list[EvalRecord] = []
     data: dict[str, dict[str, Any]] = {}  # benchmark → what was read (load_benchmark)
     for name in cfg.eval.benchmarks:
         key = benchmark_key(name)  # the config checked that no two benchmarks share one
@@ -218,30 +212,24 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
             raise ValueError(f"benchmark {name!r}: no problems loaded ({report.summary()})")
         for label in adapters:
             order[(label, key)] = [p.id for p in problems]
-            rows += [{"benchmark": key, "label": label, "id": p.id, "question": p.question, "answer": p.answer,
-                      "extra": -1} for p in problems]
+            records += [EvalRecord(key, label, p.id, p.question, p.answer) for p in problems]
     for i, x in enumerate(extras):
-        rows += [{"benchmark": x.benchmark, "label": x.model, "id": p.id, "question": p.question,
-                  "answer": p.answer, "extra": i} for p in x.problems]
-    summary.problems = len(rows)
+        records += [EvalRecord(x.benchmark, x.model, p.id, p.question, p.answer, extra=i) for p in x.problems]
+    summary.problems = len(records)
 
     groups = engine_groups(cfg, engines, model_path, layout.eval_merged, merged_elsewhere)
-    engine_of = {label: i for i, (_, labels) in enumerate(groups) for label in labels}
-    for r in rows:
-        r["engine"] = engine_of[r["label"]]
-
     init_ray(cfg.ray)
     quiet_data_context(cfg.engine.wait_for_replicas_s)
-    got: dict[tuple[int, str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
-    bar = tqdm(total=len(rows), unit="problem", disable=not progress, dynamic_ncols=True, desc="eval")
+    got: dict[tuple[int | None, str, str], dict[str, EvalRecord]] = defaultdict(dict)
+    bar = tqdm(total=len(records), unit="problem", disable=not progress, dynamic_ncols=True, desc="eval")
     try:
-        for batch in build_eval_dataset(cfg, rows, groups).iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
-                got[(row["extra"], row["label"], row["benchmark"])][row["id"]] = row
-                summary.tokens += (row["sample_tokens"] or 0) + (row["greedy_tokens"] or 0)
-                summary.generate_seconds += row["generate_seconds"] or 0.0
-                summary.engine_load_seconds += row["engine_load_seconds"] or 0.0
-                summary.engines.add((row["worker"], row["engine_model"]))
+        for batch in build_eval_dataset(cfg, records, groups).iter_batches(batch_format="pyarrow", batch_size=None):
+            for r in from_table(batch):
+                got[(r.extra, r.label, r.benchmark)][r.id] = r
+                summary.tokens += r.tokens
+                summary.generate_seconds += r.generate_seconds
+                summary.engine_load_seconds += r.engine_load_seconds
+                summary.engines.add((r.worker, r.engine_model))
             bar.update(batch.num_rows)
             bar.set_postfix(tok_s=f"{summary.tokens / max(time.perf_counter() - start, 1e-9):.0f}")
     finally:
@@ -249,39 +237,33 @@ def run_evaluation(cfg: RunConfig, adapters: dict[str, str | None] | None = None
     summary.wall_seconds = time.perf_counter() - start
 
     for (label, key), ids in order.items():
-        records = _records(got[(-1, label, key)], ids, f"{key} ({label})")
-        summary.files.append(str(write_outputs(layout, label, key, records)))
-        summary.results.setdefault(label, {})[key] = replace(_score(key, label, records), **data[key])
+        answered = _answered(got[(None, label, key)], ids, f"{key} ({label})")
+        summary.files.append(str(write_outputs(layout, label, key, answered)))
+        summary.results.setdefault(label, {})[key] = replace(_score(key, label, answered), **data[key])
     for i, x in enumerate(extras):
-        records = _records(got[(i, x.model, x.benchmark)], [p.id for p in x.problems], f"{x.label}")
-        summary.files.append(str(write_outputs(x.layout, x.label, x.benchmark, records)))
-        summary.extras[x.label] = result = _score(x.benchmark, x.label, records)
+        answered = _answered(got[(i, x.model, x.benchmark)], [p.id for p in x.problems], f"{x.label}")
+        summary.files.append(str(write_outputs(x.layout, x.label, x.benchmark, answered)))
+        summary.extras[x.label] = result = _score(x.benchmark, x.label, answered)
         merge_results(x.layout.eval_results, {x.label: {x.benchmark: result}})
     merge_results(layout.eval_results, summary.results)
     return summary
 
 
-def _records(by_id: dict[str, dict[str, Any]], ids: list[str], what: str) -> list[dict[str, Any]]:
+def _answered(by_id: dict[str, EvalRecord], ids: list[str], what: str) -> list[EvalRecord]:
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise RuntimeError(f"evaluation lost {len(missing)} problems of {what}, e.g. {missing[:3]}")
     return [by_id[i] for i in ids]
 
 
-def _score(key: str, label: str, records: list[dict[str, Any]]) -> BenchmarkResult:
-    tokens = sum((r["sample_tokens"] or 0) + (r["greedy_tokens"] or 0) for r in records)
-    seconds = sum(r["generate_seconds"] or 0.0 for r in records)
-    return score(key, label, [outcome(r) for r in records], tokens=tokens, seconds=seconds)
+def _score(key: str, label: str, records: list[EvalRecord]) -> BenchmarkResult:
+    return score(key, label, [ProblemOutcome.of(r) for r in records], tokens=sum(r.tokens for r in records),
+                 seconds=sum(r.generate_seconds for r in records))
 
 
-def write_outputs(layout: RunLayout, label: str, benchmark: str, records: list[dict[str, Any]]) -> Path:
-    """Every evaluated problem of one label and benchmark, one JSON line each."""
-    path = layout.eval_outputs(label, benchmark)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    return path
+def write_outputs(layout: RunLayout, label: str, benchmark: str, records: list[EvalRecord]) -> Path:
+    """Every evaluated problem of one label and benchmark, one JSON line each (ssb/eval_table.py)."""
+    return write_records(layout.eval_outputs(label, benchmark), records)
 
 
 def engine_groups(cfg: RunConfig, adapters: dict[str, str | None], model_path: str,

@@ -35,7 +35,8 @@ import random
 from pathlib import Path
 from typing import Any, Iterable
 
-from ssb.layout import RunLayout, read_jsonl, round_name
+from ssb.eval_table import read_records
+from ssb.layout import RunLayout, round_name
 from ssb.records import Problem, SkipReason
 
 # The pass costs an engine start and one greedy answer per problem: 64 keep it near a minute
@@ -110,7 +111,7 @@ def zero_shot_ids(layout: RunLayout, r: int) -> list[str] | None:
     if result is None:
         return None
     path = layout.diagnostics.eval_outputs(zero_shot_label(r), result["benchmark"])
-    return sorted(row["id"] for row in read_jsonl(path)) if path.exists() else None
+    return sorted(record.id for record in read_records(path)) if path.exists() else None
 
 
 def _share(num: int, den: int) -> float | None:

@@ -4,7 +4,8 @@ One vocabulary end to end: a Problem is sampled into
 Rollouts, a Selection picks one correct and one incorrect Rollout, and the teacher's
 accepted TeacherAnswer becomes a CuratedExample in the logit store. While a problem is
 being curated, everything known about it is one ProblemState, whichever process or
-service holds it.
+service holds it. An evaluated problem (one model's answers to one benchmark problem and their
+verdicts) is one EvalRecord (tables and files: ssb/eval_table.py).
 """
 
 from __future__ import annotations
@@ -139,9 +140,51 @@ class ProblemState:
     teacher_samples: list[TeacherSample] = field(default_factory=list)  # every sample, judged
     teacher_tokens: int = 0  # over every teacher sample
     engine_seconds: float = 0.0
+    rollout_engine_seconds: float = 0.0  # engine_seconds split by stage (ssb/cost.py StageClock)
+    teacher_engine_seconds: float = 0.0
+    verify_seconds: float = 0.0  # waiting on the verifier's child processes
     engine_load_seconds: float = 0.0
     engine_ready_at: float = 0.0
 
     @property
     def kept(self) -> bool:
         return self.status is None and self.teacher is not None and self.teacher.topk is not None
+
+
+@dataclass
+class EvalRecord:
+    """One benchmark problem answered by the model evaluated under `label`: `eval.n` samples
+    and/or one temperature-0 ("greedy") answer, each judged by the verifier, and the majority
+    answer of the samples. A record goes to the engine actor with only the problem filled in
+    and comes back answered. `generate_seconds` is this problem's share of its batch's engine
+    time; `engine_load_seconds` is an engine's start-up, on the first record it answered only.
+    `engine_model` is the model directory that engine loaded, `worker` its actor ("host:pid")."""
+
+    benchmark: str
+    label: str
+    id: str
+    question: str
+    answer: str
+    extra: int | None = None  # the index of the ExtraSet it was answered for; None: a benchmark's problem
+    status: SkipReason | None = None  # PROMPT_TOO_LONG: never answered (scored as unanswered)
+    prompt_tokens: int | None = None
+    sample_texts: list[str] = field(default_factory=list)
+    sample_answers: list[str | None] = field(default_factory=list)
+    sample_verdicts: list[Verdict] = field(default_factory=list)
+    sample_finish: list[str] = field(default_factory=list)
+    sample_tokens: int = 0
+    greedy_text: str | None = None
+    greedy_answer: str | None = None
+    greedy_verdict: Verdict | None = None  # None: no greedy answer was asked for
+    greedy_finish: str | None = None
+    greedy_tokens: int = 0
+    maj_answer: str | None = None
+    maj_correct: bool | None = None  # None: no majority vote was taken
+    generate_seconds: float = 0.0
+    engine_load_seconds: float = 0.0
+    engine_model: str | None = None
+    worker: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.sample_tokens + self.greedy_tokens

@@ -31,7 +31,9 @@ import numpy as np
 import pyarrow.compute as pc
 
 from ssb.diagnostics import TEACHER_REASONS
+from ssb.eval_table import read_records
 from ssb.layout import EVAL, MERGED, RunLayout, read_jsonl
+from ssb.records import EvalRecord
 from ssb.scoring import wilson
 from ssb.store import LogitStore, StoreError, example_arrays
 from ssb.trace import KEPT, OUTCOMES, ProblemTrace, TraceIndex
@@ -179,17 +181,17 @@ def _load_store(curated: str) -> StoreView:
     return StoreView(store, index, index.outcomes(), shard_of)
 
 
-def _side(row: dict[str, Any] | None) -> dict[str, Any] | None:
+def _side(record: EvalRecord | None) -> dict[str, Any] | None:
     """One label's answer to a problem: the greedy one when drawn, else the majority vote's."""
-    if row is None:
+    if record is None:
         return None
-    if row.get("greedy_verdict") is not None:
-        verdict = row["greedy_verdict"]
-        return {"answer": row.get("greedy_answer"), "verdict": verdict, "right": verdict == "correct",
-                "text": row.get("greedy_text"), "metric": "greedy"}
-    right = row.get("maj_correct")
-    texts = row.get("sample_texts") or []
-    return {"answer": row.get("maj_answer"), "verdict": None if right is None else ("correct" if right else "incorrect"),
+    if record.greedy_verdict is not None:
+        verdict = record.greedy_verdict
+        return {"answer": record.greedy_answer, "verdict": verdict.value, "right": verdict.is_correct,
+                "text": record.greedy_text, "metric": "greedy"}
+    right = record.maj_correct
+    texts = record.sample_texts
+    return {"answer": record.maj_answer, "verdict": None if right is None else ("correct" if right else "incorrect"),
             "right": right, "text": texts[0] if texts else None, "metric": "maj"}
 
 
@@ -373,11 +375,11 @@ class RunView:
     def benchmarks(self) -> list[str]:
         return sorted({p.stem for label in self.labels() for p in (self.root / EVAL / label).glob("*.jsonl")})
 
-    def eval_rows(self, label: str, benchmark: str) -> list[dict[str, Any]]:
+    def eval_rows(self, label: str, benchmark: str) -> list[EvalRecord]:
         path = self.layout.eval_outputs(label, benchmark)
         if label not in self.labels() or not path.is_file():
             raise NotFound(f"no outputs of {label!r} on benchmark {benchmark!r} ({path} does not exist)")
-        return cached("eval", path, lambda: read_jsonl(path))
+        return cached("eval", path, lambda: read_records(path))
 
     def default_labels(self) -> tuple[str | None, str | None]:
         labels = self.labels()
@@ -399,13 +401,13 @@ class RunView:
         a, b = a or da, b or db
         if a is None or b is None:
             raise NotFound(f"benchmark {benchmark!r} needs two labels to compare; eval/ has {self.labels()}")
-        rows_a = {r["id"]: r for r in self.eval_rows(a, benchmark)}
-        rows_b = {r["id"]: r for r in self.eval_rows(b, benchmark)}
+        rows_a = {r.id: r for r in self.eval_rows(a, benchmark)}
+        rows_b = {r.id: r for r in self.eval_rows(b, benchmark)}
         items = []
         for pid in [*rows_a, *(pid for pid in rows_b if pid not in rows_a)]:
             ra, rb = rows_a.get(pid), rows_b.get(pid)
             first = ra or rb
-            items.append({"problem_id": pid, "question": first.get("question"), "reference": first.get("answer"),
+            items.append({"problem_id": pid, "question": first.question, "reference": first.answer,
                           "a": _side(ra), "b": _side(rb)})
         right = lambda item, side: (item[side] or {}).get("right")
         kinds = {"base_right_student_wrong": lambda i: right(i, "a") is True and right(i, "b") is False,

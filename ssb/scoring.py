@@ -1,7 +1,7 @@
 """Scoring a benchmark from per-problem verdicts: greedy accuracy, pass@1, maj@k, and 95% intervals.
 
 Pure Python: the evaluation job (pipelines/evaluate.py) generates and verifies, and hands
-each problem's outcome here.
+each problem's outcome (`ProblemOutcome.of` its EvalRecord) here.
 
 - greedy accuracy: share of problems whose temperature-0 answer verifies. Interval: Wilson.
 - pass@1: the mean over problems of the share of the n samples that verify (an unbiased
@@ -22,6 +22,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ssb.records import EvalRecord, Verdict
 
 Z95 = 1.959963984540054
 
@@ -89,6 +91,14 @@ class ProblemOutcome:
     greedy: bool | None = None  # None: no greedy sample was drawn
     majority: bool | None = None  # None: maj@k not computed
     answered: int = 0  # samples with an extractable final answer
+
+    @classmethod
+    def of(cls, record: EvalRecord) -> ProblemOutcome:
+        """The outcome of an evaluated problem; `answered` counts its greedy answer too."""
+        greedy = None if record.greedy_verdict is None else record.greedy_verdict is Verdict.CORRECT
+        answered = sum(a is not None for a in record.sample_answers) + (record.greedy_answer is not None)
+        return cls(samples=[v is Verdict.CORRECT for v in record.sample_verdicts], greedy=greedy,
+                   majority=record.maj_correct, answered=answered)
 
     @property
     def pass1(self) -> float:

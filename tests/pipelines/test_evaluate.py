@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.evaluate import benchmark_key, load_results, merge_results, outcome, resolve_benchmark
+from pipelines.evaluate import benchmark_key, load_results, merge_results, resolve_benchmark
 from ssb.config import DataConfig, load_config
 from ssb.data import load_problems, resolved_source
+from ssb.eval_table import from_row
 from ssb.scoring import ProblemOutcome, score
 from tests.conftest import shared_data
 
@@ -83,9 +84,14 @@ def test_benchmarks_that_cannot_be_told_apart_are_refused(benchmarks, message):
 
 
 def test_outcome_from_a_saved_row():
-    row = {"sample_verdicts": ["correct", "incorrect", "no_answer"], "sample_answers": ["3", "4", None],
+    row = {"benchmark": "b1", "label": "base", "id": "p1", "question": "1 + 2?", "answer": "3", "extra": -1,
+           "sample_verdicts": ["correct", "incorrect", "no_answer"], "sample_answers": ["3", "4", None],
            "greedy_verdict": "correct", "greedy_answer": "3", "maj_correct": True}
-    assert outcome(row) == ProblemOutcome(samples=[True, False, False], greedy=True, majority=True, answered=3)
+    assert ProblemOutcome.of(from_row(row)) == ProblemOutcome(samples=[True, False, False], greedy=True,
+                                                              majority=True, answered=3)
+    # no greedy answer asked for, no majority taken: neither is scored
+    row.update(greedy_verdict=None, greedy_answer=None, maj_correct=None)
+    assert ProblemOutcome.of(from_row(row)) == ProblemOutcome(samples=[True, False, False], answered=2)
 
 
 def test_results_merge_per_label_and_read_back(tmp_path):

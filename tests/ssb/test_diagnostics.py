@@ -14,7 +14,7 @@ from ssb.data import load_problems
 from ssb.diagnostics import (MAX_PROBLEMS, build_diagnostics, mixed_ids, pick, round_diagnostics, store_outcomes,
                              write_problems, zero_shot_label)
 from ssb.layout import RunLayout
-from ssb.records import Problem
+from ssb.records import EvalRecord, Problem, Verdict
 from ssb.scoring import ProblemOutcome, score
 from ssb.store import LogitStore
 from tests.ssb.test_store import RUN, make_example
@@ -54,8 +54,9 @@ def write_zero_shot(layout: RunLayout, r: int, verdicts: dict[str, bool], answer
 
     label, key = zero_shot_label(r), "curated_problems"
     d = layout.diagnostics
-    rows = [{"id": pid, "greedy_verdict": "correct" if ok else "incorrect"} for pid, ok in verdicts.items()]
-    write_outputs(d, label, key, rows)
+    records = [EvalRecord(key, label, pid, "", "", greedy_verdict=Verdict.CORRECT if ok else Verdict.INCORRECT)
+               for pid, ok in verdicts.items()]
+    write_outputs(d, label, key, records)
     outcomes = [ProblemOutcome(greedy=ok, answered=answered) for ok in verdicts.values()]
     merge_results(d.eval_results, {label: {key: score(key, label, outcomes)}})
 
@@ -153,10 +154,12 @@ def answer(zero_shot: Any) -> None:
     is answered correctly when its id ends in an even digit."""
     import pipelines.evaluate as evaluate
 
-    rows = [{"id": p.id, "greedy_verdict": "correct" if int(p.id[-1]) % 2 == 0 else "incorrect"}
-            for p in zero_shot.problems]
-    evaluate.write_outputs(zero_shot.layout, zero_shot.label, zero_shot.benchmark, rows)
-    outcomes = [ProblemOutcome(greedy=r["greedy_verdict"] == "correct", answered=1) for r in rows]
+    records = [EvalRecord(zero_shot.benchmark, zero_shot.model, p.id, p.question, p.answer, extra=0,
+                          greedy_answer=p.answer,
+                          greedy_verdict=Verdict.CORRECT if int(p.id[-1]) % 2 == 0 else Verdict.INCORRECT)
+               for p in zero_shot.problems]
+    evaluate.write_outputs(zero_shot.layout, zero_shot.label, zero_shot.benchmark, records)
+    outcomes = [ProblemOutcome.of(r) for r in records]
     result = score(zero_shot.benchmark, zero_shot.label, outcomes)
     evaluate.merge_results(zero_shot.layout.eval_results, {zero_shot.label: {zero_shot.benchmark: result}})
 
