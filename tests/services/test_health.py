@@ -1,8 +1,9 @@
 """Liveness and readiness (services/health.py): /livez answers while the process does;
 /readyz answers 503 naming what cannot serve (the job store, the runner's heartbeat, the
 engine as the runner sees it) and 200 again once it can, with no token and nothing in the body
-but fixed phrases. The running service's check kills the Redis it uses (supervised, it comes
-back by itself), with a job submitted before the kill and one after."""
+but fixed phrases. The running service's checks kill the Redis it uses (supervised, it comes
+back by itself), with a job submitted before the kill and one after, and its engine replica
+(Serve starts another)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
+import pytest
 
 from services.health import Readiness, RunnerHeartbeat
 from services.settings import JobsConfig
@@ -91,6 +94,7 @@ def test_the_heartbeat_stops_with_the_runner_loop_and_reports_engine_errors_in_b
 
 # -- the running apps ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_probes_answer_without_a_token_and_show_nothing_else(api_only):
     with api_only.client(token=None) as c:
         live = c.get("/livez")
@@ -103,6 +107,7 @@ def test_probes_answer_without_a_token_and_show_nothing_else(api_only):
         assert c.get("/livez/x").status_code == 401
 
 
+@pytest.mark.slow
 def test_readiness_follows_a_redis_crash_and_jobs_run_through_it(service):
     """SIGKILL of the service's Redis (the session's, supervised): /readyz says 503 naming
     Redis, then 200 again by itself; a job submitted before the kill and one after finish."""
@@ -150,3 +155,64 @@ def test_readiness_follows_a_redis_crash_and_jobs_run_through_it(service):
     assert "was killed by SIGKILL" in server.supervisor_log.read_text()
     with httpx.Client(timeout=10) as plain:  # the older route, unchanged
         assert plain.get(f"{service.url}/healthz").json() == {"status": "ok"}
+
+
+def _engine_replicas(app: str) -> list[psutil.Process]:
+    """The app's engine replica workers (this process's Ray is local: they are its descendants),
+    titled "ray::ServeReplica:<app>:EngineReplica[.<method>]"; vLLM's own processes are not."""
+    found = []
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if p.cmdline()[:1] and f"ServeReplica:{app}:EngineReplica" in p.cmdline()[0]:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_readiness_fails_while_the_engine_replica_is_dead_and_passes_once_serve_replaced_it(service):
+    """SIGKILL of the curation engine's replica: /readyz answers 503 naming the engine within
+    seconds (Serve's controller notices at its next health check, the runner's next heartbeat
+    reports it), and 200 again once Serve has started a replica in its place, with no action
+    of anyone's; a job submitted then succeeds."""
+    app = service.settings.api.app_name
+    with service.client(token=None) as probe:
+        deadline = time.monotonic() + 120
+        while (r := probe.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.2)
+        old = _engine_replicas(app)
+        assert len(old) == 1, [p.cmdline()[:1] for p in old]
+        old[0].kill()
+        killed = time.monotonic()
+        while (r := probe.get("/readyz")).status_code != 503:
+            assert time.monotonic() - killed < 30, r.text
+            time.sleep(0.2)
+        unready = time.monotonic() - killed
+        body = r.json()
+        assert body["status"] == "unavailable" and body["checks"]["redis"] == "ok" \
+            and body["checks"]["runner"] == "ok", body
+        assert body["checks"]["engine"].startswith("no running replica"), body
+        assert not _leaks(r.text)
+        # An engine starts in 25 s on a quiet 2-core box; several times that under load.
+        while (r := probe.get("/readyz")).status_code != 200:
+            assert time.monotonic() - killed < 400, r.text
+            time.sleep(0.5)
+        recovered = time.monotonic() - killed
+    assert r.json() == {"status": "ok", "checks": {"redis": "ok", "runner": "ok", "engine": "ok"}}
+    new = _engine_replicas(app)
+    assert new and not {p.pid for p in new} & {old[0].pid}
+    print(f"\nengine replica SIGKILLed: /readyz 503 after {unready:.1f} s, 200 again after {recovered:.1f} s")
+    with service.client() as c:
+        job = c.post("/v1/curation-jobs", json=tiny_job())
+    assert job.status_code == 202
+    assert service.wait(job.json()["id"], timeout=300)["status"] == "succeeded"
+
+
+@pytest.mark.slow
+def test_the_engine_state_names_an_application_that_is_not_running(serve_port):
+    """The engine of the "openai" backend lives in an application of its own, which may be deleted."""
+    from services.health import serve_engine_state
+
+    assert serve_engine_state("no-such-app", lambda name: True) == "its application is not running"
