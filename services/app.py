@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ssb.config import RunConfig, apply_overrides, load_config
+from ssb.config import RunConfig, apply_overrides, load_config, set_dotted
 from ssb.default_model import resolve_model
 
-from services.settings import ServiceSettings, set_dotted, tokens_from_env, with_tokens
+from services.settings import ServiceSettings, tokens_from_env, with_tokens
 
 
 def service_settings(run: RunConfig, serve_overrides: list[str], extra: dict[str, Any] | None = None,

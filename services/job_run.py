@@ -1,6 +1,7 @@
 """One curation job, run by the service: the same stages, store and commits as `ssb curate`.
 
-The job's config is the service's run config with the request's overrides and its own run
+The job's config is the service's run config with the request's settings (its sampling
+fields, then its dotted overrides, through `ssb.config.apply_overrides`) and its own run
 directory; problems come from a file under the allowed roots, the synthetic set, or the
 request itself (written to `<run_dir>/inline.jsonl` and read back by the normal loader, so
 they are validated and named exactly as a file given to `ssb curate` would be). Batches of
@@ -27,17 +28,17 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ssb.config import RunConfig
+from ssb.config import RunConfig, apply_overrides
 from ssb.layout import RunLayout
 from ssb.manifest import MANIFEST
 from ssb.records import Problem, ProblemState, SkipReason
 
 from pipelines.curate import CurationRun, CurationSummary
+from services.job_record import TERMINAL, JobRecord
+from services.job_spec import ROLES, JobSpec
 from services.settings import ServiceSettings, resolve_under
 
 log = logging.getLogger(__name__)
-
-SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens")
 
 
 class JobCancelled(Exception):
@@ -48,36 +49,37 @@ class BatchTimeout(Exception):
     pass
 
 
-def job_config(settings: ServiceSettings, spec: dict[str, Any], run_dir: str) -> RunConfig:
-    """The run config of one job: the service's defaults + the request's overrides."""
+def job_config(settings: ServiceSettings, spec: JobSpec, run_dir: str) -> RunConfig:
+    """The run config of one job: the service's defaults + the request's settings."""
     tree = settings.run.model_dump()
     tree["run_dir"] = run_dir
     tree["name"] = Path(run_dir).name
     data = tree["data"]
-    source = spec["source"]
-    data["limit"] = source.get("limit")
-    if source["kind"] == "synthetic":
+    source = spec.source
+    data["limit"] = source.limit
+    if source.kind == "synthetic":
         data["source"] = "synthetic"
-        data["synthetic"].update({k: source[k] for k in ("n", "seed", "difficulty") if source.get(k) is not None})
-    elif source["kind"] == "dataset":
-        path = resolve_under(source["path"], settings.api.allowed_data_roots)
+        data["synthetic"].update({k: v for k in ("n", "seed", "difficulty") if (v := getattr(source, k)) is not None})
+    elif source.kind == "dataset":
+        path = resolve_under(source.path or "", settings.api.allowed_data_roots)
         if path is None:  # the API checked this; a changed filesystem or settings is refused again
             raise ValueError("the dataset is no longer inside the allowed roots")
-        data["source"], data["split"] = str(path), source.get("split") or data["split"]
+        data["source"], data["split"] = str(path), source.split or data["split"]
     else:
         data["source"] = str(RunLayout(run_dir).inline)
     curate = tree["curate"]
-    for role in ("rollout", "teacher"):
-        for key, value in (spec.get(role) or {}).items():
-            if key in SAMPLING_KEYS and value is not None:
-                curate[role][key] = value
-    if spec.get("seed") is not None:
-        curate["seed"] = spec["seed"]
-    if spec.get("adapter"):
+    for role in ROLES:
+        sampling = getattr(spec, role)
+        if sampling is not None:
+            curate[role].update(sampling.model_dump(exclude_none=True))
+    if spec.seed is not None:
+        curate["seed"] = spec.seed
+    apply_overrides(tree, spec.overrides)  # after the fields above, as on the command line
+    if spec.adapter:
         root = settings.llm.lora_root
-        path = resolve_under(spec["adapter"], [root] if root else [])
+        path = resolve_under(spec.adapter, [root] if root else [])
         if path is None:
-            raise ValueError(f"adapter {spec['adapter']!r} is not served")
+            raise ValueError(f"adapter {spec.adapter!r} is not served")
         tree["model"]["adapter"] = str(path)
     return RunConfig.model_validate(tree)
 
@@ -145,7 +147,7 @@ def _batches(cfg: RunConfig, todo: list[Problem], process: Processor, concurrenc
         raise JobCancelled()
 
 
-def run_job(settings: ServiceSettings, spec: dict[str, Any], run_dir: str,
+def run_job(settings: ServiceSettings, spec: JobSpec, run_dir: str,
             processor: Callable[[RunConfig], Processor], *, on_commit: Callable[[dict[str, int]], None],
             should_stop: Callable[[], bool], concurrency: int = 1,
             on_start: Callable[[int, str], None] | None = None,
@@ -157,8 +159,8 @@ def run_job(settings: ServiceSettings, spec: dict[str, Any], run_dir: str,
     to the run directory and raises to stop the job writing."""
     check = fence or (lambda: None)
     check()
-    if spec["source"]["kind"] == "inline":
-        write_inline(run_dir, spec["problems"])
+    if spec.source.kind == "inline":
+        write_inline(run_dir, spec.problems or [])
     cfg = job_config(settings, spec, run_dir)
     run = CurationRun.open(cfg)
     if on_start is not None:
@@ -183,7 +185,7 @@ def result_of(cfg_store_dir: str, summary: CurationSummary) -> dict[str, Any]:
 SKIP_REASONS = [r.value for r in SkipReason]
 
 
-def prune_run_dirs(jobs_root: str, get_record: Callable[[str], dict[str, Any] | None], retention_s: float,
+def prune_run_dirs(jobs_root: str, get_record: Callable[[str], JobRecord | None], retention_s: float,
                    now: float | None = None) -> list[str]:
     """Removes old job run directories; returns the job ids whose directory went.
 
@@ -202,7 +204,7 @@ def prune_run_dirs(jobs_root: str, get_record: Callable[[str], dict[str, Any] | 
         if not (_JOB_ID.fullmatch(path.name) and path.is_dir() and _newest_mtime(path) < cutoff):
             continue
         record = get_record(path.name)
-        if record is None or record["status"] in ("succeeded", "failed", "cancelled"):
+        if record is None or record.status in TERMINAL:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
     return removed

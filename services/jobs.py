@@ -40,11 +40,9 @@ from typing import Any
 
 import redis
 
+from services.job_record import TERMINAL, JobRecord, JobStatus
 from services.settings import JobsConfig
 from ssb.layout import job_dir
-
-TERMINAL = ("succeeded", "failed", "cancelled")
-COUNTERS = ("rolled_out", "verified", "kept", "skipped")
 
 
 class JobStoreUnavailable(Exception):
@@ -307,17 +305,15 @@ class JobStore:
         return bool(self._call(self._r.ping))
 
     def create(self, owner: str, spec: dict[str, Any], *, problems: int, jobs_root: str,
-               idempotency_key: str | None, max_active: int) -> tuple[dict[str, Any], bool]:
+               idempotency_key: str | None, max_active: int) -> tuple[JobRecord, bool]:
         """(record, created). With an idempotency key already used by this owner, the job it made.
         The job's run directory is <jobs_root>/<job id>, fixed before the job can be claimed.
         TooManyJobs: `max_active` queued or running; TooManyStoredJobs: `max_stored_per_owner`
         records not yet expired, whatever their state."""
         job_id = uuid.uuid4().hex
         stamp = now_iso()
-        fields = {"id": job_id, "owner": owner, "status": "queued", "created_at": stamp, "updated_at": stamp,
-                  "spec": json.dumps(spec), "problems": str(problems), "run_dir": job_dir(jobs_root, job_id),
-                  "attempts": "0", "epoch": "0",
-                  "cancel_requested": "0", **{c: "0" for c in COUNTERS}}
+        fields = JobRecord(id=job_id, owner=owner, status=JobStatus.QUEUED, created_at=stamp, updated_at=stamp,
+                           spec=spec, problems=problems, run_dir=job_dir(jobs_root, job_id)).to_redis()
         idem = ""
         if idempotency_key:
             digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
@@ -335,9 +331,9 @@ class JobStore:
             raise JobStoreUnavailable("the job record expired while it was being read; retry")
         return record, bool(int(flag))
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    def get(self, job_id: str) -> JobRecord | None:
         raw = self._call(self._r.hgetall, self._job(job_id))
-        return decode_record(raw) if raw else None
+        return JobRecord.from_redis(raw) if raw else None
 
     def cancel(self, job_id: str) -> str | None:
         return self._call(self._cancel, keys=[self._job(job_id), self._queue],
@@ -352,7 +348,7 @@ class JobStore:
             raise TooManyJobs(-out, max_active)
         return out or None
 
-    def list_owned(self, owner: str, offset: int = 0, limit: int = 50) -> tuple[int, list[dict[str, Any]]]:
+    def list_owned(self, owner: str, offset: int = 0, limit: int = 50) -> tuple[int, list[JobRecord]]:
         """(how many, one page of records, newest first) of `owner`'s stored jobs. Read from the
         stored-jobs index, which max_stored_per_owner bounds, so sorting it all is cheap."""
         ids = self._call(self._r.zrangebyscore, self._stored(owner), f"({time.time()}", "+inf")
@@ -368,7 +364,7 @@ class JobStore:
         for job_id in page:
             pipe.hgetall(self._job(job_id))
         raws = self._call(pipe.execute) if page else []
-        return len(live), [decode_record(raw) for raw in raws if raw]
+        return len(live), [JobRecord.from_redis(raw) for raw in raws if raw]
 
     def queue_length(self) -> int:
         return int(self._call(self._r.llen, self._queue))
@@ -406,11 +402,11 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return self._call(self._r.hget, self._job(job_id), "cancel_requested") == "1"
 
-    def finish(self, lease: Lease, status: str, fields: dict[str, Any] | None = None) -> None:
+    def finish(self, lease: Lease, status: JobStatus, fields: dict[str, Any] | None = None) -> None:
         """The job's one terminal transition; LeaseLost if another runner holds it, or it ended."""
         assert status in TERMINAL
         held = self._call(self._finish, keys=[self._job(lease.job_id), self._running],
-                          args=[lease.job_id, status, json.dumps({k: _str(v) for k, v in (fields or {}).items()}),
+                          args=[lease.job_id, JobStatus(status).value, json.dumps({k: _str(v) for k, v in (fields or {}).items()}),
                                 self.job_ttl_s, now_iso(), lease.runner, lease.epoch, self.prefix])
         self._check_held(lease, held)
 
@@ -424,16 +420,3 @@ class JobStore:
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
-
-def decode_record(raw: dict[str, str]) -> dict[str, Any]:
-    """Redis hash → typed record (counters as ints, spec and result as JSON)."""
-    record: dict[str, Any] = dict(raw)
-    for key in ("problems", "attempts", "epoch", *COUNTERS):
-        record[key] = int(raw.get(key, 0) or 0)
-    record["skipped_by_reason"] = {k.split(":", 1)[1]: int(v) for k, v in raw.items() if k.startswith("skipped:")}
-    for key in ("spec", "result"):
-        if key in raw:
-            record[key] = json.loads(raw[key])
-    record["cancel_requested"] = raw.get("cancel_requested") == "1"
-    record["resumable"] = raw.get("resumable") == "1"
-    return record

@@ -42,7 +42,9 @@ from ssb.layout import RunLayout
 
 from ssb.records import Problem, ProblemState
 from services.health import RunnerHeartbeat, serve_engine_state
+from services.job_record import JobStatus
 from services.job_run import JobCancelled, Processor, result_of, run_job, prune_run_dirs
+from services.job_spec import JobSpec
 from services.jobs import JobStore, JobStoreUnavailable, Lease, LeaseLost
 from services.settings import ServiceSettings
 
@@ -219,13 +221,14 @@ class CurationRunner:
                 pass
 
         try:
-            summary = run_job(self.settings, record["spec"], record["run_dir"], self._processor,
+            # A spec this code cannot read fails the job (resumable), like any other error.
+            summary = run_job(self.settings, JobSpec.model_validate(record.spec), record.run_dir, self._processor,
                               on_commit=on_commit, should_stop=should_stop, on_start=on_start, fence=fence,
                               concurrency=self._concurrency())
-            status, fields = "succeeded", {"result": result_of(RunLayout(record["run_dir"]).curated, summary),
-                                           "kept": summary.store.get("rows", 0)}
+            status, fields = JobStatus.SUCCEEDED, {"result": result_of(RunLayout(record.run_dir).curated, summary),
+                                                   "kept": summary.store.get("rows", 0)}
         except JobCancelled:
-            status, fields = "cancelled", {}
+            status, fields = JobStatus.CANCELLED, {}
         except (JobStoreUnavailable, LeaseLost) as exc:
             done.set()
             self.stats["lease_lost"] += isinstance(exc, LeaseLost)
@@ -233,12 +236,12 @@ class CurationRunner:
             return  # the lease runs out (or already did) and the job resumes from its store
         except Exception as exc:  # the job fails; the service does not
             log.exception("job %s failed", job_id)
-            status, fields = "failed", {"error": f"{type(exc).__name__}: {str(exc)[:500]}", "resumable": "1"}
+            status, fields = JobStatus.FAILED, {"error": f"{type(exc).__name__}: {str(exc)[:500]}", "resumable": "1"}
         finally:
             done.set()
         self._finish(lease, status, fields)
 
-    def _finish(self, lease: Lease, status: str, fields: dict[str, Any]) -> None:
+    def _finish(self, lease: Lease, status: JobStatus, fields: dict[str, Any]) -> None:
         deadline = time.monotonic() + 600
         while True:
             try:

@@ -6,16 +6,11 @@ here, all others in the run config.
 
 Bearer tokens are kept only as HMAC digests under a random salt: the settings travel to every
 Serve replica (and into Ray's deployment records), so the tokens themselves never do, and a
-digest seen in one deployment says nothing in another. Owner ids (what job records keep in
-Redis) are HMACs under a second salt kept in Redis itself, so they survive restarts exactly as
-long as the records they name.
+digest seen in one deployment says nothing in another (services.auth checks them).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import os
 import secrets
 from pathlib import Path
@@ -23,7 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ssb.config import RunConfig, set_dotted  # noqa: F401  (re-exported: service overrides use it too)
+# BearerAuth: services/llm.py still imports it from here.
+from services.auth import BearerAuth, token_digest  # noqa: F401
+from ssb.config import RunConfig
 from ssb.layout import is_remote, needs_local
 
 # Job run directories are swept, listed and shown to clients with local file operations.
@@ -110,27 +107,6 @@ class ServiceSettings(_Strict):
 MIN_TOKEN_CHARS = 16
 
 
-def token_digest(token: str, salt: str) -> str:
-    return hmac.new(bytes.fromhex(salt), b"check:" + token.encode(), hashlib.sha256).hexdigest()
-
-
-def owner_id(token: str, salt: bytes) -> str:
-    """What job records keep for a token; `salt` is the job store's (deployment_salt)."""
-    return hmac.new(salt, b"owner:" + token.encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def deployment_salt(redis_url: str, key: str) -> bytes:
-    """The salt stored under `key`, drawn by whichever replica asks first (SET NX)."""
-    import redis
-
-    r = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-    try:
-        r.set(key, secrets.token_hex(32), nx=True)
-        return bytes.fromhex(r.get(key).decode())
-    finally:
-        r.close()
-
-
 def tokens_from_env(name: str = "SSB_API_TOKEN") -> list[str]:
     """Comma-separated tokens in the environment variable `name` (none → empty)."""
     return [t.strip() for t in os.environ.get(name, "").split(",") if t.strip()]
@@ -146,56 +122,6 @@ def with_tokens(settings: ServiceSettings, tokens: list[str]) -> ServiceSettings
     salt = api.token_salt or secrets.token_hex(16)
     digests = sorted(set(api.token_digests) | {token_digest(t, salt) for t in tokens})
     return settings.model_copy(update={"api": api.model_copy(update={"token_digests": digests, "token_salt": salt})})
-
-
-def bearer_error(authorization: str | None, api: ApiConfig) -> str | None:
-    """Why this Authorization header is refused, or None for a valid token."""
-    scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return "missing bearer token: send 'Authorization: Bearer <token>'"
-    if not api.token_salt:
-        return "invalid bearer token"
-    digest = token_digest(token, api.token_salt)
-    if not any(hmac.compare_digest(digest, d) for d in api.token_digests):
-        return "invalid bearer token"
-    return None
-
-
-class BearerAuth:
-    """ASGI middleware: 401 for every request without a valid token, routed or not (an
-    unknown path reveals nothing either), except GET on `open_paths` (relative to the app's
-    root_path). It sits outside everything, so a refused body is never read.
-
-    `session`, when given, is the browser's way in (services.ui_routes.UiAuth): on the paths its
-    `covers(method, path)` names, a request without a valid token goes to its
-    `gate(scope, receive, send, app)`, which lets a valid session through and answers the rest
-    itself. Every other path stays bearer-only."""
-
-    def __init__(self, app: Any, api: ApiConfig, open_paths: tuple[str, ...] = (), session: Any = None):
-        self.app, self.api, self.open_paths, self.session = app, api, open_paths, session
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
-        path, root = scope.get("path", ""), scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):]
-        if scope.get("method") == "GET" and path in self.open_paths:
-            return await self.app(scope, receive, send)
-        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-        error = bearer_error(header, self.api)
-        if error is None:
-            return await self.app(scope, receive, send)
-        if self.session is not None and scope["type"] == "http" and self.session.covers(scope.get("method"), path):
-            return await self.session.gate(scope, receive, send, self.app)
-        if scope["type"] == "websocket":
-            return await send({"type": "websocket.close", "code": 1008})
-        body = json.dumps({"detail": error}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
 
 
 def http_routes(self: Any) -> list[list[Any]]:

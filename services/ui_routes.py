@@ -26,8 +26,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from services.job_record import JobRecord
 from services.jobs import JobStore, JobStoreUnavailable
-from services.settings import ApiConfig, bearer_error, owner_id
+from services.auth import bearer_error, owner_id
+from services.settings import ApiConfig
 from services.ui_auth import (COOKIE, MAX_AGE_S, check_session, cookie_header, login_url, make_session, safe_next,
                               session_key, wants_html)
 
@@ -148,9 +150,8 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
 
 
-def _job_row(record: dict[str, Any]) -> dict[str, Any]:
-    return {"id": record["id"], "status": record["status"], "problems": record["problems"],
-            "kept": record.get("kept", 0), "created_at": record["created_at"], "updated_at": record["updated_at"]}
+def _job_row(record: JobRecord) -> dict[str, Any]:
+    return record.model_dump(mode="json", include={"id", "status", "problems", "kept", "created_at", "updated_at"})
 
 
 def ui_router(api: ApiConfig, ui: UiAuth, store: Callable[[], JobStore], openapi: Callable[[], dict[str, Any]],

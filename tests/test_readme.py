@@ -7,7 +7,7 @@ commands still run the benchmarks they name.
   (--config, the flags that stand for settings, dotted overrides; `serve.*` overrides as service
   settings; `ssb sweep`'s axes one value at a time; `ssb submit`'s overrides as it checks them).
 - `make TARGET`: the target exists in the Makefile.
-- `curl ... URL`: the URL's path is a route of the curation API (services/api.py,
+- `curl ... URL`: the URL's path is a route of the curation API (services/routes_*.py,
   services/ui_routes.py, found by a regex over their decorators; `ID` stands for any id).
 - `export NAME=...`: a plain assignment.
 - `python -m MODULE`, `python FILE`, `bash FILE`: the module or file exists.
@@ -65,8 +65,8 @@ def makefile_targets() -> set[str]:
 def api_routes() -> list[re.Pattern[str]]:
     """Regexes of the curation API's paths, from the route decorators of its modules."""
     routes = []
-    for name in ("services/api.py", "services/ui_routes.py"):
-        for path in re.findall(r'@\w+\.(?:get|post|put|delete|patch)\(\s*"([^"]+)"', (REPO / name).read_text()):
+    for module in sorted((REPO / "services").glob("routes_*.py")) + [REPO / "services" / "ui_routes.py"]:
+        for path in re.findall(r'@\w+\.(?:get|post|put|delete|patch)\(\s*"([^"]+)"', module.read_text()):
             pattern = re.sub(r"\{[^}:]+:path\}", ".+", path)
             pattern = re.sub(r"\{[^}]+\}", "[^/]+", pattern)
             routes.append(re.compile(pattern + "$"))
@@ -89,7 +89,8 @@ def _config_of(args: argparse.Namespace) -> None:
     if args.command == "serve":
         import yaml
 
-        from services.settings import ServiceSettings, set_dotted
+        from services.settings import ServiceSettings
+        from ssb.config import set_dotted
 
         tree: dict = {}
         for item in args.overrides:

@@ -139,7 +139,8 @@ def api_only(tmp_path_factory, serve_port, redis_server, data_root):
     from ray import serve
 
     from services.api import build_api_deployment
-    from services.settings import ServiceSettings, set_dotted, with_tokens
+    from services.settings import ServiceSettings, with_tokens
+    from ssb.config import set_dotted
 
     tree: dict[str, Any] = {}
     for key, value in {"api.port": serve_port, "api.allowed_data_roots": [str(data_root)],
@@ -157,8 +158,8 @@ def api_only(tmp_path_factory, serve_port, redis_server, data_root):
 @pytest.fixture(scope="session")
 def service(tmp_path_factory, model_path, serve_port, redis_server, data_root, reference_run):
     from services.app import deploy
-    from services.settings import ServiceSettings, set_dotted, with_tokens
-    from ssb.config import load_config
+    from services.settings import ServiceSettings, with_tokens
+    from ssb.config import load_config, set_dotted
 
     work = tmp_path_factory.mktemp("service")
     run = load_config(None, service_overrides(work / "defaults"))
@@ -199,8 +200,8 @@ def served(tmp_path_factory, model_path, serve_port, redis_server):
     from transformers import AutoModelForCausalLM
 
     from services.app import deploy
-    from services.settings import ServiceSettings, set_dotted, with_tokens
-    from ssb.config import load_config
+    from services.settings import ServiceSettings, with_tokens
+    from ssb.config import load_config, set_dotted
 
     if "ssb" in serve.status().applications:  # when the test that deletes it was not selected
         serve.delete("ssb")

@@ -50,7 +50,7 @@ def test_token_digests_are_salted_per_deployment():
 
 
 def test_error_text_shows_paths_relative_to_their_root_or_not_at_all(tmp_path):
-    from services.api import ClientPaths
+    from services.api_models import ClientPaths
 
     paths = ClientPaths(str(tmp_path / "jobs"), [str(tmp_path / "data")])
     text = paths.text(f"FileNotFoundError: '{tmp_path}/jobs/abc/curated/x.parquet' (see /etc/passwd), "
@@ -126,7 +126,7 @@ def _login_form_only(r: httpx.Response, root: str, method: str, path: str) -> No
 def test_owner_ids_in_redis_are_salted_and_clients_see_no_server_paths(served):
     import redis
 
-    from services.settings import owner_id
+    from services.auth import owner_id
 
     svc, _ = served
     jobs_root = str(Path(svc.settings.jobs.jobs_root).resolve())

@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
+from services.job_record import TERMINAL, JobRecord
 from ssb.store import LogitStore
 from tests.services.conftest import EQUAL_N, tiny_job
 
 pytestmark = pytest.mark.slow
 
-TERMINAL = ("succeeded", "failed", "cancelled")
 # The problems the reference run curates: EQUAL_N of them, two batches of engine.batch_size.
 DATASET_JOB = {"dataset": {"path": "problems.jsonl"}, "seed": 7, "rollout": {"n": 2, "max_tokens": 24},
                "teacher": {"n": 1, "max_tokens": 32}}
@@ -42,20 +42,20 @@ def _kill_replicas(deployment: str, app: str = "ssb") -> int:
     return killed
 
 
-def _wait_record(jobs: Any, job_id: str, predicate, what: str, timeout: float = 600) -> dict[str, Any]:
+def _wait_record(jobs: Any, job_id: str, predicate, what: str, timeout: float = 600) -> JobRecord:
     """Polls the job's record in Redis (not the API: it may be the thing that is down)."""
     deadline = time.monotonic() + timeout
     while True:
         record = jobs.get(job_id)
         if record is not None and predicate(record):
             return record
-        assert record is None or record["status"] not in TERMINAL, f"job ended before {what}: {record}"
+        assert record is None or record.status not in TERMINAL, f"job ended before {what}: {record}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}: {record}"
         time.sleep(0.05)
 
 
-def _committed(record: dict[str, Any]) -> int:
-    return record["kept"] + record["skipped"]
+def _committed(record: JobRecord) -> int:
+    return record.kept + record.skipped
 
 
 def _wait_api_back(service, timeout: float = 300) -> None:
@@ -99,10 +99,10 @@ def test_killing_the_api_replica_mid_job_loses_nothing(service):
     jobs = _jobs(service)
     with service.client() as c:
         job = c.post("/v1/curation-jobs", json=DATASET_JOB).json()
-    _wait_record(jobs, job["id"], lambda r: r["status"] == "running", "the job to be claimed")
+    _wait_record(jobs, job["id"], lambda r: r.status == "running", "the job to be claimed")
     assert _kill_replicas("CurationAPI") >= 1
     at_kill = jobs.get(job["id"])
-    assert at_kill["status"] == "running" and _committed(at_kill) < EQUAL_N, at_kill
+    assert at_kill.status == "running" and _committed(at_kill) < EQUAL_N, at_kill
 
     _wait_api_back(service)
     done = _finished(service, job["id"])
@@ -117,11 +117,11 @@ def test_killing_the_runner_mid_job_resumes_it_and_stores_each_problem_once(serv
     with service.client() as c:
         job = c.post("/v1/curation-jobs", json=DATASET_JOB).json()
     # After the first batch's commit and before the second's: the kill lands mid-job.
-    _wait_record(jobs, job["id"], lambda r: r["status"] == "running" and _committed(r) > 0,
+    _wait_record(jobs, job["id"], lambda r: r.status == "running" and _committed(r) > 0,
                  "the first committed batch")
     assert _kill_replicas("CurationRunner") >= 1
     at_kill = jobs.get(job["id"])
-    assert at_kill["status"] == "running" and 0 < _committed(at_kill) < EQUAL_N, at_kill
+    assert at_kill.status == "running" and 0 < _committed(at_kill) < EQUAL_N, at_kill
 
     done = _finished(service, job["id"])
     assert done["status"] == "succeeded", done
@@ -139,8 +139,8 @@ def test_a_redis_outage_longer_than_the_lease_loses_no_job_and_runs_each_once(se
     with service.client() as c:
         made = [c.post("/v1/curation-jobs", json=tiny_job(), headers={"Idempotency-Key": f"outage-{i}"}).json()
                 for i in range(4)]
-    running = _wait_record(jobs, made[0]["id"], lambda r: r["status"] == "running", "the first job to be claimed")
-    queued_at_outage = {m["id"] for m in made if jobs.get(m["id"])["status"] == "queued"}
+    running = _wait_record(jobs, made[0]["id"], lambda r: r.status == "running", "the first job to be claimed")
+    queued_at_outage = {m["id"] for m in made if jobs.get(m["id"]).status == "queued"}
     service.redis.stop(kill=True)  # SIGKILL: only the append-only file survives
     outage = max(1.5 * j.lease_s, 4 * j.poll_s)
     try:

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from services.job_run import prune_run_dirs
-from services.jobs import TERMINAL, JobStore, JobStoreUnavailable, TooManyJobs, TooManyStoredJobs
+from services.job_record import TERMINAL
+from services.jobs import JobStore, JobStoreUnavailable, TooManyJobs, TooManyStoredJobs
 from services.redis_server import free_port
 from services.runner import CurationRunner
 from services.settings import ServiceSettings
@@ -23,7 +24,7 @@ SPEC = {"source": {"kind": "synthetic", "n": 2}, "rollout": None, "teacher": Non
 
 
 def _new(jobs: JobStore, owner: str = "alice", spec: dict = SPEC, key: str | None = None) -> str:
-    return jobs.create(owner, spec, problems=1, jobs_root="/r", idempotency_key=key, max_active=100)[0]["id"]
+    return jobs.create(owner, spec, problems=1, jobs_root="/r", idempotency_key=key, max_active=100)[0].id
 
 
 def test_every_way_a_job_ends_sets_a_ttl_and_resume_clears_it(redis_dir):
@@ -46,7 +47,7 @@ def test_every_way_a_job_ends_sets_a_ttl_and_resume_clears_it(redis_dir):
     assert jobs.reap(max_attempts=5) == 1
 
     for how, job_id in ended.items():
-        assert jobs.get(job_id)["status"] in TERMINAL, how
+        assert jobs.get(job_id).status in TERMINAL, how
         assert 0 < r.ttl(f"t:job:{job_id}") <= 600, how
     assert r.keys("t:active:*") == [] and r.llen("t:queue") == 0 and r.zcard("t:running") == 0
     # The stored-jobs index goes with the last record: EXPIREAT rounds that record's expiry up to
@@ -88,7 +89,7 @@ def test_the_stored_jobs_limit_counts_ended_jobs_until_they_expire(redis_dir):
         _new(jobs)
     assert isinstance(info.value, TooManyJobs)  # what the API already answers with 429
     assert jobs.create("alice", SPEC, problems=1, jobs_root="/r", idempotency_key="once",
-                       max_active=100) [0]["id"] == first  # a retry is not a new job
+                       max_active=100)[0].id == first  # a retry is not a new job
     _new(jobs, owner="bob")
     time.sleep(1.5)
     _new(jobs)

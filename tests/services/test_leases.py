@@ -5,7 +5,6 @@ store; only the engine is replaced by a cheap processor that returns states the 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
@@ -19,7 +18,8 @@ import pytest
 from services.jobs import JobStore, LeaseLost
 from services.redis_server import RedisServer
 from services.runner import CurationRunner
-from services.settings import ServiceSettings, set_dotted
+from services.settings import ServiceSettings
+from ssb.config import set_dotted
 from ssb.logits import TopK
 from ssb.records import Problem, ProblemState, Rollout, Selection, TeacherAnswer, Verdict
 from ssb.store import LogitStore
@@ -84,7 +84,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 def test_a_stale_holder_is_refused_and_the_job_ends_once(redis_dir):
     jobs = JobStore(redis_dir.url, prefix="t")
-    job_id = jobs.create("alice", SPEC, problems=2, jobs_root="/r", idempotency_key=None, max_active=4)[0]["id"]
+    job_id = jobs.create("alice", SPEC, problems=2, jobs_root="/r", idempotency_key=None, max_active=4)[0].id
     stale = jobs.claim("same-name", 0.05)
     time.sleep(0.1)
     assert jobs.reap(max_attempts=5) == 1
@@ -96,21 +96,21 @@ def test_a_stale_holder_is_refused_and_the_job_ends_once(redis_dir):
         with pytest.raises(LeaseLost):
             write()
     record = jobs.get(job_id)
-    assert (record["status"], record["kept"], record["problems"], record.get("error", "")[:6]) == (
+    assert (record.status, record.kept, record.problems, (record.error or "")[:6]) == (
         "running", 0, 2, "runner")
     jobs.add_progress(holder, {"kept": 2})
     jobs.finish(holder, "succeeded", {"result": {"rows": 2}})
     with pytest.raises(LeaseLost):
         jobs.finish(holder, "failed")  # a job ends once
     record = jobs.get(job_id)
-    assert record["status"] == "succeeded" and record["kept"] == 2 and "failed" not in json.dumps(record)
+    assert record.status == "succeeded" and record.kept == 2 and "failed" not in record.model_dump_json()
 
 
 def test_two_runners_and_redis_paused_past_the_lease_store_each_problem_once(redis_dir, tmp_path, model_path):
     cfg = settings_json(redis_dir, tmp_path)
     jobs = JobStore(redis_dir.url, prefix="t")
     job_id = jobs.create("alice", SPEC, problems=8, jobs_root=str(tmp_path / "jobs"), idempotency_key=None,
-                         max_active=4)[0]["id"]
+                         max_active=4)[0].id
     calls, in_third, release = [], threading.Event(), threading.Event()
 
     def hold_the_third_batch(problems: list[Problem]) -> None:
@@ -129,7 +129,7 @@ def test_two_runners_and_redis_paused_past_the_lease_store_each_problem_once(red
         time.sleep(LEASE_S + 2.0)  # past A's lease
     finally:
         os.kill(redis_dir.proc.pid, signal.SIGCONT)
-    done = wait_for(lambda: (r := jobs.get(job_id))["status"] == "succeeded" and r)
+    done = wait_for(lambda: (r := jobs.get(job_id)).status == "succeeded" and r)
     lost = a.stats["lease_lost"]
     release.set()  # A's third batch comes back: A must not commit it
     wait_for(lambda: a.stats["lease_lost"] > lost)
@@ -153,15 +153,15 @@ def test_a_hung_engine_call_fails_the_job_after_batch_timeout_s(redis_dir, tmp_p
                             processor=fake_stages("A", lambda problems: hang.wait(60)))
     jobs = JobStore(redis_dir.url, prefix="t")
     job_id = jobs.create("alice", SPEC, problems=8, jobs_root=str(tmp_path / "jobs"), idempotency_key=None,
-                         max_active=4)[0]["id"]
+                         max_active=4)[0].id
     loop = Looping(runner)
     try:
-        record = wait_for(lambda: (r := jobs.get(job_id))["status"] != "running" and r["attempts"] and r, 30)
+        record = wait_for(lambda: (r := jobs.get(job_id)).status != "running" and r.attempts and r, 30)
     finally:
         hang.set()
         loop.stop()
-    assert record["status"] == "failed" and record["resumable"]
-    assert "batch_timeout_s=1.0" in record["error"]
+    assert record.status == "failed" and record.resumable
+    assert "batch_timeout_s=1.0" in record.error
 
 
 def test_the_loaders_skip_reasons_reach_the_job_record(redis_dir, tmp_path, model_path):
@@ -172,12 +172,12 @@ def test_the_loaders_skip_reasons_reach_the_job_record(redis_dir, tmp_path, mode
             "rollout": None, "teacher": None, "seed": None}
     jobs = JobStore(redis_dir.url, prefix="t")
     job_id = jobs.create("alice", spec, problems=10, jobs_root=str(tmp_path / "jobs"), idempotency_key=None,
-                         max_active=4)[0]["id"]
+                         max_active=4)[0].id
     loop = Looping(CurationRunner(settings_json(redis_dir, tmp_path), processor=fake_stages("A")))
     try:
-        record = wait_for(lambda: (r := jobs.get(job_id))["status"] == "succeeded" and r)
+        record = wait_for(lambda: (r := jobs.get(job_id)).status == "succeeded" and r)
     finally:
         loop.stop()
-    assert record["problems"] == 2 and record["kept"] == 2
-    report = record["load_report"]
+    assert record.problems == 2 and record.kept == 2
+    report = record.load_report
     assert "loaded 2 of 4 records, skipped 2" in report and "line 2" in report and "line 3" in report

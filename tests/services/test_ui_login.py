@@ -54,7 +54,7 @@ def _server_key(svc) -> bytes:
 def _owner(svc, token: str) -> str:
     import redis
 
-    from services.settings import owner_id
+    from services.auth import owner_id
 
     r = redis.Redis.from_url(svc.redis.url, decode_responses=True)
     try:
