@@ -97,3 +97,42 @@ def test_unknown_jobs_are_404(service):
     with service.client() as c:
         assert c.get("/v1/curation-jobs/does-not-exist").status_code == 404
         assert c.get("/v1/curation-jobs/" + "z" * 500).status_code == 404
+
+
+# Dotted overrides over HTTP, on the API alone (no runner: a job that is accepted stays queued).
+BAD_OVERRIDES = ["curate.rollout.temperature=!!python/object/apply:os.system [ls]", "curate..x=1", "curaterollout"]
+
+
+@pytest.mark.parametrize("override", BAD_OVERRIDES)
+def test_a_malformed_override_is_422_with_the_line_ssb_run_prints(api_only, override, capsys):
+    from cluster.cli import main
+
+    assert main(["run", override]) == 2  # refused before anything starts
+    printed = capsys.readouterr().err.strip()
+    with api_only.client() as c:
+        r = c.post("/v1/curation-jobs", json={"synthetic": {"n": 1}, "overrides": [override]})
+    assert r.status_code == 422 and printed == f"ssb run: {r.json()['detail']}", (printed, r.text)
+
+
+def test_an_override_outside_the_allowlist_is_422_and_queues_nothing(api_only):
+    from services.jobs import JobStore
+
+    jobs = JobStore.from_config(api_only.settings.jobs)
+    before = jobs.queue_length()
+    with api_only.client() as c:
+        for override in ("model.name=other", "data.source=/etc/passwd", "curate.rollout.n=65"):
+            r = c.post("/v1/curation-jobs", json={"synthetic": {"n": 1}, "overrides": [override]})
+            assert r.status_code == 422 and f"override '{override.split('=')[0]}" in r.json()["detail"], r.text
+    assert jobs.queue_length() == before
+
+
+def test_allowed_overrides_are_kept_in_the_jobs_spec_for_the_runner(api_only):
+    from services.jobs import JobStore
+
+    overrides = ["curate.rollout.temperature=0.7", "curate.teacher.max_tokens=40", "curate.seed=9"]
+    with api_only.client() as c:
+        r = c.post("/v1/curation-jobs", json={"synthetic": {"n": 1}, "overrides": overrides})
+        assert r.status_code == 202, r.text
+        record = JobStore.from_config(api_only.settings.jobs).get(r.json()["id"])
+        assert record.spec["overrides"] == overrides and record.status == "queued"
+        c.delete(f"/v1/curation-jobs/{record.id}")
