@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable
 
+from pipelines.stages import ON_CHANGE
 from ssb.layout import is_remote
 from ssb.store import StoreError
 
@@ -76,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import run_pipeline
 
     cfg = config_from_args(args)
-    report = run_pipeline(cfg, rounds=args.rounds, progress=not args.quiet, skip_base=args.skip_base)
+    report = run_pipeline(cfg, rounds=args.rounds, progress=not args.quiet, on_change=args.on_change)
     from ssb.report import render_table
 
     print(render_table(report))
@@ -95,7 +96,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     plan = plan_sweep(cfg, axes, parse_rounds(args.rounds))  # every setting is checked before anything starts
     # main() keeps the logs of the other job commands; a sweep's run directory is known only here.
     with job_logs("sweep", None if args.verbose else cfg.output_dir) as failed:
-        sweep = run_sweep(plan, progress=not args.quiet)
+        sweep = run_sweep(plan, progress=not args.quiet, on_change=args.on_change)
     if failed:
         return 2
     print(render_text(sweep))
@@ -183,7 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rounds", type=_positive_int, default=1,
                            help="bootstrapping rounds (round r+1 curates with round r's student)")
             p.add_argument("--skip-base", dest="skip_base", action="store_true",
-                           help="reuse the base model's results already in <run-dir>/eval/base")
+                           help="kept for old scripts: every rerun reuses the base model's results when they were "
+                                "measured with the same evaluation key, and measures them again when it changed")
+        if name in ("run", "sweep"):
+            p.add_argument("--on-change", dest="on_change", choices=ON_CHANGE, default=ON_CHANGE[0],
+                           help="a stage whose result in the run directory came from other settings (train.lr, "
+                                "eval.limit, ...): retrain redoes it, refuse stops with a line naming the change "
+                                "(default: %(default)s)")
         if name in ("eval", "run"):
             p.add_argument("--benchmarks", help="comma-separated names, paths or label=path, e.g. synthetic-heldout,svamp,mine=data/x.jsonl")
         if name == "sweep":
@@ -203,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster import inspect_cmd  # a local web app over a run directory; no config, no Ray
 
     inspect_cmd.add_parser(sub)
+    from cluster import estimate_cmd  # reads a pilot's files; no config of its own, no Ray
+
+    estimate_cmd.add_parser(sub)
     return parser
 
 

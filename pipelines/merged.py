@@ -7,12 +7,11 @@ LoRA-enabled engine serves the adapter by request.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from ssb.config import RunConfig, digest_dir
+from ssb.config import RunConfig
 
 # Curation's merged copies go under <run_dir>/merged/, written with local file operations.
 MERGED_STAGE = "curation with a merged adapter (curate.merge_adapter=false serves it by LoRA requests instead)"
@@ -50,8 +49,7 @@ def merged_copy(model_path: str, adapter: str, root: Path, elsewhere: Iterable[P
     """The base model with `adapter` merged in, under `root`, named by what went into it so
     a retrained adapter never reuses a stale copy and an unchanged one is merged once; a
     finished copy under one of the `elsewhere` roots (another stage's) is used as it is."""
-    base = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
-    key = hashlib.sha256(f"{base}\n{digest_dir(adapter)}".encode()).hexdigest()[:16]
+    key = RunConfig.merged_key(model_path, adapter)
     for done in (Path(r) / key for r in (root, *elsewhere)):
         if (done / ".complete").exists():
             return str(done)

@@ -35,7 +35,7 @@ STAGE = "the report"
 DATA_KEYS = ("data_file", "data_sha256", "data_problems", "data_problems_sha256")
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -62,6 +62,27 @@ def funnel(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def trained_with(layout: RunLayout) -> dict[str, Any] | None:
+    """The settings a round's adapter was trained with (its train/config.yaml), the ones that
+    change what is learned: after a retrain, the new ones."""
+    if not layout.train_config.exists():
+        return None
+    from ssb.config import HOW_TRAINED, load_config
+
+    return load_config(layout.train_config).train.model_dump(mode="json", exclude=set(HOW_TRAINED))
+
+
+def training_stats(layout: RunLayout) -> dict[str, Any]:
+    """One finished (or stopped) training's steps, losses, seconds and settings, from its files."""
+    metrics = [m for m in read_jsonl(layout.train_metrics) if "loss" in m and "step" in m]
+    summary = read_json(layout.train_summary) or {}
+    return {"steps": summary.get("steps") or (metrics[-1]["step"] if metrics else 0), "rows": summary.get("rows"),
+            "first_loss": metrics[0]["loss"] if metrics else None,
+            "final_loss": metrics[-1]["loss"] if metrics else (summary.get("final_metrics") or {}).get("loss"),
+            "wall_seconds": summary.get("wall_seconds"), "loss_curve": [[m["step"], m["loss"]] for m in metrics],
+            "settings": trained_with(layout)}
+
+
 def _entry(result: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "ci95", "n", "metric", "greedy", "greedy_ci95", "pass1", "pass1_ci95", "maj", "maj_ci95",
             "samples_per_problem", "answered_share", "tokens", "seconds", *DATA_KEYS)
@@ -79,7 +100,7 @@ def _round_of(label: str, last_round: int) -> int | None:
 def build_report(run_dir: str | Path) -> dict[str, Any]:
     layout = RunLayout(run_dir)
     root = layout.local(STAGE)
-    results: dict[str, dict[str, Any]] = _read_json(layout.eval_results) or {}
+    results: dict[str, dict[str, Any]] = read_json(layout.eval_results) or {}
     rounds = layout.rounds()
     # "ssb" is the last round that trained a student (a later round may have kept nothing).
     trained = [r for r, d in rounds if d.adapter_config.exists()]
@@ -124,19 +145,12 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
 
     curation, training = [], []
     for r, d in rounds:
-        cur = _read_json(d.curation_summary)
+        cur = read_json(d.curation_summary)
         if cur is not None:
             curation.append({"round": r, **funnel(cur)})
-        metrics = [m for m in read_jsonl(d.train_metrics) if "loss" in m and "step" in m]
-        summary = _read_json(d.train_summary) or {}
-        if metrics or summary:
-            training.append({
-                "round": r, "steps": summary.get("steps") or (metrics[-1]["step"] if metrics else 0),
-                "rows": summary.get("rows"), "first_loss": metrics[0]["loss"] if metrics else None,
-                "final_loss": metrics[-1]["loss"] if metrics else None,
-                "wall_seconds": summary.get("wall_seconds"),
-                "loss_curve": [[m["step"], m["loss"]] for m in metrics],
-            })
+        t = training_stats(d)
+        if t["loss_curve"] or d.train_summary.exists():
+            training.append({"round": r, **t})
     eval_tokens = sum(d.get("tokens", 0) for per in results.values() for d in per.values())
     return {
         "run_dir": str(root),
@@ -150,17 +164,26 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
                    "teacher": sum(c["teacher_tokens"] for c in curation),
                    "eval": eval_tokens},
         "bytes": {"store": sum(c["store_bytes"] for c in curation)},
-        "times": _read_json(layout.timings) or {},
+        "times": read_json(layout.timings) or {},
         "plots": [],
     }
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-def _ci(ci: list[float] | None) -> str:
+def interval(ci: list[float] | None) -> str:
     return "–" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def accuracy_cell(entry: dict[str, Any]) -> str:
+    """`40.0% [16.8, 68.7]`: a result's accuracy with its 95% interval."""
+    return f"{pct(entry['accuracy'])} {interval(entry['ci95'])}"
+
+
+def loss_cell(loss: float | None) -> str:
+    return "–" if loss is None else f"{loss:.4f}"
 
 
 def _pts(x: float | None) -> str:
@@ -168,7 +191,7 @@ def _pts(x: float | None) -> str:
 
 
 def _count(share: float | None, num: int, den: int) -> str:
-    return "–" if share is None else f"{_pct(share)} ({num} of {den})"
+    return "–" if share is None else f"{pct(share)} ({num} of {den})"
 
 
 def render_diagnostics(diagnostics: dict[str, Any]) -> list[str]:
@@ -202,7 +225,7 @@ def render_diagnostics(diagnostics: dict[str, Any]) -> list[str]:
                 "problems (answer finished, verified, no mention of the hints) |",
                 f"| teacher accuracy with hints | {_count(d['teacher_accuracy'], d['teacher_correct'], d['mixed'])} "
                 f"| mixed problems, before the hint check ({bound}) |",
-                f"| rollout accuracy (few-shot tutor prompt) | {_pct(d['rollout_accuracy_fewshot'])} | the mixed "
+                f"| rollout accuracy (few-shot tutor prompt) | {pct(d['rollout_accuracy_fewshot'])} | the mixed "
                 "problems' rollouts (curation_summary.json; – when the curation resumed) |"]
         if z is None:
             out.append("| student zero-shot accuracy | – | no zero-shot pass in this run directory (`ssb run` "
@@ -210,13 +233,13 @@ def render_diagnostics(diagnostics: dict[str, Any]) -> list[str]:
             continue
         over = (f"the {z['n']} mixed problems" if z["all_mixed"]
                 else f"{z['n']} of the {d['mixed']} mixed problems (a fixed-seed draw)")
-        out += [f"| student zero-shot accuracy ({d['model']}, {z['metric']}) | {_pct(z['accuracy'])} "
-                f"{_ci(z['ci95'])} | {over} |",
+        out += [f"| student zero-shot accuracy ({d['model']}, {z['metric']}) | {pct(z['accuracy'])} "
+                f"{interval(z['ci95'])} | {over} |",
                 f"| teacher accuracy with hints, same problems | "
                 f"{_count(z['teacher_accuracy'], z['teacher_correct'], z['n'])} | the same problems |",
                 f"| **gap** (teacher with hints − student zero-shot) | **{_pts(z['gap'])}** | "
                 "the same problems |",
-                f"| zero-shot answered share | {_pct(z['answered_share'])} | greedy answers with a final answer |"]
+                f"| zero-shot answered share | {pct(z['answered_share'])} | greedy answers with a final answer |"]
     if answered:
         names = sorted({b for per in answered.values() for b in per})
         out += ["", "### Answered share", "",
@@ -224,7 +247,7 @@ def render_diagnostics(diagnostics: dict[str, Any]) -> list[str]:
                 "benchmark: a drop in accuracy with a drop here is a format failure, not a reasoning one.", "",
                 "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for label, per in answered.items():
-            out.append(f"| {label} | " + " | ".join(_pct(per.get(b)) for b in names) + " |")
+            out.append(f"| {label} | " + " | ".join(pct(per.get(b)) for b in names) + " |")
     return out
 
 
@@ -266,15 +289,15 @@ def render_table(report: dict[str, Any]) -> str:
         metric = (s or b or {}).get("metric", "")
         delta = f"{100 * e['delta']:+.1f}" if "delta" in e else "–"
         n = (s or b or {}).get("n", "")
-        lines.append(f"{name:<20} {metric:<7} {_pct(b and b['accuracy']):>7} {_ci(b and b['ci95']):>14} "
-                     f"{_pct(s and s['accuracy']):>7} {_ci(s and s['ci95']):>14} {delta:>7}  {n}")
+        lines.append(f"{name:<20} {metric:<7} {pct(b and b['accuracy']):>7} {interval(b and b['ci95']):>14} "
+                     f"{pct(s and s['accuracy']):>7} {interval(s and s['ci95']):>14} {delta:>7}  {n}")
     for d in (report.get("diagnostics") or {}).get("rounds", []):
-        line = (f"round {d['round']} ({d['model']}): mixed {_pct(d['mixed_share'])}, teacher accepted "
-                f"{_pct(d['acceptance_rate'])}, teacher with hints {_pct(d['teacher_accuracy'])}")
+        line = (f"round {d['round']} ({d['model']}): mixed {pct(d['mixed_share'])}, teacher accepted "
+                f"{pct(d['acceptance_rate'])}, teacher with hints {pct(d['teacher_accuracy'])}")
         z = d["zero_shot"]
         if z is not None:
-            line += (f"; on {z['n']} mixed problems teacher {_pct(z['teacher_accuracy'])} vs zero-shot "
-                     f"{_pct(z['accuracy'])}: gap {_pts(z['gap'])}")
+            line += (f"; on {z['n']} mixed problems teacher {pct(z['teacher_accuracy'])} vs zero-shot "
+                     f"{pct(z['accuracy'])}: gap {_pts(z['gap'])}")
         lines.append(line)
     return "\n".join(lines)
 
@@ -292,9 +315,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name, e in report["benchmarks"].items():
         b, s = e.get("base") or {}, e.get("ssb") or {}
         delta = f"{100 * e['delta']:+.1f} pts" if "delta" in e else "–"
-        out.append(f"| {name} | {(s or b).get('n', '')} | {_pct(b.get('accuracy'))} | {_ci(b.get('ci95'))} | "
-                   f"{_pct(s.get('accuracy'))} | {_ci(s.get('ci95'))} | {delta} | {_pct(b.get('pass1'))} | "
-                   f"{_pct(s.get('pass1'))} | {_pct(b.get('maj'))} | {_pct(s.get('maj'))} | {e.get('verdict', '–')} |")
+        out.append(f"| {name} | {(s or b).get('n', '')} | {pct(b.get('accuracy'))} | {interval(b.get('ci95'))} | "
+                   f"{pct(s.get('accuracy'))} | {interval(s.get('ci95'))} | {delta} | {pct(b.get('pass1'))} | "
+                   f"{pct(s.get('pass1'))} | {pct(b.get('maj'))} | {pct(s.get('maj'))} | {e.get('verdict', '–')} |")
     lower = [n for n, e in report["benchmarks"].items() if e.get("delta") is not None and e["delta"] <= 0]
     if lower:
         out += ["", f"**The SSB student is not better than the base model on: {', '.join(lower)}.**"]
@@ -303,8 +326,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["", "## Accuracy per round", "", "| round | model | " + " | ".join(report["benchmarks"]) + " |",
                 "|---|---|" + "---|" * len(report["benchmarks"])]
         for r in report["rounds"]:
-            cells = [f"{_pct(r['benchmarks'][b]['accuracy'])} {_ci(r['benchmarks'][b]['ci95'])}"
-                     if b in r["benchmarks"] else "–" for b in report["benchmarks"]]
+            cells = [accuracy_cell(r["benchmarks"][b]) if b in r["benchmarks"] else "–" for b in report["benchmarks"]]
             out.append(f"| {r['round']} | {r['label']} | " + " | ".join(cells) + " |")
     if report["curation"]:
         out += ["", "## Curation funnel", "", "| round | problems | mixed | teacher accepted | skipped | "
@@ -321,11 +343,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["", "## Training", "", "| round | rows | steps | first loss | final loss | seconds |",
                 "|---|---|---|---|---|---|"]
         for t in report["training"]:
-            fl = "–" if t["first_loss"] is None else f"{t['first_loss']:.4f}"
-            ll = "–" if t["final_loss"] is None else f"{t['final_loss']:.4f}"
             secs = "–" if t["wall_seconds"] is None else f"{t['wall_seconds']:.1f}"
-            out.append(f"| {t['round']} | {t['rows'] if t['rows'] is not None else '–'} | {t['steps']} | {fl} | "
-                       f"{ll} | {secs} |")
+            out.append(f"| {t['round']} | {t['rows'] if t['rows'] is not None else '–'} | {t['steps']} | "
+                       f"{loss_cell(t['first_loss'])} | {loss_cell(t['final_loss'])} | {secs} |")
+        out += ["", "Trained with (the settings that change what is learned; report.json has them all):", ""]
+        out += [f"- round {t['round']}: {settings_line(t.get('settings'))}" for t in report["training"]]
     tok = report["tokens"]
     out += ["", "## Tokens, bytes, times", "",
             f"- tokens: {tok['rollout']} rollout, {tok['teacher']} teacher, {tok['eval']} evaluation",
@@ -337,13 +359,39 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot_accuracy(report: dict[str, Any], path: str | Path) -> Path:
-    """Grouped bars per benchmark: one bar per round (base = round 0, …, SSB) with 95% intervals."""
+# The training settings report.md names per round (report.json and train/config.yaml hold them all).
+SHOWN_SETTINGS = ("lr", "epochs", "max_steps", "batch_size", "grad_accum", "warmup_steps", "lora.r", "lora.alpha",
+                  "kl_weight", "ce_weight", "temperature", "seed")
+
+
+def settings_line(settings: dict[str, Any] | None) -> str:
+    if not settings:
+        return "– (no train/config.yaml)"
+    flat = {**settings, **{f"lora.{k}": v for k, v in (settings.get("lora") or {}).items()}}
+    return ", ".join(f"train.{k}={flat[k]}" for k in SHOWN_SETTINGS if k in flat)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend (no display on a cluster node)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+    return path
+
+
+def plot_accuracy(report: dict[str, Any], path: str | Path) -> Path:
+    """Grouped bars per benchmark: one bar per round (base = round 0, …, SSB) with 95% intervals."""
+    plt = pyplot()
     names = list(report["benchmarks"])
     series = report["rounds"] or [{"round": 0, "label": "base", "benchmarks": {}}]
     width = 0.8 / max(len(series), 1)
@@ -363,20 +411,11 @@ def plot_accuracy(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend()
     ax.set_title("accuracy per benchmark, 95% CI")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_loss(report: dict[str, Any], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = pyplot().subplots(figsize=(5, 3.4))
     for t in report["training"]:
         if t["loss_curve"]:
             steps, losses = zip(*t["loss_curve"])
@@ -385,11 +424,7 @@ def plot_loss(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("training loss")
     ax.set_title("distillation loss")
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(run_dir: str | Path) -> dict[str, Any]:

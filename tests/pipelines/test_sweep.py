@@ -156,9 +156,9 @@ def stand_ins(monkeypatch):
                                                 for i, x in enumerate(losses)))
         layout.train_summary.write_text(json.dumps({"steps": 2, "rows": 6, "wall_seconds": 10.0}))
         layout.adapter.mkdir(parents=True, exist_ok=True)
-        layout.adapter_config.write_text(json.dumps({"store": cfg.train.store}))
+        layout.adapter_config.write_text(json.dumps({"store": cfg.train.store, "epochs": cfg.train.epochs}))
 
-    def evaluate(cfg, adapters, *, progress=True):
+    def evaluate(cfg, adapters, *, progress=True, extras=(), merged_elsewhere=()):
         calls["eval"].append(sorted(adapters))
         right = {"base": 2}  # of 10; each student solves more the more rounds it had
         results = {}
@@ -214,16 +214,32 @@ def test_rounds_share_their_first_training_and_a_rerun_redoes_nothing(tmp_path, 
 
     stand_ins["train"].clear()
     stand_ins["eval"].clear()
+    capsys.readouterr()
     again = run_sweep(_plan(tmp_path), progress=False)
     assert stand_ins["train"] == [] and stand_ins["eval"] == []
-    assert "already evaluated: base, ce_weight=0,rounds=1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # each stage says what it reused: three trainings (ce_weight=1 stopped at round 2) and four labels
+    assert out.count(": reuses the adapter trained with these settings") == 3
+    assert "evaluate ce_weight=0,rounds=1: reuses its results on synthetic-heldout, measured with these settings" in out
+    assert out.count(": reuses its results on") == 4
     assert [r["benchmarks"] for r in again["rows"]] == [r["benchmarks"] for r in sweep["rows"]]
 
-    # other eval settings: every label measured again; other training settings: refused, not mixed in
+    # other eval settings: every label measured again, with the changed setting named
     run_sweep(_plan(tmp_path, "eval.limit=20"), progress=False)
     assert stand_ins["train"] == [] and len(stand_ins["eval"]) == 1 and len(stand_ins["eval"][0]) == 4
-    with pytest.raises(ValueError, match=r"trained with other settings \(train.epochs: 3 there, 1 now\)"):
-        run_sweep(_plan(tmp_path, "train.epochs=1"), progress=False)
+    assert "evaluate base: redoes it; its results on synthetic-heldout came from other settings (eval.limit: 100 → 20)" \
+        in capsys.readouterr().out
+    # other training settings: refused in a line naming the change, nothing touched ...
+    with pytest.raises(ValueError, match=r"^train \[1/2\] ce_weight=0 \(round 1\): .* came from other settings "
+                                         r"\(train.epochs: 3 → 1\); --on-change retrain redoes it"):
+        run_sweep(_plan(tmp_path, "train.epochs=1"), progress=False, on_change="refuse")
+    assert stand_ins["train"] == []
+    # ... or trained again (the default), and the students evaluated again
+    run_sweep(_plan(tmp_path, "train.epochs=1", "eval.limit=20"), progress=False)
+    assert stand_ins["train"] == [str(a), str(a / "round-2"), str(b)]
+    assert load_config(a / "train" / "config.yaml").train.epochs == 1
+    # the base model's results still hold; the retrained students' do not (their adapters' content is in the key)
+    assert stand_ins["eval"][-1] == ["ce_weight=0,rounds=1", "ce_weight=0,rounds=2", "ce_weight=1,rounds=1"]
 
 
 def test_a_retrained_adapter_is_evaluated_again(tmp_path, stand_ins):
