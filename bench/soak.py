@@ -11,9 +11,10 @@ holder at a time). The soak itself is tests/services/soak.py, shared with
 tests/services/test_soak.py. Prints each fault's recovery (replaced and `/readyz` 200 for 5 s
 on end), and ends with:
 
-    RESULT soak jobs=… lost=… duplicated=… overlaps=… resumed=… faults=… max_recovery_s=… seed=… load1=…
+    RESULT soak jobs=… lost=… duplicated=… overlaps=… reclaimed=… resumed=… faults=… max_recovery_s=… seed=… load1=…
 
-`lost`, `duplicated` and `overlaps` must be 0 (the exit code is 1 otherwise); `load1` is the
+`lost`, `duplicated` and `overlaps` must be 0 (the exit code is 1 otherwise); `reclaimed`
+counts the jobs claimed more than once (what the lease check had to check); `load1` is the
 1-minute load average at the end (figures taken at a load above the core count are slowed).
 Full size (10 minutes of faults):
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -70,7 +72,12 @@ def main() -> int:
     print("recovery (s): " + ", ".join(f"{f.kind} {f.recovery_s if f.recovery_s is None else round(f.recovery_s, 1)}"
                                        for f in out.faults))
     print(out.result_line())
-    return 0 if not (out.lost or out.duplicated or out.overlaps or out.problems or rc) else 1
+    failed = bool(out.lost or out.duplicated or out.overlaps or out.problems or rc)
+    if args.run_dir is None and not failed:
+        shutil.rmtree(run_dir.parent, ignore_errors=True)
+    elif failed:
+        print(f"the run (jobs, stores, Redis, logs) is kept in {run_dir}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class Outcome:
     lost: int = 0
     duplicated: int = 0
     overlaps: int = 0
+    reclaimed: int = 0  # jobs claimed more than once (a runner lost, or a resume): what the lease check had to check
     resumed: int = 0
     faults: list[Fault] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what went wrong, one line each
@@ -84,7 +85,7 @@ class Outcome:
 
     def result_line(self) -> str:
         return (f"RESULT soak jobs={self.jobs} lost={self.lost} duplicated={self.duplicated} "
-                f"overlaps={self.overlaps} resumed={self.resumed} faults={len(self.faults)} "
+                f"overlaps={self.overlaps} reclaimed={self.reclaimed} resumed={self.resumed} faults={len(self.faults)} "
                 f"max_recovery_s={self.max_recovery_s:.1f} seed={self.seed} load1={os.getloadavg()[0]:.2f}")
 
 
@@ -416,6 +417,7 @@ class Soak:
         (its last deadline seen) or its holder finished the job."""
         for job_id, epochs in self.leases.items():
             ordered = sorted(epochs.items())
+            self.out.reclaimed += len(ordered) > 1
             for epoch, seen in ordered:
                 if len(seen["runners"]) > 1:
                     self.out.overlaps += 1
