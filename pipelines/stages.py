@@ -67,7 +67,8 @@ def key_changes(old: dict[str, Any], new: dict[str, Any], unseen: str = "the set
     """`train.lr: 0.0005 → 0.0001`: what differs between the key a result was made with and this
     run's; `unseen` when the two differ only where the record cannot show it."""
     a, b = _flat(old), _flat(new)
-    diffs = [f"{k}: {_show(a.get(k))} → {_show(b.get(k))}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    diffs = [f"{k}: {_show(a.get(k))} → {_show(b.get(k))}" for k in sorted(a.keys() | b.keys())
+             if a.get(k) != b.get(k)]
     more = f" and {len(diffs) - MOST_CHANGES} more" if len(diffs) > MOST_CHANGES else ""
     return "; ".join(diffs[:MOST_CHANGES]) + more or unseen
 

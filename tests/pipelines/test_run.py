@@ -82,3 +82,65 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(two_round_run)
         assert len(rows) == EVALUATED and all(len(r["sample_verdicts"]) == 2 and r["greedy_verdict"] for r in rows)
     # Held-out means held out: no evaluated problem was curated.
     assert not LogitStore.open(str(run_dir / "curated")).done_ids() & {r["id"] for r in rows}
+
+
+def _ssb_run(run_dir, *extra: str, flags: tuple[str, ...] = ()):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    cmd = [sys.executable, "-m", "cluster.cli", "run", "--rounds", "1", *flags, *tiny_run_overrides(run_dir), *extra]
+    return subprocess.run(cmd, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
+                          timeout=1800)
+
+
+@pytest.mark.slow
+def test_a_rerun_redoes_exactly_the_stages_whose_settings_changed_and_says_so(two_round_run, tmp_path):
+    """Round 1 of the session's run again with another train.lr and eval.limit: the training and
+    both evaluations are redone (--skip-base too), the report names the new settings; the same
+    command again reuses everything; a further change under --on-change refuse stops in a line."""
+    import shutil
+
+    from ssb.config import load_config
+
+    source, first = two_round_run
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("round-2"))
+    # one LoRA engine for base and student: not part of what a result depends on
+    changed = ["train.lr=1e-4", f"eval.limit={EVALUATED - 2}", "eval.merge_adapters=false"]
+
+    done = _ssb_run(run_dir, *changed, flags=("--skip-base",))
+    out = done.stdout
+    assert done.returncode == 0, (out + done.stderr)[-3000:]
+    assert "Traceback" not in out + done.stderr
+    assert "curate: resumes " in out
+    assert "train: redoes it; " in out and "came from other settings (train.lr: 0.0005 → 0.0001)" in out
+    assert f"evaluate base: redoes it; its results on synthetic-heldout came from other settings " \
+           f"(eval.limit: {EVALUATED} → {EVALUATED - 2})" in out  # --skip-base or not
+    assert "evaluate ssb: redoes it; " in out and "zero-shot round 1: reuses" in out
+    assert load_config(run_dir / "train" / "config.yaml").train.lr == 1e-4
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["training"][0]["settings"]["lr"] == 1e-4
+    assert "- round 1: train.lr=0.0001, " in (run_dir / "report.md").read_text()
+    entry = report["benchmarks"]["synthetic-heldout"]
+    assert entry["base"]["n"] == entry["ssb"]["n"] == EVALUATED - 2
+
+    kept = [run_dir / "adapter" / "adapter_model.safetensors", run_dir / "eval" / "results.json"]
+    stamps = {p: p.stat().st_mtime_ns for p in kept}
+    again = _ssb_run(run_dir, *changed, flags=("--skip-base",))
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    for line in ("train: reuses the adapter trained with these settings",
+                 "evaluate base: reuses its results on synthetic-heldout, measured with these settings",
+                 "evaluate ssb: reuses its results on synthetic-heldout, measured with these settings"):
+        assert line in again.stdout
+    assert "== evaluate" not in again.stdout and {p: p.stat().st_mtime_ns for p in kept} == stamps
+
+    refused = _ssb_run(run_dir, *changed, "train.lr=2e-4", flags=("--on-change", "refuse"))
+    err = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(err) == 1, refused.stderr
+    assert err[0].startswith("ssb run: train: ")
+    assert "(train.lr: 0.0001 → 0.0002); --on-change retrain redoes it" in err[0]
+    assert {p: p.stat().st_mtime_ns for p in kept} == stamps

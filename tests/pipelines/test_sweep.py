@@ -126,6 +126,20 @@ def test_the_cli_refuses_a_bad_sweep_in_one_line_before_anything_starts(args, ex
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize("override", ["train.lr=!!python/object/apply:os.system [ls]", "train..lr=1", "trainlr"])
+def test_ssb_run_and_ssb_sweep_refuse_a_bad_override_with_the_same_line(override, tmp_path):
+    """As a user types it: one line on stderr, the same after the command's name, no traceback."""
+    lines = {}
+    for command in ("run", "sweep"):
+        done = subprocess.run([sys.executable, "-m", "cluster.cli", command, f"--run-dir={tmp_path / 'run'}", override],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        err = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(err) == 1 and err[0].startswith(f"ssb {command}: override "), done.stderr
+        lines[command] = err[0].removeprefix(f"ssb {command}: ")
+    assert lines["run"] == lines["sweep"] and "Traceback" not in lines["run"]
+    assert not (tmp_path / "run").exists()
+
+
 # -- the orchestration, over stand-in stages ------------------------------------------------------
 
 @pytest.fixture
@@ -227,8 +241,8 @@ def test_rounds_share_their_first_training_and_a_rerun_redoes_nothing(tmp_path, 
     # other eval settings: every label measured again, with the changed setting named
     run_sweep(_plan(tmp_path, "eval.limit=20"), progress=False)
     assert stand_ins["train"] == [] and len(stand_ins["eval"]) == 1 and len(stand_ins["eval"][0]) == 4
-    assert "evaluate base: redoes it; its results on synthetic-heldout came from other settings (eval.limit: 100 → 20)" \
-        in capsys.readouterr().out
+    assert ("evaluate base: redoes it; its results on synthetic-heldout came from other settings "
+            "(eval.limit: 100 → 20)") in capsys.readouterr().out
     # other training settings: refused in a line naming the change, nothing touched ...
     with pytest.raises(ValueError, match=r"^train \[1/2\] ce_weight=0 \(round 1\): .* came from other settings "
                                          r"\(train.epochs: 3 → 1\); --on-change retrain redoes it"):
@@ -325,7 +339,11 @@ def test_sweep_trains_each_setting_on_one_store_and_compares_them(curated_run, t
                           env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
-    assert done.stdout.count("already trained") == 2
-    assert "already evaluated: base, ce_weight=0, ce_weight=1" in done.stdout
+    # the shared stages said, each in a line, what they reused
+    assert "curate: resumes " in done.stdout
+    assert done.stdout.count(": reuses the adapter trained with these settings") == 2
+    for label in ("base", *names):
+        assert f"evaluate {label}: reuses its results on synthetic-heldout, measured with these settings" in done.stdout
+    assert "== evaluate" not in done.stdout
     assert "synthetic-heldout: " in done.stdout and f"table: {run_dir}/sweep.md" in done.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from ssb.config import dump_config, load_config
+from ssb.config import dump_config, key_digest, load_config
 
 
 def test_defaults_follow_the_paper():
@@ -47,6 +47,46 @@ def test_curation_hash_tracks_what_examples_depend_on():
     assert base.curation_hash() == load_config(None, ["curate.shard_rows=7", "train.lr=1e-3"]).curation_hash()
     assert base.curation_hash() != load_config(None, ["curate.top_k=10"]).curation_hash()
     assert base.curation_hash() != load_config(None, ["model.name=other"]).curation_hash()
+    assert base.curation_hash() == key_digest(base.curation_key())  # what the store's manifest records
+
+
+def test_the_train_key_tracks_what_an_adapter_learns_from():
+    base = load_config()
+    key = base.train_key("store-a")
+    for how in ("train.log_every=5", "train.checkpoint_every=3", "train.max_failures=0", "eval.limit=3",
+                "curate.shard_rows=2", "train.store=/elsewhere"):
+        assert load_config(None, [how]).train_key("store-a") == key, how
+    for what in ("train.lr=1e-4", "train.lora.r=8", "train.max_steps=2", "train.ce_weight=1", "model.name=other"):
+        assert load_config(None, [what]).train_key("store-a") != key, what
+    assert base.train_key("store-b") != key  # the store's content counts, not its path
+
+
+def test_the_eval_key_tracks_what_a_result_measured(tmp_path):
+    base = load_config()
+    bench = {"source": "synthetic"}
+    key = base.eval_key(None, bench)
+    for how in ("eval.merge_adapters=true", "eval.diagnostics=false", "engine.replicas=2", "train.lr=1e-4",
+                "verify.workers=4", "curate.rollout.n=2"):
+        assert load_config(None, [how]).eval_key(None, bench) == key, how
+    for what in ("eval.limit=50", "eval.n=8", "eval.max_tokens=64", "prompts.tutor_system=Be brief.",
+                 "verify.fallbacks=[gsm8k]", "engine.seed=1", "model.name=other"):
+        assert load_config(None, [what]).eval_key(None, bench) != key, what
+    assert base.eval_key("adapter-digest", bench) != key and base.eval_key(None, {"source": "svamp"}) != key
+    # a greedy-only pass over given problems: the sampling of the benchmarks' samples does not count
+    assert load_config(None, ["eval.n=8", "eval.limit=3"]).eval_key(None, bench, samples=False) == \
+        base.eval_key(None, bench, samples=False)
+
+
+def test_a_local_models_key_follows_its_files(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cfg = load_config(None, [f"model.name={model}"])
+    before = cfg.model_key()
+    assert before["files"] is not None and cfg.model_key() == before
+    (model / "config.json").write_text('{"layers": 2}')
+    assert cfg.model_key() != before
+    assert load_config().model_key()["files"] is None  # the embedded default: its name says it
 
 
 @pytest.mark.parametrize(

@@ -138,3 +138,17 @@ def test_report_without_a_zero_shot_pass_still_shows_the_curation_diagnostics(tm
     (d,) = report["diagnostics"]["rounds"]
     assert d["mixed"] == 8 and d["zero_shot"] is None
     assert "no zero-shot pass in this run directory" in (tmp_path / "report.md").read_text()
+
+
+def test_report_names_the_settings_each_round_was_trained_with(tmp_path):
+    from ssb.config import dump_config, load_config
+
+    _fake_run(tmp_path, rounds=2)
+    (tmp_path / "train" / "config.yaml").write_text(dump_config(load_config(None, ["train.lr=1e-4", "train.epochs=1"])))
+    report = write_report(tmp_path)
+    first, second = report["training"]
+    assert first["settings"]["lr"] == 1e-4 and first["settings"]["epochs"] == 1
+    assert "log_every" not in first["settings"]  # how it ran is not what it learned
+    assert second["settings"] is None  # round 2 left no train/config.yaml
+    md = (tmp_path / "report.md").read_text()
+    assert "- round 1: train.lr=0.0001, train.epochs=1, " in md and "- round 2: – (no train/config.yaml)" in md
