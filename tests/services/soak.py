@@ -132,13 +132,17 @@ def victims(target: Target, kind: str) -> list[psutil.Process]:
 # -- the soak -----------------------------------------------------------------------------------------
 
 class Soak:
-    def __init__(self, target: Target, *, duration_s: float, seed: int, kinds: tuple[str, ...] = FAULTS, gap_s: tuple[float, float] = (5.0, 20.0),
-                 submit_every_s: float = 2.0, max_backlog: int = 6, recovery_bound_s: float = 300.0,
-                 settle_s: float = 5.0, drain_s: float = 600.0, lease_s: float = 10.0, log: Any = print):
+    def __init__(self, target: Target, *, duration_s: float, seed: int, kinds: tuple[str, ...] = FAULTS,
+                 gap_s: tuple[float, float] = (5.0, 20.0), submit_every_s: float = 2.0, max_backlog: int = 6,
+                 recovery_bound_s: float = 300.0, settle_s: float = 5.0, drain_s: float = 600.0, lease_s: float = 10.0,
+                 log: Any = print):
         self.t, self.duration_s, self.kinds, self.gap_s = target, duration_s, kinds, gap_s
         self.submit_every_s, self.max_backlog = submit_every_s, max_backlog
         self.recovery_bound_s, self.settle_s, self.drain_s, self.lease_s = recovery_bound_s, settle_s, drain_s, lease_s
         self.rng = random.Random(seed)
+        # The load's own stream: however its thread and the chaos loop interleave, the faults'
+        # gaps and order are the seed's.
+        self._load_rng = random.Random(f"{seed}-load")
         self.out = Outcome(seed)
         self.log = log
         self.jobs: dict[str, dict[str, Any]] = {}  # id -> {"token", "problems", "status", "error"}
@@ -151,8 +155,8 @@ class Soak:
     # - the parts that run side by side -
 
     def run(self) -> Outcome:
-        self.log(f"soak: seed {self.out.seed}, {self.duration_s:.0f} s of faults ({', '.join(self.kinds)}), then up to {self.drain_s:.0f} s "
-                 "for the jobs to finish")
+        self.log(f"soak: seed {self.out.seed}, {self.duration_s:.0f} s of faults ({', '.join(self.kinds)}), "
+                 f"then up to {self.drain_s:.0f} s for the jobs to finish")
         self._t0 = time.monotonic()
         loops = [threading.Thread(target=f, daemon=True, name=f"soak-{f.__name__}")
                  for f in (self._probe, self._submit, self._sample_leases, self._follow_jobs)]
@@ -187,13 +191,12 @@ class Soak:
     def _submit(self) -> None:
         clients = [httpx.Client(base_url=self.t.url, timeout=30, headers={"Authorization": f"Bearer {tok}"})
                    for tok in self.t.tokens]
-        rng = random.Random(self.rng.random())  # its own stream: the chaos loop's draws stay the seed's
-        n = 0
+        rng, n = self._load_rng, 0
         try:
             while not self._chaos_over.is_set():
                 time.sleep(rng.expovariate(1 / self.submit_every_s))
                 with self._lock:
-                    backlog = sum(j["status"] not in ("succeeded",) for j in self.jobs.values())
+                    backlog = sum(j["status"] != "succeeded" for j in self.jobs.values())
                 if backlog >= self.max_backlog:
                     continue
                 n += 1
@@ -256,7 +259,8 @@ class Soak:
                 return
             rec = r.json()
             job["status"], job["error"], job["store"] = rec["status"], rec["error"], (rec["result"] or {}).get("store")
-            if rec["status"] == "failed" and rec["resumable"] and any(e in (rec["error"] or "") for e in EXPECTED_ERRORS):
+            expected = any(e in (rec["error"] or "") for e in EXPECTED_ERRORS)
+            if rec["status"] == "failed" and rec["resumable"] and expected:
                 # The failed claim's end, before the resume erases it, for the lease check.
                 with contextlib.suppress(redis.RedisError):
                     self._note_leases(store, [job_id])
@@ -464,7 +468,8 @@ class ServeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ssb serve exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if "curation API: " in self.log.read_text() and httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                up = "curation API: " in self.log.read_text()
+                if up and httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ssb serve not ready after {timeout_s:.0f} s:\n{self.log.read_text()[-3000:]}")
