@@ -32,13 +32,14 @@ from pipelines.engine import engine_actor_options
 from pipelines.merged import MERGED_STAGE, merged_copy, merges_adapters
 from pipelines.state_table import problems_of, to_states, to_table
 from ssb.config import RunConfig, dump_config
+from ssb.cost import Budget, cost_object, stop_message
 from ssb.curator import to_example
 from ssb.data import load_problems
 from ssb.default_model import resolve_model
 from ssb.prompts import tokenizer_fingerprint
 from ssb.records import CuratedExample, Problem, ProblemState
 from ssb.store import LogitStore
-from ssb.trace import trace_of
+from ssb.trace import spent_per_problem, trace_of
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ class CurationSummary:
     rollout_tokens: int = 0
     teacher_tokens: int = 0
     engine_seconds: float = 0.0  # summed over engines: seconds each had a request in flight
+    rollout_engine_seconds: float = 0.0  # engine_seconds split by stage (ssb/cost.py)
+    teacher_engine_seconds: float = 0.0
+    verify_seconds: float = 0.0  # problems' time waiting on the verifier (they overlap)
     engine_load_seconds: float = 0.0  # summed over engines: their start-up
     # From the run's start until its first engine was up: what `wall_seconds` spent before
     # any generation could start (Ray, the actors, loading the model).
@@ -118,6 +122,9 @@ class CurationSummary:
     mixed: int = 0
     mixed_rollouts: int = 0
     mixed_rollouts_correct: int = 0
+    stopped_by: str | None = None  # the budget (curate.budget.*) that stopped the run, if one did
+    stop_line: str = ""
+    cost: dict[str, Any] = field(default_factory=dict)  # set by close(): ssb.cost.cost_object
 
     @property
     def kept_share(self) -> float:
@@ -141,6 +148,14 @@ class CurationSummary:
             f"{self.store.get('bytes_per_token') or 0.0:.1f} bytes/token",
             f"wall time         {self.wall_seconds:.1f} s",
         ]
+        if self.cost:
+            stages = self.cost["stages"]
+            per_kept = self.cost["per_kept"]
+            lines.append(f"engine time       {stages['rollout']['engine_seconds']:.1f} s rollouts + "
+                         f"{stages['teacher']['engine_seconds']:.1f} s teacher; per kept example "
+                         f"{per_kept['engine_seconds'] or 0:.1f} s, {per_kept['tokens'] or 0:.0f} tokens")
+        if self.stop_line:
+            lines.append(self.stop_line)
         return "\n".join(lines)
 
 
@@ -169,6 +184,8 @@ class CurationRun:
         self.tokenizer = tokenizer  # the tokenizer fingerprint
         self.model_path = model_path
         self._start = start
+        self.budget = Budget(**cfg.curate.budget.model_dump())
+        self._prior: tuple[int, float, int] | None = None  # the store's spend before this run
 
     @classmethod
     def open(cls, cfg: RunConfig) -> CurationRun:
@@ -189,7 +206,26 @@ class CurationRun:
         done = store.done_ids()
         todo = [p for p in problems if p.id not in done]
         summary.already_done = len(problems) - len(todo)
-        return cls(cfg, store, model, tok_id, model_path, todo, summary, start)
+        run = cls(cfg, store, model, tok_id, model_path, todo, summary, start)
+        if run.budget_reached():  # spent by earlier runs: nothing starts
+            run.todo = []
+        return run
+
+    def budget_reached(self) -> str | None:
+        """The budget reached by the store's spend (earlier runs' and this one's), or None;
+        records it and the line that says how to go on."""
+        s = self.summary
+        if self._prior is None:
+            spent = spent_per_problem(self.store)
+            self._prior = (sum(t for _, t, _ in spent), sum(e for _, _, e in spent), self.store.summary()["rows"])
+        tokens, engine, kept = self._prior
+        name = self.budget.reached(tokens=tokens + s.generated_tokens, engine_seconds=engine + s.engine_seconds,
+                                   wall_seconds=time.perf_counter() - self._start, kept=kept + s.kept)
+        if name is not None and s.stopped_by is None:
+            s.stopped_by = name
+            s.stop_line = stop_message(name, getattr(self.budget, name), self.cfg.output_dir)
+            log.info("%s", s.stop_line)
+        return name
 
     def consume(self, batches: Iterable[list[ProblemState]], *, progress: bool,
                 on_commit: Callable[[list[ProblemState]], None] | None = None,
@@ -229,6 +265,9 @@ class CurationRun:
                     summary.rollout_tokens += state.rollout_tokens
                     summary.teacher_tokens += state.teacher_tokens
                     summary.engine_seconds += state.engine_seconds
+                    summary.rollout_engine_seconds += state.rollout_engine_seconds
+                    summary.teacher_engine_seconds += state.teacher_engine_seconds
+                    summary.verify_seconds += state.verify_seconds
                     summary.engine_load_seconds += state.engine_load_seconds
                     if state.verified and state.rollouts:
                         correct = sum(r.verdict.is_correct for r in state.rollouts)
@@ -253,6 +292,8 @@ class CurationRun:
                                 tok_s=f"{summary.generated_tokens / max(elapsed, 1e-9):.0f}")
                 if len(kept) >= cfg.curate.shard_rows or time.monotonic() - last_commit >= cfg.curate.commit_every_s:
                     commit()
+                if self.budget_reached():
+                    break  # no new problem starts; what finished is committed below
             commit()
         except BaseException:
             commit()  # problems already finished are complete: keep them, then fail loudly
@@ -264,6 +305,7 @@ class CurationRun:
     def close(self) -> CurationSummary:
         self.summary.store = self.store.summary()
         self.summary.wall_seconds = time.perf_counter() - self._start
+        self.summary.cost = cost_object(asdict(self.summary))
         if not self.cfg.layout.remote:
             self.cfg.layout.curation_summary.write_text(json.dumps(asdict(self.summary), indent=2))
         return self.summary

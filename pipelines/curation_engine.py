@@ -15,11 +15,12 @@ import uuid
 from typing import Any, Sequence
 
 from ssb.config import RunConfig, SamplingConfig
+from ssb.cost import StageClock
 from ssb.curator import Curator
 from ssb.records import Problem, ProblemState
 from ssb.verify import VerifierPool
 
-from pipelines.engine import (BusyClock, build_async_llm, generate_one, prestart_engine_core, sampling_params,
+from pipelines.engine import (build_async_llm, generate_one, prestart_engine_core, sampling_params,
                               shut_down_at_exit)
 
 # A long-lived Serve replica sees many jobs, each with its own config: keep a few Curators.
@@ -38,7 +39,8 @@ def lora_request(cfg: RunConfig) -> Any:
 
 
 class AsyncLLMSampler:
-    """An `AsyncSampler` over vLLM's AsyncLLM; `clock` counts the seconds any request was in flight.
+    """An `AsyncSampler` over vLLM's AsyncLLM; `clock` counts the seconds any request was in
+    flight, split by stage in proportion to the requests of each (ssb/cost.py).
 
     The engine is asked for token ids only (no detokenization, flat log-prob arrays): vLLM's
     output processor would otherwise turn every generated token and each of its top-k
@@ -50,21 +52,21 @@ class AsyncLLMSampler:
         from vllm.sampling_params import RequestOutputKind
 
         self.llm, self.tokenizer, self.lora = llm, tokenizer, lora
-        self.clock = BusyClock()
+        self.clock = StageClock()
         self._vllm, self._final = vllm, RequestOutputKind.FINAL_ONLY
         self._prefix = f"curate-{uuid.uuid4().hex[:8]}"
         self._ids = itertools.count()
 
     async def sample(self, prompt_ids: list[int], seed: int, params: SamplingConfig,
-                     logprobs: int | None = None) -> Sequence[Any]:
+                     logprobs: int | None = None, stage: str = "rollout") -> Sequence[Any]:
         sp = sampling_params(self._vllm, params, logprobs=logprobs, seed=seed, output_kind=self._final,
                              detokenize=False)
         prompt = self._vllm.inputs.TokensPrompt(prompt_token_ids=prompt_ids)
-        self.clock.start()
+        self.clock.start(stage)
         try:
             out = await generate_one(self.llm, prompt, sp, f"{self._prefix}-{next(self._ids)}", self.lora)
         finally:
-            self.clock.stop()
+            self.clock.stop(stage)
         for c in out.outputs:
             c.text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
         return out.outputs
@@ -137,9 +139,11 @@ class CurationEngine:
         return self._account(list(await asyncio.gather(*(curator.teach(s) for s in states))))
 
     def _account(self, states: list[ProblemState]) -> list[ProblemState]:
-        seconds = self.sampler.clock.take()
+        by_stage = self.sampler.clock.take()
         for s in states:
-            s.engine_seconds += seconds / len(states)
+            s.rollout_engine_seconds += by_stage.get("rollout", 0.0) / len(states)
+            s.teacher_engine_seconds += by_stage.get("teacher", 0.0) / len(states)
+            s.engine_seconds += sum(by_stage.values()) / len(states)
         if self._load_seconds is not None and states:
             states[0].engine_load_seconds, self._load_seconds = self._load_seconds, None
             states[0].engine_ready_at = self._ready_at

@@ -37,6 +37,7 @@ STATE_SCHEMA = pa.schema([
     ("topk_ids", pa.list_(_ids)), ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
     ("tail_logprob", pa.list_(pa.float32())),
     ("teacher_tokens", pa.int64()), ("engine_seconds", pa.float64()), ("engine_load_seconds", pa.float64()),
+    ("rollout_engine_seconds", pa.float64()), ("teacher_engine_seconds", pa.float64()), ("verify_seconds", pa.float64()),
     ("engine_ready_at", pa.float64()),
 ])
 
@@ -70,6 +71,8 @@ def _row(s: ProblemState) -> dict[str, Any]:
         "topk_logprobs": topk.logprobs.tolist() if topk else None,
         "tail_logprob": topk.tail_logprob.tolist() if topk else None,
         "teacher_tokens": s.teacher_tokens, "engine_seconds": s.engine_seconds,
+        "rollout_engine_seconds": s.rollout_engine_seconds, "teacher_engine_seconds": s.teacher_engine_seconds,
+        "verify_seconds": s.verify_seconds,
         "engine_load_seconds": s.engine_load_seconds, "engine_ready_at": s.engine_ready_at,
     }
 
@@ -110,6 +113,8 @@ def _state(r: dict[str, Any]) -> ProblemState:
         verified=bool(r["verified"]), selection=pair, student_prompt_ids=r["student_prompt_ids"],
         teacher_prompt_ids=r["teacher_prompt_ids"], teacher=teacher, teacher_tokens=r["teacher_tokens"] or 0,
         engine_seconds=r["engine_seconds"] or 0.0, engine_load_seconds=r["engine_load_seconds"] or 0.0,
+        rollout_engine_seconds=r["rollout_engine_seconds"] or 0.0,
+        teacher_engine_seconds=r["teacher_engine_seconds"] or 0.0, verify_seconds=r["verify_seconds"] or 0.0,
         engine_ready_at=r["engine_ready_at"] or 0.0)
 
 

@@ -69,7 +69,8 @@ class ServedSampler:
         )
 
     async def sample(self, prompt_ids: list[int], seed: int, params: SamplingConfig,
-                     logprobs: int | None = None) -> list[ServedCompletion]:
+                     logprobs: int | None = None, stage: str = "rollout") -> list[ServedCompletion]:
+        # The endpoint's engine is shared with other callers: no busy time to charge `stage` here.
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, self._sample, prompt_ids, seed, params, logprobs)
 

@@ -177,6 +177,33 @@ class EngineConfig(_Strict):
         "wait on a preempted one. None keeps Ray's niceness (RAY_worker_niceness)."))
 
 
+class BudgetConfig(_Strict):
+    max_tokens: int | None = Field(default=None, ge=1, description=(
+        "Stop starting problems once the store's rollout + teacher tokens reach this (counted over every run "
+        "that wrote the store, so a resumed run continues the same budget). None: no limit."))
+    max_engine_seconds: float | None = Field(default=None, gt=0, description=(
+        "Stop starting problems once the store's engine-busy seconds (summed over engines) reach this. None: no "
+        "limit."))
+    max_wall_seconds: float | None = Field(default=None, gt=0, description=(
+        "Stop starting problems once this run has taken this long (wall clock, this run only). None: no limit."))
+    max_kept: int | None = Field(default=None, ge=1, description=(
+        "Stop starting problems once the store holds this many kept examples (the paper stops at 256). None: "
+        "no limit."))
+
+
+class StoreConfig(_Strict):
+    packed: bool = Field(default=True, description=(
+        "Write the logit store packed (format 3: per position only the entries up to `mass`, log-probs in "
+        "`logprob_bits` bits; about half the bytes). false: format 2, every top-k log-prob in float16 (what a "
+        "format-2 store needs to be resumed)."))
+    mass: float = Field(default=0.999, gt=0, le=1, description=(
+        "Per response position, the fewest top-k entries whose teacher probabilities reach this mass are kept; "
+        "the rest joins the tail bucket. 0.999 keeps the KL to the full float16 top-k under 0.01 nats at T=2 on "
+        "the default run (bench/store_size.py); 1: every entry."))
+    logprob_bits: int = Field(default=6, ge=1, le=8, description=(
+        "Bits per stored log-prob (quantized on a per-example step; the top-1 is derived from the rest)."))
+
+
 class CurateConfig(_Strict):
     rollout: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=8, temperature=0.8), description=(
         "Sampling of the rollouts: n attempts per problem under the tutor prompt."))
@@ -184,10 +211,14 @@ class CurateConfig(_Strict):
         "Sampling of the teacher. n > 1: the teacher answers n times and the first acceptable answer is kept "
         "(the paper uses n = 1; a small model needs a few tries to write one that verifies)."))
     top_k: int = Field(default=20, ge=1, description="Log-probs stored per teacher token (the top k).")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="How the logit store packs the top k.")
     seed: int = Field(default=0, ge=0, description=(
         "Seed of every request's sampling seed (with the problem id and role) and of selection's tie-breaks: a "
         "problem is curated alike in any batch, replica or resumed run."))
     shard_rows: int = Field(default=64, ge=1, description="Kept examples per Parquet shard of the store.")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description=(
+        "Limits on the curation. When one is reached no new problem starts, the finished ones are committed and "
+        "the command exits 0 naming the budget; rerun with a larger one to continue."))
     commit_every_s: float = Field(default=60.0, ge=0, description=(
         "A commit every this many seconds even with fewer than shard_rows kept (skipped problems count as done "
         "too): what a killed run can lose. 0 commits after every finished batch."))
@@ -349,7 +380,7 @@ class RunConfig(_Strict):
             "model": self.model.model_dump(),
             "prompts": self.prompts.model_dump(),
             "verify": self.verify.model_dump(exclude={"workers"}),
-            "curate": self.curate.model_dump(exclude={"shard_rows", "commit_every_s", "merge_adapter"}),  # how, not what
+            "curate": self.curate.model_dump(exclude={"shard_rows", "commit_every_s", "merge_adapter", "budget"}),  # how, not what
             "engine_seed": self.engine.seed,
         }
         if self.model.adapter:

@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from typing import Any, Protocol, Sequence
 
 from ssb.config import RunConfig, SamplingConfig
-from ssb.selection import judge_teacher, select_pair
 from ssb.logits import encode_topk
 from ssb.prompts import Prompts, render_ids, rollout_messages, student_messages, teacher_messages
 from ssb.records import (CuratedExample, Problem, ProblemState, Rollout, SkipReason, TeacherAnswer, TeacherSample,
                          Verdict)
+from ssb.selection import judge_teacher, select_pair
 from ssb.verify import Verifier, VerifierPool
 
 
@@ -42,8 +43,9 @@ class Completion(Protocol):
 
 class AsyncSampler(Protocol):
     async def sample(self, prompt_ids: list[int], seed: int, params: SamplingConfig,
-                     logprobs: int | None = None) -> Sequence[Completion]:
-        """`params.n` completions of one prompt, sampled with `seed`."""
+                     logprobs: int | None = None, stage: str = "rollout") -> Sequence[Completion]:
+        """`params.n` completions of one prompt, sampled with `seed`; `stage` ("rollout" or
+        "teacher") is what the engine's time is charged to."""
         ...
 
 
@@ -95,9 +97,16 @@ class Curator:
         await asyncio.to_thread(self._select, state)
         return state
 
+    def _check(self, state: ProblemState, pairs: list[tuple[str, str]]) -> list[tuple[str | None, str]]:
+        start = time.perf_counter()
+        try:
+            return self.verifier.check_many(pairs)
+        finally:
+            state.verify_seconds += time.perf_counter() - start
+
     def _select(self, state: ProblemState) -> None:
         assert state.rollouts is not None
-        checks = self.verifier.check_many([(r.text, state.problem.answer) for r in state.rollouts])
+        checks = self._check(state, [(r.text, state.problem.answer) for r in state.rollouts])
         for rollout, (answer, verdict) in zip(state.rollouts, checks):
             rollout.final_answer, rollout.verdict = answer, Verdict(verdict)
         state.verified = True
@@ -123,14 +132,14 @@ class Curator:
         # logprobs_mode, which is what the loss expects.
         samples = await self.sampler.sample(state.teacher_prompt_ids,
                                             request_seed(self.cfg, state.problem.id, "teacher"),
-                                            self.cfg.curate.teacher, logprobs=self.cfg.curate.top_k)
+                                            self.cfg.curate.teacher, logprobs=self.cfg.curate.top_k, stage="teacher")
         state.teacher_tokens = sum(len(c.token_ids) for c in samples)
         await asyncio.to_thread(self._judge, state, samples)
         return state
 
     def _judge(self, state: ProblemState, samples: Sequence[Completion]) -> None:
         """The first sample that finishes, verifies and does not talk about the hints is kept."""
-        checks = self.verifier.check_many([(c.text, state.problem.answer) for c in samples])
+        checks = self._check(state, [(c.text, state.problem.answer) for c in samples])
         reasons = [judge_teacher(c.text, Verdict(v), str(c.finish_reason), self.cfg.curate.hint_phrases)
                    for c, (_, v) in zip(samples, checks)]
         pick = next((i for i, reason in enumerate(reasons) if reason is None), None)

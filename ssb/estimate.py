@@ -25,13 +25,13 @@ class PilotProblem:
     tokens: int
     engine_seconds: float
     kept: bool
-    teacher_tokens: int  # the stored answer's tokens when kept
 
 
 @dataclass(frozen=True)
 class Pilot:
     problems: Sequence[PilotProblem]
     startup_seconds: float = 0.0  # one engine's start-up, paid once per engine
+    stored_tokens_per_kept: float = 0.0  # the teacher answer's tokens, as stored
     store_bytes_per_token: float | None = None
     trace_bytes_per_problem: float | None = None
     seconds_per_train_step: float | None = None
@@ -105,10 +105,9 @@ def estimate(pilot: Pilot, problems: int, *, engines: int = 1, engine_tokens_per
     engine_seconds = tokens / rate
     kept_mean = kept / n * problems
     low, high = kept_interval(kept, n, problems)
-    answer_tokens = sum(p.teacher_tokens for p in done if p.kept) / kept if kept else 0.0
     store = None
     if pilot.store_bytes_per_token is not None:
-        store = int(kept_mean * answer_tokens * pilot.store_bytes_per_token
+        store = int(kept_mean * pilot.stored_tokens_per_kept * pilot.store_bytes_per_token
                     + problems * (pilot.trace_bytes_per_problem or 0.0))
     steps = math.ceil(kept_mean * epochs / examples_per_step) if kept_mean else 0
     train_seconds = steps * pilot.seconds_per_train_step if pilot.seconds_per_train_step is not None else None
@@ -140,3 +139,34 @@ def render(e: Estimate, price_per_engine_hour: float | None = None) -> str:
     if e.cost is not None and price_per_engine_hour is not None:
         lines.append(f"cost              {e.cost:,.2f} at {price_per_engine_hour:g} per engine-hour")
     return "\n".join(lines)
+
+
+def load_pilot(run_dir: str) -> Pilot:
+    """The pilot a run directory holds: its store's traces (every run that wrote it), its
+    curation summary's start-up and its training's seconds per step, when there are any."""
+    import json
+    from pathlib import Path
+
+    from ssb.layout import RunLayout
+    from ssb.store import LogitStore
+    from ssb.trace import KEPT, spent_per_problem
+
+    layout = RunLayout(run_dir)
+    store = LogitStore.open(layout.curated, allow_empty=True)
+    spent = spent_per_problem(store)
+    if not spent:
+        raise ValueError(f"{layout.curated}: no traced problem to project from (a store made before traces, or "
+                         "an empty one): curate a pilot first, e.g. ssb curate data.limit=32")
+    summary = store.summary()
+
+    def read(path: Path) -> dict[str, Any]:
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    curation, train = read(Path(layout.curation_summary)), read(Path(layout.train_summary))
+    steps = train.get("steps") or 0
+    return Pilot(
+        problems=[PilotProblem(tokens, seconds, outcome == KEPT) for outcome, tokens, seconds in spent],
+        startup_seconds=float(curation.get("startup_seconds") or 0.0),
+        stored_tokens_per_kept=summary["tokens"] / summary["rows"] if summary["rows"] else 0.0,
+        store_bytes_per_token=summary["bytes_per_token"], trace_bytes_per_problem=summary["trace_bytes_per_problem"],
+        seconds_per_train_step=train["wall_seconds"] / steps if steps and train.get("wall_seconds") else None)

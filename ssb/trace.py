@@ -201,3 +201,18 @@ class TraceIndex:
 
 def dumps(trace: ProblemTrace) -> str:
     return json.dumps(trace.to_dict(), ensure_ascii=False)
+
+
+SPEND_COLUMNS = ["outcome", "rollout_tokens", "teacher_tokens", "engine_seconds"]
+
+
+def spent_per_problem(store: LogitStore) -> list[tuple[str, int, float]]:
+    """(outcome, rollout + teacher tokens, engine seconds) of every problem the store's traces
+    hold, over every run that wrote the store: what budgets count and what an estimate projects
+    from. Empty for a store made before traces."""
+    rows: list[tuple[str, int, float]] = []
+    for trace in store.trace_files() or []:
+        table = trace.read_table(SPEND_COLUMNS).to_pydict()
+        rows += [(outcome, int(r) + int(t), float(s)) for outcome, r, t, s in
+                 zip(table["outcome"], table["rollout_tokens"], table["teacher_tokens"], table["engine_seconds"])]
+    return rows

@@ -38,7 +38,7 @@ class Script:
     def __init__(self, answers: dict[tuple[str, str], list[Sample]], gates: dict[tuple[str, str], asyncio.Event] | None = None):
         self.answers, self.gates, self.calls = answers, gates or {}, []
 
-    async def sample(self, prompt_ids, seed, params, logprobs=None):
+    async def sample(self, prompt_ids, seed, params, logprobs=None, stage="rollout"):
         key = next(k for k in self.answers if request_seed(self.cfg, k[0], k[1]) == seed)
         self.calls.append((key, logprobs))
         if key in self.gates:

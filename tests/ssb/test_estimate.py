@@ -11,8 +11,8 @@ from ssb.estimate import Pilot, PilotProblem, estimate, kept_interval, render
 
 
 def _pilot(n: int = 32, kept_every: int = 4) -> Pilot:
-    return Pilot([PilotProblem(tokens=200, engine_seconds=0.5, kept=i % kept_every == 0, teacher_tokens=120)
-                  for i in range(n)], startup_seconds=30.0, store_bytes_per_token=40.0,
+    return Pilot([PilotProblem(tokens=200, engine_seconds=0.5, kept=i % kept_every == 0) for i in range(n)],
+                 startup_seconds=30.0, stored_tokens_per_kept=120.0, store_bytes_per_token=40.0,
                  trace_bytes_per_problem=400.0, seconds_per_train_step=2.0)
 
 
@@ -49,4 +49,4 @@ def test_an_empty_pilot_or_no_engine_time_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="no curated problem"):
         estimate(Pilot([]), 10)
     with pytest.raises(ValueError, match="engine-tokens-per-second"):
-        estimate(Pilot([PilotProblem(10, 0.0, True, 5)]), 10)
+        estimate(Pilot([PilotProblem(10, 0.0, True)]), 10)
