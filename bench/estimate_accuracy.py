@@ -65,6 +65,11 @@ def main() -> None:
     print(f"pilot {pilot_n} problems → projected {full_n}: {projected.engine_seconds:.1f} engine-s, "
           f"{projected.kept:.1f} kept [{projected.kept_low}, {projected.kept_high}], {projected.tokens} tokens; "
           f"measured {full.engine_seconds:.1f} engine-s, {full.kept} kept, {full.generated_tokens} tokens")
+    stages = full.cost["stages"]
+    print(f"full run's cost: rollouts {stages['rollout']['tokens']} tokens in {stages['rollout']['engine_seconds']:.1f} "
+          f"engine-s, teacher {stages['teacher']['tokens']} tokens in {stages['teacher']['engine_seconds']:.1f} "
+          f"engine-s, verifier {full.cost['verify_seconds']:.1f} s, start-up {full.cost['startup_seconds']:.1f} s, "
+          f"wall {full.cost['wall_seconds']:.1f} s; per kept example {full.cost['per_kept']}")
     print(f"RESULT estimate_accuracy engine_seconds_error={error(projected.engine_seconds, full.engine_seconds):.3f} "
           f"kept_error={error(projected.kept, full.kept):.3f} "
           f"kept_in_interval={str(projected.kept_low <= full.kept <= projected.kept_high).lower()} "
