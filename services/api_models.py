@@ -54,6 +54,12 @@ class Detail(BaseModel):
     detail: str
 
 
+class Invalid(BaseModel):
+    """422: FastAPI's list of field errors, or one line naming the rule a valid-looking request breaks."""
+
+    detail: str | list[dict[str, Any]]
+
+
 class CurateOut(BaseModel):
     job: JobOut
     examples: list[dict[str, Any]]
@@ -68,7 +74,9 @@ def doc(status: int, why: str) -> dict[int | str, dict[str, Any]]:
 COMMON = {**doc(400, "the body is not valid JSON"), **doc(401, "no valid bearer token (all but GET /healthz)"),
           **doc(503, "the job store (Redis) is unavailable: retry")}
 ONE_JOB = doc(404, "no such job for this token")
-SUBMIT = {**doc(413, "over a size or count limit"), **doc(429, "too many jobs of this token")}
+SUBMIT = {**doc(413, "over a size or count limit"), **doc(429, "too many jobs of this token"),
+          422: {"model": Invalid, "description": "malformed input, or a rule of the request broken (e.g. a "
+                                                 "bad override, a dataset outside the allowed roots)"}}
 
 _ABS_PATH = re.compile(r"(?:file://)?/[^\s'\"():,]+")
 

@@ -182,27 +182,27 @@ def test_the_job_list_shows_only_the_callers_jobs_newest_first(api_only):
     with _client(api_only, session, Accept="application/json") as c:
         listed = c.get("/ui/jobs", params={"format": "json", "limit": 500}).json()
     ids = [item["id"] for item in listed["items"]]
-    assert ids[:2] == mine[::-1] and theirs["id"] not in ids, ids[:5]
+    assert ids[:2] == mine[::-1] and theirs.id not in ids, ids[:5]
     assert listed["total"] >= 2 and set(listed["items"][0]) == {"id", "status", "problems", "kept", "created_at",
                                                                 "updated_at"}
     assert listed["items"][0]["status"] == "queued" and listed["items"][0]["problems"] == 1  # no runner here
     created = [item["created_at"] for item in listed["items"]]
     assert created == sorted(created, reverse=True)
     mine_owner = _owner(api_only, TOKEN)
-    assert all(store.get(i)["owner"] == mine_owner for i in ids)
+    assert all(store.get(i).owner == mine_owner for i in ids)
     with _client(api_only, session, **BROWSER) as c:
         page = c.get("/ui/jobs", params={"limit": 2})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for job_id in mine:
         assert f'href="{ROOT}/ui/jobs/{job_id}/"' in page.text
-    assert theirs["id"] not in page.text
+    assert theirs.id not in page.text
     assert ("older" in page.text) == (listed["total"] > 2) and "newer" not in page.text
     _no_other_hosts(page.text)
     # The other owner, logged in by a session the server's key signed, sees its own job only.
     other = make_session(_owner(api_only, OTHER_TOKEN), _server_key(api_only), time.time())
     with _client(api_only, other) as c:
-        assert [i["id"] for i in c.get("/ui/jobs", params={"format": "json"}).json()["items"]] == [theirs["id"]]
-    store.cancel(theirs["id"])
+        assert [i["id"] for i in c.get("/ui/jobs", params={"format": "json"}).json()["items"]] == [theirs.id]
+    store.cancel(theirs.id)
 
 
 def test_a_tampered_expired_or_missing_session_goes_to_the_login_form_or_401(api_only):
