@@ -16,6 +16,11 @@ means over unmasked tokens (0, with zero gradients, when every token is masked).
 the gradient's size independent of T (Hinton et al.). With k = vocab the tail is empty and
 this is exactly the full-vocabulary KL(softmax(z_teacher / T) ‖ softmax(z / T)) · T².
 
+A packed store (ssb/store_codec.py) keeps fewer than k entries where the teacher is sure; it
+pads such a position to k with copies of its top-1 id at log-prob -inf. A copy is no bucket:
+the student's log-prob there is -inf too, so the copy adds nothing to either side, and the
+loss is the one over the buckets actually stored.
+
 Gradient (what the chunks compute by hand)
 ------------------------------------------
 With u_b = log q(b), d(T²·KL)/du_b = g_b = T · (q_T(b) - p_T(b)), and
@@ -69,13 +74,21 @@ def bucket_kl(u: Tensor, l: Tensor, temperature: float) -> tuple[Tensor, Tensor]
     return kl, temperature * (logq_t.exp() - p_t)
 
 
+def _padding(ids: Tensor) -> Tensor:
+    """[n, k] bool: the slots that repeat the position's top-1 id (a packed store's padding)."""
+    pad = ids == ids[:, :1]
+    pad[:, 0] = False
+    return pad
+
+
 def _chunk(
     h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, teacher: Tensor,
     target: Tensor, temperature: float, kl_scale: float, ce_scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token KL and CE of one chunk, and d(loss)/d(logits) [n, V] in one logits buffer."""
     z = F.linear(h, weight, bias).to(_compute_dtype(h))
-    z_k = z.gather(1, ids)
+    pad = _padding(ids)
+    z_k = z.gather(1, ids).masked_fill(pad, float("-inf"))
     z_y = z.gather(1, target[:, None])
     # Tail logsumexp, in place: hide the top-k ids and shift by the tail's OWN max, so a
     # tail of mass e^-200 does not underflow to 0 — its ids still get g_tail between them.
@@ -92,8 +105,9 @@ def _chunk(
     s_k = (z_k - lse).exp()
     # Tail ids: g_tail·exp(z_j - lse_tail) + ce·exp(z_j - lse) = e_j · (row constant).
     coef = g[:, -1:] / tail_sum.clamp_min(1.0) + ce_scale * (m_tail - lse).exp()
-    grad = e.mul_(coef)
-    grad.scatter_(1, ids, g[:, :-1] + ce_scale * s_k)
+    grad = e.mul_(coef)  # 0 on the top-k ids (e is), so the top-k values can be added in
+    # Added, not written: a padding copy (0 here) must not overwrite its top-1's value.
+    grad.scatter_add_(1, ids, g[:, :-1] + ce_scale * s_k)
     if ce_scale:
         grad.scatter_add_(1, target[:, None], torch.full_like(z_y, -ce_scale))
     return grad, kl, (lse - z_y).squeeze(1)
@@ -193,7 +207,8 @@ def dense_topk_kl_loss(
                                              target_ids, mask)
     logs = F.linear(h, weight, bias).to(_compute_dtype(h)).log_softmax(-1)
     log_tail = logs.scatter(1, ids, float("-inf")).logsumexp(-1, keepdim=True)
-    kl, _ = bucket_kl(torch.cat([logs.gather(1, ids), log_tail], 1), teacher, temperature)
+    student = logs.gather(1, ids).masked_fill(_padding(ids), float("-inf"))
+    kl, _ = bucket_kl(torch.cat([student, log_tail], 1), teacher, temperature)
     ce = -logs.gather(1, target[:, None]).squeeze(1)
     n = max(h.shape[0], 1)
     kl_mean, ce_mean = kl.sum() / n, ce.sum() / n

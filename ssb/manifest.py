@@ -8,10 +8,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# Format 2 commits a trace file with every entry; format 1 stores (no traces) are still read.
-FORMAT = "ssb-logit-store/2"
+from ssb.store_codec import StoreEncoding
+
+# Format 3 packs the top-k (ssb/store_codec.py: adaptive k, quantized log-probs; the manifest's
+# `encoding` says how); format 2 holds every top-k entry in float16; both commit a trace file
+# with every entry. Formats 2 and 1 (no traces) are still read.
+FORMAT = "ssb-logit-store/3"
+FORMAT_FLOAT16 = "ssb-logit-store/2"
 FORMAT_WITHOUT_TRACES = "ssb-logit-store/1"
-READABLE_FORMATS = (FORMAT, FORMAT_WITHOUT_TRACES)
+TRACED_FORMATS = (FORMAT, FORMAT_FLOAT16)
+READABLE_FORMATS = (FORMAT, FORMAT_FLOAT16, FORMAT_WITHOUT_TRACES)
 MANIFEST = "manifest.json"
 SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")
 TRACE_NAME = re.compile(r"trace-\d{5,}\.parquet")
@@ -103,6 +109,16 @@ def _entry_problem(entry: Any, named: set[str], traced: bool) -> str | None:
     return None
 
 
+def _encoding_problem(encoding: Any) -> str | None:
+    if not isinstance(encoding, dict) or set(encoding) != {"mass", "logprob_bits"}:
+        return "expected an object with mass and logprob_bits"
+    try:
+        StoreEncoding(**encoding)
+    except (TypeError, ValueError) as e:
+        return str(e)
+    return None
+
+
 def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
     """`manifest` if it is one this module writes; ManifestError naming `where` and the entry."""
     if not isinstance(manifest, dict):
@@ -115,9 +131,11 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
             raise ManifestError(f"{where}: {problem}")
     if manifest["top_k"] < 1:
         raise ManifestError(f"{where}: top_k {manifest['top_k']} < 1")
+    if manifest["format"] == FORMAT and (problem := _encoding_problem(manifest.get("encoding"))):
+        raise ManifestError(f"{where}: encoding: {problem}")
     named: set[str] = set()
     for i, entry in enumerate(manifest["shards"]):
-        if problem := _entry_problem(entry, named, manifest["format"] == FORMAT):
+        if problem := _entry_problem(entry, named, manifest["format"] in TRACED_FORMATS):
             label = f" ({entry['name']!r})" if isinstance(entry, dict) and isinstance(entry.get("name"), str) else ""
             raise ManifestError(f"{where}: shards[{i}]{label}: {problem}")
     return manifest

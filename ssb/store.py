@@ -29,7 +29,6 @@ import posixpath
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -39,10 +38,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ssb import store_codec as codec
 from ssb import trace as traces_
-from ssb.manifest import (FORMAT, MANIFEST, SHARD_NAME, TRACE_NAME, ChecksumError, ManifestError,  # noqa: F401
-                          StoreError, check_manifest)
+from ssb.manifest import (FORMAT, FORMAT_FLOAT16, MANIFEST, SHARD_NAME, TRACE_NAME, TRACED_FORMATS,  # noqa: F401
+                          ChecksumError, ManifestError, StoreError, check_manifest)
 from ssb.records import CuratedExample
+from ssb.shard import Shard
+from ssb.store_codec import DEFAULT_ENCODING, StoreEncoding
 from ssb.trace import ProblemTrace
 
 _TMP_PREFIX = ".tmp-"
@@ -67,8 +69,13 @@ SCHEMA = pa.schema(
         ("model", _STR), ("tokenizer", _STR), ("config_hash", _STR), ("seed", pa.int64()),
         ("meta", _STR),  # JSON object
     ]],
-    metadata={"ssb.format": FORMAT},
+    metadata={"ssb.format": FORMAT_FLOAT16},
 )
+# Format 3: the top-k packed (ssb/store_codec.py) in place of the three top-k columns.
+_AT = SCHEMA.names.index(codec.DECODED_COLUMNS[0])
+PACKED_SCHEMA = pa.schema([*list(SCHEMA)[:_AT], *codec.PACKED_FIELDS,
+                           *(f for f in list(SCHEMA)[_AT:] if f.name not in codec.DECODED_COLUMNS)],
+                          metadata={"ssb.format": FORMAT})
 # Columns computed from a CuratedExample's fields rather than copied from one.
 _DERIVED = ("num_tokens", "topk_ids", "topk_logprobs", "tail_logprob", "meta")
 
@@ -85,6 +92,14 @@ _WRITE_OPTIONS: dict[str, Any] = dict(
                      "tail_logprob.list.element": "BYTE_STREAM_SPLIT"},
     write_statistics=False,  # min/max of token ids and log-probs prune nothing
 )
+# Format 3 (bench/store_size.py, on the default run's store): zstd level 19 takes ~1.4 bytes per
+# token off level 3's files, for a few milliseconds a shard at write and nothing at read; the
+# Arrow schema that pyarrow keeps in every footer (~2 KB, 4 bytes a token in a 500-token shard)
+# is left out: the Parquet schema alone reads back the same types here (no float16, no dictionary).
+_PACKED_WRITE_OPTIONS: dict[str, Any] = {
+    "compression": "zstd", "compression_level": 19, "write_statistics": False, "store_schema": False,
+    "use_dictionary": ["response_ids.list.element", "model", "tokenizer", "config_hash", "meta", "incorrect_answer"],
+}
 
 
 def example_arrays(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,62 +122,6 @@ def _list_column(chunks: Sequence[Any], field: pa.Field) -> pa.Array:
         raise StoreError(f"{field.name}: too many values for one shard; append fewer examples at a time")
     values = pa.array(np.concatenate(arrays) if arrays else np.zeros(0, dtype))
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values, type=field.type)
-
-
-def _size_problem(size: int | None, want: int) -> str:
-    return f"{size} bytes, manifest says {want}" + (" (truncated?)" if size is not None and size < want else "")
-
-
-@dataclass
-class Shard:
-    """One committed shard and its manifest entry; small and picklable (Ray Data read tasks)."""
-
-    filesystem: pafs.FileSystem
-    path: str  # inside `filesystem`
-    entry: dict[str, Any]
-    manifest: str  # the manifest's location, for messages
-    kind: str = "shard"  # or "trace file": what messages call it
-
-    @property
-    def name(self) -> str:
-        return self.entry["name"]
-
-    @property
-    def rows(self) -> int:
-        return self.entry["rows"]
-
-    def _fail(self, problem: str) -> ChecksumError:
-        return ChecksumError(f"{self.kind} {self.name}: {problem} ({self.manifest})")
-
-    def read_bytes(self, verify: bool = True) -> bytes:
-        """The file's bytes; with `verify`, only once size, sha256 and row count match the entry."""
-        want = self.entry["bytes"]
-        info = self.filesystem.get_file_info(self.path)
-        if info.type == pafs.FileType.NotFound:
-            raise self._fail("missing from the store")
-        if info.type != pafs.FileType.File:
-            raise self._fail("not a file")
-        if verify and info.size is not None and info.size != want:
-            # Before reading: a wrong entry could name a file far larger than any shard.
-            raise self._fail(_size_problem(info.size, want))
-        try:
-            with self.filesystem.open_input_stream(self.path) as f:
-                data = f.read()
-        except FileNotFoundError as e:
-            raise self._fail("missing from the store") from e
-        if verify:
-            if len(data) != want:  # changed since get_file_info
-                raise self._fail(_size_problem(len(data), want))
-            if hashlib.sha256(data).hexdigest() != self.entry["sha256"]:
-                raise self._fail("sha256 differs from the manifest (corrupted)")
-            rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
-            if rows != self.rows:
-                raise self._fail(f"{rows} rows, manifest says {self.rows}")
-        return data
-
-    def read_table(self, columns: Sequence[str] | None = None, verify: bool = True) -> pa.Table:
-        """The rows parsed from exactly the bytes that were verified."""
-        return pq.read_table(pa.BufferReader(self.read_bytes(verify)), columns=columns)
 
 
 class LogitStore:
@@ -191,28 +150,37 @@ class LogitStore:
     @classmethod
     def create_or_resume(
         cls, uri: str, *, config_hash: str, model: str, tokenizer: str, top_k: int,
-        filesystem: pafs.FileSystem | None = None,
+        filesystem: pafs.FileSystem | None = None, encoding: StoreEncoding | None = DEFAULT_ENCODING,
     ) -> LogitStore:
         """Open `uri` for writing: a new store, or the same run's store to resume.
 
-        Raises StoreError when the directory holds a store of another run (config hash,
-        model, tokenizer or top-k differ). Deletes orphan files left by a killed writer.
+        `encoding`: how a format-3 store packs the top-k; None writes format 2 (every top-k
+        log-prob in float16). Raises StoreError when the directory holds a store of another
+        run (config hash, model, tokenizer, top-k or encoding differ) or of another format.
+        Deletes orphan files left by a killed writer.
         """
         fs, root, norm_uri = cls._resolve(uri, filesystem)
-        wanted = {"config_hash": config_hash, "model": model, "tokenizer": tokenizer, "top_k": int(top_k)}
+        wanted: dict[str, Any] = {"config_hash": config_hash, "model": model, "tokenizer": tokenizer, "top_k": int(top_k)}
+        if encoding is not None:
+            wanted["encoding"] = encoding.to_json()
         manifest = cls._read_manifest(fs, root, norm_uri)
         if manifest is None:
             fs.create_dir(root, recursive=True)
-            manifest = {"format": FORMAT, **wanted,
+            manifest = {"format": FORMAT if encoding else FORMAT_FLOAT16, **wanted,
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "shards": []}
             store = cls(fs, root, norm_uri, manifest, writable=True)
             store._write_manifest()
         else:
             diffs = [f"{key}: store has {manifest.get(key)!r}, this run has {value!r}"
                      for key, value in wanted.items() if manifest.get(key) != value]
-            if manifest["format"] != FORMAT:
+            if manifest["format"] not in TRACED_FORMATS:
                 raise StoreError(f"store at {norm_uri} is {manifest['format']}, made before traces were kept: "
                                  "it can be read and trained on, but not resumed; curate into another run directory")
+            if (manifest["format"] == FORMAT) != (encoding is not None):
+                packed = manifest["format"] == FORMAT
+                raise StoreError(f"store at {norm_uri} is {manifest['format']} ({'packed' if packed else 'float16'} "
+                                 f"top-k) and this run writes {FORMAT_FLOAT16 if packed else FORMAT}: resume it with "
+                                 f"curate.store.packed={'true' if packed else 'false'}, or curate into another run directory")
             if diffs:
                 raise StoreError(f"store at {norm_uri} belongs to another run ({'; '.join(diffs)}); "
                                  "use another run directory, or the original config to resume")
@@ -305,24 +273,37 @@ class LogitStore:
 
     def _to_table(self, examples: Sequence[CuratedExample]) -> pa.Table:
         checked = [self._check(ex) for ex in examples]
-        derived: dict[str, list[Any]] = {
+        k = self.manifest["top_k"]
+        derived: dict[str, Any] = {
             "num_tokens": [len(ex.response_ids) for ex in examples],
-            "topk_ids": [c[0] for c in checked],
-            "topk_logprobs": [c[1] for c in checked],
-            "tail_logprob": [c[2] for c in checked],
             "meta": [json.dumps(ex.meta, sort_keys=True) for ex in examples],
         }
-        columns = []
-        for field in SCHEMA:
-            if field.name in derived:
-                values = derived[field.name]
-            else:
-                values = [getattr(ex, field.name) for ex in examples]
-            is_list = pa.types.is_list(field.type)
-            columns.append(_list_column(values, field) if is_list else pa.array(values, field.type))
         # The top-k in the file's own metadata lets a lone shard be read without the manifest.
-        schema = SCHEMA.with_metadata({**SCHEMA.metadata, b"ssb.top_k": str(self.manifest["top_k"]).encode()})
-        return pa.Table.from_arrays(columns, schema=schema)
+        extra = {b"ssb.top_k": str(k).encode()}
+        if (encoding := self.encoding) is None:
+            schema = SCHEMA
+            derived.update(topk_ids=[c[0] for c in checked], topk_logprobs=[c[1] for c in checked],
+                           tail_logprob=[c[2] for c in checked])
+        else:
+            schema = PACKED_SCHEMA
+            packed = [codec.pack_row(ids.reshape(-1, k), lp.reshape(-1, k), tail, encoding) for ids, lp, tail in checked]
+            width = codec.id_bytes(packed)
+            derived.update(codec.packed_columns(packed, k, width))
+            extra[codec.ID_BYTES_KEY] = str(width).encode()
+        columns = []
+        for field in schema:
+            values = derived[field.name] if field.name in derived else [getattr(ex, field.name) for ex in examples]
+            if isinstance(values, pa.Array):
+                columns.append(values)
+            else:
+                is_list = pa.types.is_list(field.type)
+                columns.append(_list_column(values, field) if is_list else pa.array(values, field.type))
+        return pa.Table.from_arrays(columns, schema=schema.with_metadata({**schema.metadata, **extra}))
+
+    @property
+    def encoding(self) -> StoreEncoding | None:
+        """How this store packs the top-k (format 3); None: every entry in float16 (formats 1, 2)."""
+        return StoreEncoding(**self.manifest["encoding"]) if self.manifest["format"] == FORMAT else None
 
     def append(
         self, examples: Sequence[CuratedExample], skipped: Mapping[str, str] | None = None,
@@ -358,8 +339,9 @@ class LogitStore:
         entry: dict[str, Any] = {"name": None, "rows": 0, "tokens": 0, "bytes": 0, "sha256": None,
                                  "problem_ids": list(kept), "skipped": skips}
         if kept:
+            options = _WRITE_OPTIONS if self.encoding is None else _PACKED_WRITE_OPTIONS
             entry.update(self._write_parquet(f"shard-{len(self.shard_uris()):05d}.parquet",
-                                             self._to_table(list(kept.values())), _WRITE_OPTIONS))
+                                             self._to_table(list(kept.values())), options))
             entry["tokens"] = sum(len(ex.response_ids) for ex in kept.values())
         entry["trace"] = self._write_parquet(f"trace-{len(self.manifest['shards']):05d}.parquet",
                                              traces_.to_table(traced), traces_.WRITE_OPTIONS)
@@ -374,7 +356,10 @@ class LogitStore:
     def _write_parquet(self, name: str, table: pa.Table, options: dict[str, Any]) -> dict[str, Any]:
         """`table` written atomically as `name`: its manifest fields (name, rows, bytes, sha256)."""
         buf = pa.BufferOutputStream()
-        pq.write_table(table, buf, **options)
+        with pq.ParquetWriter(buf, table.schema, **options) as writer:
+            writer.write_table(table)
+            if not options.get("store_schema", True) and table.schema.metadata:
+                writer.add_key_value_metadata(table.schema.metadata)  # else dropped with the Arrow schema
         data = buf.getvalue().to_pybytes()
         self._write_atomic(name, data)
         return {"name": name, "rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -414,7 +399,7 @@ class LogitStore:
 
     def trace_files(self) -> list[Shard] | None:
         """Every entry's trace file, in commit order; None for a store made before traces."""
-        if self.manifest["format"] != FORMAT:
+        if self.manifest["format"] not in TRACED_FORMATS:
             return None
         return [Shard(self.filesystem, self._path(entry["trace"]["name"]), entry["trace"], f"{self.uri}/{MANIFEST}",
                       kind="trace file") for entry in self.manifest["shards"]]

@@ -181,3 +181,43 @@ def test_gradcheck():
                             chunk_tokens=4, **rest).loss
 
     assert torch.autograd.gradcheck(loss, (batch["hidden"], batch["weight"], bias))
+
+
+def padded(batch: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The batch as a packed store gives it back: position t keeps its first keep[t] entries, the
+    rest joins the tail, and the freed slots repeat the top-1 id at log-prob -inf."""
+    k = batch["topk_ids"].shape[1]
+    kept = torch.arange(k)[None, :] < keep[:, None]
+    logprobs = batch["topk_logprobs"]
+    tail = torch.logaddexp(batch["tail_logprob"], logprobs.masked_fill(kept, float("-inf")).logsumexp(-1))
+    return {**batch, "topk_ids": torch.where(kept, batch["topk_ids"], batch["topk_ids"][:, :1]),
+            "topk_logprobs": logprobs.masked_fill(~kept, float("-inf")), "tail_logprob": tail}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_padding_copies_of_the_top1_are_no_buckets(temperature):
+    """k' = 2 entries padded to k = 5 is the k = 2 loss exactly, loss and gradients."""
+    batch = make_batch(weight_grad=True)
+    pad = padded(batch, torch.full((N,), 2))
+    two = {**pad, "topk_ids": pad["topk_ids"][:, :2], "topk_logprobs": pad["topk_logprobs"][:, :2]}
+    for fn in (topk_kl_loss, dense_topk_kl_loss):
+        out, grads = loss_and_grads(fn, pad, temperature=temperature, ce_weight=0.5)
+        want, want_grads = loss_and_grads(topk_kl_loss, two, temperature=temperature, ce_weight=0.5)
+        torch.testing.assert_close(out.loss, want.loss, rtol=1e-10, atol=1e-12)
+        for a, b in zip(grads, want_grads):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_mixed_padding_matches_dense_and_gradcheck():
+    batch = make_batch(n=9, h=4, v=11, k=4, weight_grad=True)
+    pad = padded(batch, torch.tensor([1, 2, 3, 4, 1, 4, 2, 3, 1]))
+    chunked, g_chunked = loss_and_grads(topk_kl_loss, pad, chunk_tokens=4, temperature=2.0, ce_weight=0.3)
+    dense, g_dense = loss_and_grads(dense_topk_kl_loss, pad, temperature=2.0, ce_weight=0.3)
+    assert torch.isfinite(chunked.loss) and chunked.kl > 0
+    torch.testing.assert_close(chunked.loss, dense.loss, rtol=1e-8, atol=1e-10)
+    for a, b in zip(g_chunked, g_dense):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    rest = {k: v for k, v in pad.items() if k not in ("hidden", "weight")}
+    assert torch.autograd.gradcheck(
+        lambda hidden, weight: topk_kl_loss(hidden, weight, temperature=2.0, ce_weight=0.3, chunk_tokens=4,
+                                            **rest).loss, (pad["hidden"], pad["weight"]))

@@ -75,12 +75,14 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
         memory.rm(path.rsplit("/", 1)[0], recursive=True)
 
 
-def test_round_trip(location: tuple[str, dict[str, Any]]) -> None:
+def test_round_trip_of_the_float16_format(location: tuple[str, dict[str, Any]]) -> None:
+    """Format 2 (encoding=None: every top-k entry in float16) is still written and read as before."""
     uri, fs = location
     rng = np.random.default_rng(0)
     examples = [make_example(f"p{i}", rng, T=10 + i, incorrect_answer="17" if i == 0 else None)
                 for i in range(3)]
-    store = LogitStore.create_or_resume(uri, **RUN, **fs)
+    store = LogitStore.create_or_resume(uri, **RUN, **fs, encoding=None)
+    assert store.manifest["format"] == "ssb-logit-store/2" and "encoding" not in store.manifest
     entry = store.append(examples, skipped={"p9": SkipReason.TEACHER_WRONG})
     assert entry is not None and entry["name"] == "shard-00000.parquet" and entry["rows"] == 3
 

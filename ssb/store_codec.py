@@ -1,0 +1,200 @@
+"""The teacher's top-k as a format-3 shard packs it: fewer entries, 8 bits or fewer each.
+
+Per response position the store keeps the fewest of the k entries whose probabilities add up
+to `mass` (at least one, at most k); the rest joins the tail bucket, whose log-prob becomes
+logsumexp(tail, dropped entries), so the loss stays exact for what is stored. Log-probs are
+quantized to `logprob_bits`-bit codes on a per-row step (code c means log-prob -c·step, the
+step set by the row's lowest stored value). Not every bucket is coded: the top-1, usually
+near probability 1, would lose the tail's digits (1 - p to a few percent), so the top-1 is
+derived on reading as 1 - (the others + the tail), and the tail is coded in its place.
+Codes of a position's later entries are stored as differences to the one before (sorted,
+so small and non-negative), which zstd packs tighter.
+
+Per row, four columns: `packed_counts` (entries kept per position, uint8, or uint16 past
+255), `packed_ids` (the kept ids, uint16 little-endian when the shard's largest id fits,
+else uint32: the file's `ssb.id_bytes`), `packed_codes` (uint8 per kept entry: the tail's
+code, then the differences) and `logprob_step` (float32).
+
+Decoding gives back the format-2 columns (`topk_ids`, `topk_logprobs`, `tail_logprob`) at
+the store's k: a position with fewer entries is padded with copies of its top-1 id at
+log-prob -inf, which ssb/loss.py reads as absent buckets (`padding_mask`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ssb.logits import TAIL_FLOOR
+
+PACKED_COLUMNS = ("packed_counts", "packed_ids", "packed_codes", "logprob_step")
+DECODED_COLUMNS = ("topk_ids", "topk_logprobs", "tail_logprob")
+PACKED_FIELDS = [pa.field("packed_counts", pa.binary(), nullable=False), pa.field("packed_ids", pa.binary(), nullable=False),
+                 pa.field("packed_codes", pa.binary(), nullable=False),
+                 pa.field("logprob_step", pa.float32(), nullable=False)]
+ID_BYTES_KEY = b"ssb.id_bytes"
+
+
+def _list_of(dtype: pa.DataType) -> pa.DataType:
+    return pa.list_(pa.field("element", dtype, nullable=False))
+
+
+DECODED_FIELDS = {name: pa.field(name, _list_of(dtype), nullable=False) for name, dtype in [
+    ("topk_ids", pa.int32()), ("topk_logprobs", pa.float32()), ("tail_logprob", pa.float32())]}
+
+
+@dataclass(frozen=True)
+class StoreEncoding:
+    """How a format-3 store packs each position (the manifest's `encoding`)."""
+
+    mass: float = 0.999
+    logprob_bits: int = 6
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mass, bool) or not isinstance(self.mass, (int, float)) or not 0 < self.mass <= 1:
+            raise ValueError(f"store mass {self.mass!r}: a probability mass in (0, 1]")
+        if not isinstance(self.logprob_bits, int) or not 1 <= self.logprob_bits <= 8:
+            raise ValueError(f"store logprob_bits {self.logprob_bits!r}: an integer from 1 to 8")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mass": self.mass, "logprob_bits": self.logprob_bits}
+
+
+DEFAULT_ENCODING = StoreEncoding()
+
+
+def encoding_of(settings: Any) -> StoreEncoding | None:
+    """The encoding `curate.store` asks for (ssb.config.StoreConfig); None: format 2."""
+    return StoreEncoding(settings.mass, settings.logprob_bits) if settings.packed else None
+
+
+def padding_mask(ids: np.ndarray) -> np.ndarray:
+    """[T, k] bool: the slots that only pad a position to k (a copy of its top-1 id)."""
+    pad = ids == ids[..., :1]
+    pad[..., 0] = False
+    return pad
+
+
+@dataclass
+class PackedRow:
+    counts: np.ndarray  # [T] entries kept per position
+    ids: np.ndarray  # [sum(counts)] int64, position after position, best first
+    codes: np.ndarray  # [sum(counts)] uint8: per position the tail's code, then code differences
+    step: float
+
+
+def pack_row(ids: np.ndarray, logprobs: np.ndarray, tail: np.ndarray, enc: StoreEncoding) -> PackedRow:
+    """One example's [T, k] ids and log-probs (sorted best first) and [T] tail, packed."""
+    lp = np.maximum(np.asarray(logprobs, np.float64), TAIL_FLOOR)
+    k = lp.shape[1]
+    cumulative = np.cumsum(np.exp(lp), axis=1)
+    # The fewest entries reaching the mass; float rounding may keep the sum just under it.
+    counts = np.minimum((cumulative < enc.mass).sum(axis=1) + 1, k)
+    kept = np.arange(k)[None, :] < counts[:, None]
+    dropped = np.where(kept, -np.inf, lp)
+    new_tail = np.logaddexp(np.asarray(tail, np.float64), np.logaddexp.reduce(dropped, axis=1))
+    # Slot 0 carries the tail: the top-1 is derived from the rest on reading.
+    stored = np.where(kept, lp, 0.0)
+    stored[:, 0] = np.maximum(new_tail, TAIL_FLOOR)
+    levels = (1 << enc.logprob_bits) - 1
+    step = float(np.float32(max(-float(stored.min()), 1e-6) / levels))  # as the float32 column holds it
+    codes = np.clip(np.rint(-stored / step), 0, levels).astype(np.int64)
+    # Entries are sorted, so their codes never decrease: differences are in [0, levels].
+    codes[:, 2:] = np.diff(codes[:, 1:], axis=1)
+    return PackedRow(counts, np.asarray(ids, np.int64)[kept], codes[kept].astype(np.uint8), step)
+
+
+def id_bytes(rows: Sequence[PackedRow]) -> int:
+    """2 when every id of the shard fits in uint16, else 4."""
+    top = max((int(r.ids.max()) for r in rows if r.ids.size), default=0)
+    return 2 if top <= np.iinfo(np.uint16).max else 4
+
+
+def packed_columns(rows: Sequence[PackedRow], top_k: int, width: int) -> dict[str, pa.Array]:
+    count_type = "<u1" if top_k <= 255 else "<u2"
+    id_type = "<u2" if width == 2 else "<u4"
+    return {
+        "packed_counts": pa.array([r.counts.astype(count_type).tobytes() for r in rows], pa.binary()),
+        "packed_ids": pa.array([r.ids.astype(id_type).tobytes() for r in rows], pa.binary()),
+        "packed_codes": pa.array([r.codes.tobytes() for r in rows], pa.binary()),
+        "logprob_step": pa.array([r.step for r in rows], pa.float32()),
+    }
+
+
+def _values(column: pa.ChunkedArray | pa.Array, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """A binary column's bytes as one flat array of `dtype`, and each row's element offsets."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    arr = arr.cast(pa.large_binary()) if arr.type != pa.large_binary() else arr
+    size = np.dtype(dtype).itemsize
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset: arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    flat = np.frombuffer(data, np.uint8)[offsets[0]: offsets[-1]] if data is not None else np.zeros(0, np.uint8)
+    if (offsets % size).any() or flat.size % size:
+        raise ValueError(f"packed column: a row's bytes are not a whole number of {dtype} values")
+    return flat.view(dtype), (offsets - offsets[0]) // size
+
+
+def decode_packed(table: pa.Table, top_k: int, width: int) -> dict[str, pa.Array]:
+    """The format-2 columns (topk_ids, topk_logprobs, tail_logprob) of a packed table."""
+    counts, row_offsets = _values(table.column("packed_counts"), "<u1" if top_k <= 255 else "<u2")
+    ids_flat, _ = _values(table.column("packed_ids"), "<u2" if width == 2 else "<u4")
+    codes_flat, _ = _values(table.column("packed_codes"), "<u1")
+    counts = counts.astype(np.int64)
+    if (counts.size and (counts.min() < 1 or counts.max() > top_k)) or not counts.sum() == ids_flat.size == codes_flat.size:
+        raise ValueError(f"packed top-k: {counts.sum()} entries counted, {ids_flat.size} ids, {codes_flat.size} codes")
+    n = counts.size
+    kept = np.arange(top_k)[None, :] < counts[:, None]
+    steps = np.repeat(np.asarray(table.column("logprob_step").to_numpy(), np.float64), np.diff(row_offsets))
+    codes = np.zeros((n, top_k), np.int64)
+    codes[kept] = codes_flat
+    codes[:, 1:] = np.cumsum(np.where(kept[:, 1:], codes[:, 1:], 0), axis=1)
+    values = -codes * steps[:, None]
+    tail = values[:, 0]
+    others = np.where(kept[:, 1:], np.exp(values[:, 1:]), 0.0)
+    # 1 - the rest, no smaller than the next entry (rounding may push the rest past 1), then
+    # renormalised: a multiplicative fix keeps every bucket's relative precision.
+    top1 = np.maximum(1.0 - np.exp(tail) - others.sum(1), others.max(1, initial=math.exp(TAIL_FLOOR)))
+    norm = np.log(top1 + np.exp(tail) + others.sum(1))
+    logprobs = np.where(kept, values, -np.inf)
+    logprobs[:, 0] = np.log(top1)
+    logprobs[:, :] -= norm[:, None]
+    ids = np.zeros((n, top_k), np.int64)
+    ids[kept] = ids_flat
+    ids = np.where(kept, ids, ids[:, :1])  # padding: copies of the top-1 id
+    rows = np.diff(row_offsets)
+    list_offsets = pa.array(np.concatenate([[0], np.cumsum(rows)]).astype(np.int32))
+    item = _list_of
+    return {
+        "topk_ids": pa.ListArray.from_arrays(pa.array((list_offsets.to_numpy() * top_k).astype(np.int32)),
+                                             pa.array(ids.astype(np.int32).reshape(-1)), type=item(pa.int32())),
+        "topk_logprobs": pa.ListArray.from_arrays(pa.array((list_offsets.to_numpy() * top_k).astype(np.int32)),
+                                                  pa.array(logprobs.astype(np.float32).reshape(-1)),
+                                                  type=item(pa.float32())),
+        "tail_logprob": pa.ListArray.from_arrays(list_offsets, pa.array((tail - norm).astype(np.float32)),
+                                                 type=item(pa.float32())),
+    }
+
+
+def target_kl(reference: tuple[np.ndarray, np.ndarray, np.ndarray], packed: tuple[np.ndarray, np.ndarray, np.ndarray],
+              temperature: float) -> np.ndarray:
+    """[T] KL(reference ‖ packed) at `temperature` over the buckets the loss sees for the packed
+    store: each (ids [T, k], log-probs [T, k], tail [T]) is a teacher's target at T=1, turned into
+    softmax(log-prob / T) over its own buckets as the loss does; the reference's buckets that the
+    packed one merged into its tail are summed there (what a student trained on it is taught)."""
+    ref_ids, ref_lp, ref_tail = (np.asarray(a, np.float64) for a in reference)
+    ids, lp, tail = (np.asarray(a, np.float64) for a in packed)
+    ref_t = np.concatenate([ref_lp, ref_tail[:, None]], 1) / temperature
+    ref_p = np.exp(ref_t - np.logaddexp.reduce(ref_t, axis=1, keepdims=True))
+    pad = padding_mask(ids)
+    match = (ids[:, :, None] == ref_ids[:, None, :]) & ~pad[:, :, None]
+    p_kept = (match * ref_p[:, None, :-1]).sum(-1)  # [T, k]: 0 at padding
+    p = np.concatenate([p_kept, np.maximum(1.0 - p_kept.sum(1, keepdims=True), 0.0)], 1)
+    q_t = np.concatenate([np.where(pad, -np.inf, lp), tail[:, None]], 1) / temperature
+    log_q = q_t - np.logaddexp.reduce(q_t, axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, p * (np.log(p) - log_q), 0.0).sum(1)

@@ -1,0 +1,192 @@
+"""The packed logit store (format 3): adaptive k, quantized log-probs, packed ids; read back as
+the format-2 columns; format-2 stores still read, trained on and resumed only in their format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ssb.batching import TRAIN_COLUMNS, collate
+from ssb.loss import topk_kl_loss
+from ssb.manifest import ManifestError
+from ssb.store import LogitStore, StoreError, example_arrays
+from ssb.store_codec import StoreEncoding, decode_packed, pack_row, padding_mask, target_kl
+from tests.ssb.test_store import RUN, K, location, make_example, synthetic_topk  # noqa: F401
+
+ALL_ENTRIES = StoreEncoding(mass=1.0, logprob_bits=8)
+
+
+def consistent_topk(rng: np.random.Generator, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """synthetic_topk's ids and shape of log-probs, rescaled so the k entries and a tail of
+    1e-6 to 0.05 add up to 1, as an engine's do."""
+    ids, logprobs, _ = synthetic_topk(rng, T)
+    tail = np.log(rng.uniform(1e-6, 0.05, T))
+    lp = logprobs.astype(np.float64)
+    lp += np.log1p(-np.exp(tail))[:, None] - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+    return ids, lp.astype(np.float32), tail.astype(np.float32)
+
+
+def round_trip(ids: np.ndarray, logprobs: np.ndarray, tail: np.ndarray, enc: StoreEncoding, width: int = 4):
+    import pyarrow as pa
+
+    from ssb.store_codec import packed_columns
+
+    row = pack_row(ids, logprobs, tail, enc)
+    decoded = decode_packed(pa.table(packed_columns([row], ids.shape[1], width)), ids.shape[1], width)
+    k = ids.shape[1]
+    return (np.asarray(decoded["topk_ids"][0].as_py()).reshape(-1, k),
+            np.asarray(decoded["topk_logprobs"][0].as_py()).reshape(-1, k),
+            np.asarray(decoded["tail_logprob"][0].as_py()), row)
+
+
+def test_every_entry_kept_comes_back_within_the_quantization_step():
+    ids, logprobs, tail = consistent_topk(np.random.default_rng(0), T=300)
+    got_ids, got_lp, got_tail, row = round_trip(ids, logprobs, tail, ALL_ENTRIES)
+    assert (row.counts == K).all() and not padding_mask(got_ids).any()
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_allclose(got_lp[:, 1:], logprobs[:, 1:], atol=row.step)  # renormalised: < one step
+    np.testing.assert_allclose(got_tail, tail, atol=row.step)
+    # The top-1 is derived from the rest: its error is theirs added up (~5% of each at this step),
+    # and where it is near 1 the tail keeps its digits.
+    np.testing.assert_allclose(np.exp(got_lp[:, 0]), np.exp(logprobs[:, 0]), atol=1e-2)
+    total = np.exp(got_lp.astype(np.float64)).sum(1) + np.exp(got_tail.astype(np.float64))
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+def test_mass_keeps_the_fewest_entries_reaching_it_and_the_rest_joins_the_tail():
+    logprobs = np.log(np.array([[0.6, 0.3, 0.05, 0.03, 0.01], [0.995, 0.002, 0.001, 0.001, 0.0005]]))
+    ids = np.array([[7, 3, 9, 1, 4], [2, 8, 5, 6, 0]])
+    tail = np.log(1 - np.exp(logprobs).sum(1))
+    got_ids, got_lp, got_tail, row = round_trip(ids, logprobs, tail, StoreEncoding(mass=0.95, logprob_bits=8))
+    assert row.counts.tolist() == [3, 1]
+    assert got_ids.tolist() == [[7, 3, 9, 7, 7], [2, 2, 2, 2, 2]]  # padded with the top-1's id
+    assert padding_mask(got_ids).tolist() == [[False, False, False, True, True], [False, True, True, True, True]]
+    assert np.isneginf(got_lp[padding_mask(got_ids)]).all()
+    np.testing.assert_allclose(np.exp(got_tail), [0.05, 0.005], rtol=0.03)  # 0.03 + 0.01 + 0.01; 1 - 0.995
+    np.testing.assert_allclose(np.exp(got_lp[1, 0]), 0.995, rtol=1e-4)
+
+
+def test_target_kl_is_zero_for_the_same_target_and_grows_as_less_is_kept():
+    ids, logprobs, tail = consistent_topk(np.random.default_rng(1), T=400)
+    same = target_kl((ids, logprobs, tail), (ids, logprobs, tail), 2.0)
+    np.testing.assert_allclose(same, 0.0, atol=1e-12)
+    kls = []
+    for mass in (1.0, 0.999, 0.99, 0.9):
+        got_ids, got_lp, got_tail, _ = round_trip(ids, logprobs, tail, StoreEncoding(mass=mass, logprob_bits=8))
+        kls.append([target_kl((ids, logprobs, tail), (got_ids, got_lp, got_tail), t).mean() for t in (1.0, 2.0)])
+    at_t1, at_t2 = np.array(kls).T
+    assert at_t1.max() < 1e-3  # at T=1 merging loses nothing the buckets hold: only quantization
+    assert list(at_t2) == sorted(at_t2) and at_t2[-1] > 10 * at_t2[0]  # at T=2 small entries count
+
+
+def test_packed_round_trip(location: tuple[str, dict[str, Any]]) -> None:
+    uri, fs = location
+    rng = np.random.default_rng(2)
+    examples = [make_example(f"p{i}", rng, T=10 + i) for i in range(3)]
+    store = LogitStore.create_or_resume(uri, **RUN, **fs)
+    store.append(examples)
+    assert store.manifest["format"] == "ssb-logit-store/3"
+    assert store.manifest["encoding"] == {"mass": 0.999, "logprob_bits": 6}
+    reader = LogitStore.open(uri, **fs)
+    table = reader.read_table()
+    assert table.column_names[:9] == ["problem_id", "question", "answer", "student_prompt_ids", "teacher_prompt_ids",
+                                      "response_ids", "response_text", "num_tokens", "topk_ids"]
+    assert table.schema.field("topk_logprobs").type.value_type.bit_width == 32
+    assert table.schema.metadata[b"ssb.id_bytes"] == b"4"  # ids up to 151,000: uint32
+    only = reader.shards()[0].read_table(TRAIN_COLUMNS)
+    assert only.column_names == TRAIN_COLUMNS
+    for want, got in zip(examples, reader.iter_examples()):
+        ids, logprobs, tail = example_arrays({"num_tokens": len(want.response_ids), "topk_ids": got.topk_ids,
+                                              "topk_logprobs": got.topk_logprobs, "tail_logprob": got.tail_logprob})
+        assert ids.shape == (len(want.response_ids), K) and got.response_text == want.response_text
+        kl = target_kl((np.asarray(want.topk_ids), np.asarray(want.topk_logprobs), np.asarray(want.tail_logprob)),
+                       (ids, logprobs, tail), 1.0)
+        assert kl.mean() < 5e-3  # make_example's entries can add up past 1: no exact target to keep
+
+
+def test_a_small_vocabulary_packs_ids_in_two_bytes_and_the_store_halves(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    examples = []
+    for i in range(16):
+        ex = make_example(f"p{i}", rng, T=120)
+        ex.topk_ids = (np.asarray(ex.topk_ids) % 49_152).tolist()  # SmolLM2's vocabulary
+        ex.response_ids = [row[0] for row in ex.topk_ids]
+        examples.append(ex)
+    sizes = {}
+    for name, enc in (("float16", None), ("packed", StoreEncoding())):
+        store = LogitStore.create_or_resume(str(tmp_path / name), **RUN, encoding=enc)
+        store.append(examples)
+        sizes[name] = store.summary()["bytes_per_token"]
+    meta = pq.ParquetFile(tmp_path / "packed" / "shard-00000.parquet").schema_arrow.metadata
+    assert meta[b"ssb.id_bytes"] == b"2" and meta[b"ssb.format"] == b"ssb-logit-store/3"
+    print(f"\nbytes per token: float16 {sizes['float16']:.1f}, packed {sizes['packed']:.1f}")
+    assert sizes["packed"] < 0.6 * sizes["float16"]
+
+
+def test_float16_and_packed_stores_of_the_same_examples_train_alike(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    examples = []
+    for i in range(4):
+        ids, logprobs, tail = consistent_topk(rng, 16)
+        examples.append(make_example(f"p{i}", rng, topk_ids=ids.tolist(), topk_logprobs=logprobs.tolist(),
+                                     tail_logprob=tail.tolist(), response_ids=ids[:, 0].tolist()))
+    losses = []
+    for name, enc in (("float16", None), ("packed", StoreEncoding(mass=1.0, logprob_bits=8))):
+        LogitStore.create_or_resume(str(tmp_path / name), **RUN, encoding=enc).append(examples)
+        rows = LogitStore.open(str(tmp_path / name)).read_table().select(TRAIN_COLUMNS).to_pylist()
+        batch = collate(rows, pad_id=0)
+        gen = torch.Generator().manual_seed(0)
+        hidden = torch.randn(*batch.input_ids.shape, 8, generator=gen)
+        weight = torch.randn(151_000, 8, generator=gen) * 0.1
+        out = topk_kl_loss(hidden, weight, batch.topk_ids, batch.topk_logprobs, batch.tail_logprob,
+                           batch.target_ids, batch.loss_mask, temperature=2.0)
+        assert torch.isfinite(out.loss)
+        losses.append(out.loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=2e-3)
+
+
+def test_a_float16_store_resumes_only_in_its_format(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    old = LogitStore.create_or_resume(str(tmp_path), **RUN, encoding=None)
+    old.append([make_example("a", rng)])
+    with pytest.raises(StoreError, match=r"ssb-logit-store/2 .*float16.* curate\.store\.packed=false"):
+        LogitStore.create_or_resume(str(tmp_path), **RUN)
+    again = LogitStore.create_or_resume(str(tmp_path), **RUN, encoding=None)
+    again.append([make_example("b", rng)])
+    assert again.manifest["format"] == "ssb-logit-store/2"
+    for path in again.shard_paths():
+        assert "topk_logprobs" in pq.ParquetFile(path).schema_arrow.names
+    assert LogitStore.open(str(tmp_path)).read_table().num_rows == 2
+
+
+def test_a_packed_store_is_not_resumed_with_other_settings(tmp_path: Path) -> None:
+    LogitStore.create_or_resume(str(tmp_path), **RUN)
+    with pytest.raises(StoreError, match=r"encoding: store has .*'mass': 0\.999.*another run directory"):
+        LogitStore.create_or_resume(str(tmp_path), **RUN, encoding=StoreEncoding(mass=0.99))
+    with pytest.raises(StoreError, match=r"curate\.store\.packed=true"):
+        LogitStore.create_or_resume(str(tmp_path), **RUN, encoding=None)
+
+
+@pytest.mark.parametrize("encoding, problem", [
+    (None, "encoding: expected an object"), ({"mass": 0, "logprob_bits": 6}, "mass 0"),
+    ({"mass": 0.99, "logprob_bits": 9}, "logprob_bits 9"), ({"mass": "x", "logprob_bits": 6}, "mass 'x'")])
+def test_a_packed_manifest_without_a_valid_encoding_is_refused(tmp_path: Path, encoding, problem) -> None:
+    LogitStore.create_or_resume(str(tmp_path), **RUN)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["encoding"] = encoding
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=problem):
+        LogitStore.open(str(tmp_path), allow_empty=True)
+
+
+def test_bad_settings_are_one_line_errors() -> None:
+    with pytest.raises(ValueError, match="mass 1.5"):
+        StoreEncoding(mass=1.5)
+    with pytest.raises(ValueError, match="logprob_bits 0"):
+        StoreEncoding(logprob_bits=0)
