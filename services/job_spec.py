@@ -29,10 +29,8 @@ from services.settings import ApiConfig, resolve_under
 from ssb.config import OverrideError, parse_override
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}$"
-SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens")
 ROLES = ("rollout", "teacher")
 SEED_KEY = "curate.seed"
-OVERRIDABLE = (*(f"curate.{role}.{key}" for role in ROLES for key in SAMPLING_KEYS), SEED_KEY)
 MAX_OVERRIDES = 32
 
 
@@ -66,6 +64,8 @@ class SamplingOverride(_In):
     max_tokens: int | None = Field(None, ge=1, le=4096)
 
 
+# What a request may set, by its fields or by an override: curate.<role>.<key> and curate.seed.
+OVERRIDABLE = (*(f"curate.{role}.{key}" for role in ROLES for key in SamplingOverride.model_fields), SEED_KEY)
 Seed = Annotated[int, Field(ge=0, le=2**31)]
 _SEED = TypeAdapter(Seed)
 
