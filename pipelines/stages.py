@@ -118,7 +118,7 @@ def curate_round(cfg: RunConfig, r: int, adapter: str | None, *, title: str = ""
     if had is None:
         say(f"{stage}: curates into {layout.curated}")
     elif had != wanted.curation_hash():
-        was = load_config(layout.config).curation_key() if layout.config.exists() else {}
+        was = _recorded(layout.config, lambda c: c.curation_key()) or {}
         unseen = "the curating adapter's content" if adapter else "the settings recorded in its manifest"
         made_otherwise(stage, layout.curated, key_changes(was, wanted.curation_key(), unseen), on_change)
         shutil.rmtree(layout.curated)
@@ -143,12 +143,24 @@ def _trained_key(layout: RunLayout, store: str | None) -> dict[str, Any] | None:
     path = layout.train / TRAIN_KEY
     if path.exists():
         return json.loads(path.read_text())
-    if layout.train_config.exists():
-        # Trained before keys were kept: its config stands for its key, with the store as it is now.
-        return load_config(layout.train_config).train_key(store)
+    # Trained before keys were kept: its config stands for its key, with the store as it is now.
+    legacy = _recorded(layout.train_config, lambda c: c.train_key(store))
+    if legacy is not None:
+        return legacy
     if layout.adapter_config.exists() or layout.train_experiment.exists():
-        return {"settings": "unrecorded (no train/config.yaml)"}  # never taken for this run's
+        return {"settings": "unrecorded (no readable train/config.yaml)"}  # never taken for this run's
     return None
+
+
+def _recorded(config: Path, key: Any) -> dict[str, Any] | None:
+    """`key` of the config a stage wrote beside its result; None when there is none, or it no
+    longer reads (a setting since renamed): a result it cannot vouch for is not reused."""
+    if not config.exists():
+        return None
+    try:
+        return key(load_config(config))
+    except ValueError:  # pydantic's ValidationError included
+        return None
 
 
 def _train_line(layout: RunLayout) -> str:
