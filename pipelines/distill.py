@@ -165,14 +165,7 @@ def train_worker(config: dict[str, Any]) -> None:
     optimizer, scheduler = make_optimizer(module, cfg, config["total_steps"])
     state = TrainState()
     if ckpt_dir is not None:
-        load_optim = None
-        if fsdp:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            load_optim = lambda osd: optimizer.load_state_dict(  # noqa: E731
-                FSDP.optim_state_dict_to_load(module, optimizer, osd))
-        state = load_training_state(ckpt_dir, optimizer, scheduler, load_optim)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        state = _resume(ckpt_dir, module, optimizer, scheduler, fsdp=fsdp)
         if rank == 0:
             log.warning("resuming from step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch)
             append_metrics(layout, {"event": "resumed", **asdict(state)})
@@ -215,6 +208,20 @@ def train_worker(config: dict[str, Any]) -> None:
                 ray.train.report({**metrics, **asdict(state)})
 
     train_loop(module, optimizer, scheduler, epoch_batches, cfg, state, device=device, on_report=on_report)
+
+
+def _resume(ckpt_dir: str, module: Any, optimizer: Any, scheduler: Any, *, fsdp: bool) -> TrainState:
+    """The optimizer, scheduler and data position of a checkpoint (its local copy, removed
+    once read); FSDP's optimizer state is resharded onto this rank's shards."""
+    load_optim = None
+    if fsdp:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        load_optim = lambda osd: optimizer.load_state_dict(  # noqa: E731
+            FSDP.optim_state_dict_to_load(module, optimizer, osd))
+    state = load_training_state(ckpt_dir, optimizer, scheduler, load_optim)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return state
 
 
 def _staging(layout: RunLayout | None, local_mode: bool, step: int) -> Any:
@@ -279,15 +286,28 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@dataclass
+class _Setup:
+    """What a training run starts from, checked before Ray starts (see `_set_up`)."""
+    model_path: str
+    pad_id: int
+    store: LogitStore
+    rows: int
+    layout: RunLayout | None  # None: a remote run directory (see `_run_directory`)
+    storage: str  # where Ray Train keeps the checkpoints
+
+
 def run_distillation(cfg: RunConfig, *, resume: bool = False) -> DistillSummary:
-    import ray.data
-    from ray.train import FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    start = time.perf_counter()
+    setup = _set_up(cfg, resume)
+    result = _fit(cfg, setup)
+    return _finish(cfg, setup, result, start)
+
+
+def _set_up(cfg: RunConfig, resume: bool) -> _Setup:
+    """The checked store, the student's tokenizer and the run directory (module doc, step 1)."""
     from transformers import AutoTokenizer
 
-    from pipelines.ray_setup import init_ray, quiet_data_context
-
-    start = time.perf_counter()
     t = cfg.train
     if t.strategy not in ("ddp", "fsdp"):
         raise ValueError(f"train.strategy {t.strategy!r}: expected 'ddp' or 'fsdp'")
@@ -299,46 +319,62 @@ def run_distillation(cfg: RunConfig, *, resume: bool = False) -> DistillSummary:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     store = open_checked_store(cfg, tokenizer)
     rows = store.summary()["rows"]
+    layout, storage = _run_directory(cfg, resume)
+    workers = max(t.num_workers, 1)
+    if rows < workers:
+        raise StoreError(f"store at {store.uri} has {rows} rows: fewer than the {workers} workers")
+    return _Setup(model_path, pad_id, store, rows, layout, storage)
 
-    # A remote run directory keeps the checkpoints (Ray Train writes through pyarrow) but none
-    # of the files written here with local file operations.
+
+def _run_directory(cfg: RunConfig, resume: bool) -> tuple[RunLayout | None, str]:
+    """The run directory's layout, and where Ray Train keeps its checkpoints. A remote run
+    directory keeps the checkpoints (Ray Train writes through pyarrow) but none of the files
+    written here with local file operations: its layout is None."""
     layout = None if cfg.layout.remote else RunLayout(Path(cfg.output_dir).resolve())
-    storage = cfg.layout.train_ray if layout is None else layout.train_ray
-    if layout is not None:
-        experiment = layout.train_experiment
-        if experiment.exists() and not resume:
-            raise ValueError(f"a training run already exists in {experiment}: pass --resume to continue it, "
-                             "or remove it (or use another run directory) to start over")
-        if resume and not experiment.exists():
-            raise ValueError(f"nothing to resume: no training run in {experiment}")
-        layout.train.mkdir(parents=True, exist_ok=True)
-        layout.train_config.write_text(dump_config(cfg))
-    else:
+    if layout is None:
+        storage = cfg.layout.train_ray
         log.warning("run directory %s is remote: Ray Train's checkpoints go to %s, but train/metrics.jsonl, "
                     "train/summary.json and train/config.yaml are not written and the adapter goes to a local "
                     "temporary directory (a local or shared-filesystem run directory keeps them all)",
                     cfg.output_dir, storage)
+        return None, storage
+    experiment = layout.train_experiment
+    if experiment.exists() and not resume:
+        raise ValueError(f"a training run already exists in {experiment}: pass --resume to continue it, "
+                         "or remove it (or use another run directory) to start over")
+    if resume and not experiment.exists():
+        raise ValueError(f"nothing to resume: no training run in {experiment}")
+    layout.train.mkdir(parents=True, exist_ok=True)
+    layout.train_config.write_text(dump_config(cfg))
+    return layout, layout.train_ray
 
-    workers = max(t.num_workers, 1)
-    if rows < workers:
-        raise StoreError(f"store at {store.uri} has {rows} rows: fewer than the {workers} workers")
+
+def _fit(cfg: RunConfig, setup: _Setup) -> Any:
+    """Ray Train's result of training on the store (module doc, steps 2 and 3)."""
+    import ray.data
+    from ray.train import FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.ray_setup import init_ray, quiet_data_context
+
+    t, layout = cfg.train, setup.layout
     init_ray(cfg.ray)
     quiet_data_context()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the same order again on resume: the data position holds
-    dataset = verified_dataset(store, TRAIN_COLUMNS)
-    if store.summary()["bytes"] <= MATERIALIZE_BYTES:
+    dataset = verified_dataset(setup.store, TRAIN_COLUMNS)
+    if setup.store.summary()["bytes"] <= MATERIALIZE_BYTES:
         dataset = dataset.materialize()
 
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"train": t.model_dump(mode="json"), "model_path": model_path, "pad_id": pad_id,
-                           "total_steps": optimizer_steps(rows, t, workers),
+        train_loop_config={"train": t.model_dump(mode="json"), "model_path": setup.model_path, "pad_id": setup.pad_id,
+                           "total_steps": optimizer_steps(setup.rows, t, max(t.num_workers, 1)),
                            "run_dir": layout.root if layout is not None else None, "local_mode": t.num_workers == 0},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"GPU": 1, "CPU": t.cpus_per_worker} if t.use_gpu
                                      else {"CPU": t.cpus_per_worker}),
-        run_config=RayRunConfig(storage_path=storage, name=EXPERIMENT,
+        run_config=RayRunConfig(storage_path=setup.storage, name=EXPERIMENT,
                                 failure_config=FailureConfig(max_failures=t.max_failures),
                                 # Ray Train logs every report at INFO; our progress line is enough.
                                 logging_config=LoggingConfig(log_level="WARNING")),
@@ -349,8 +385,13 @@ def run_distillation(cfg: RunConfig, *, resume: bool = False) -> DistillSummary:
         raise RuntimeError(f"training failed: {result.error}") from result.error
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
+    return result
 
-    summary = DistillSummary(rows=rows, final_metrics=dict(result.metrics or {}),
+
+def _finish(cfg: RunConfig, setup: _Setup, result: Any, start: float) -> DistillSummary:
+    """The final checkpoint's adapter (and merged model) in place, and the run's summary (module doc, step 4)."""
+    t, layout = cfg.train, setup.layout
+    summary = DistillSummary(rows=setup.rows, final_metrics=dict(result.metrics or {}),
                              metrics_path=str(layout.train_metrics) if layout is not None else "")
     summary.steps = int(summary.final_metrics.get("step", 0))
     summary.epochs = t.epochs
@@ -366,7 +407,7 @@ def run_distillation(cfg: RunConfig, *, resume: bool = False) -> DistillSummary:
         resumed = [m for m in read_metrics(layout.root) if m.get("event") == "resumed"]
         summary.resumed_from_step = resumed[-1]["step"] if resumed else None
     if t.merge:
-        summary.merged_dir = str(merge_adapter(model_path, adapter_dir, outputs.merged))
+        summary.merged_dir = str(merge_adapter(setup.model_path, adapter_dir, outputs.merged))
     summary.wall_seconds = time.perf_counter() - start
     if layout is not None:
         layout.train_summary.write_text(json.dumps(asdict(summary), indent=2, default=str))
