@@ -92,13 +92,14 @@ _WRITE_OPTIONS: dict[str, Any] = dict(
                      "tail_logprob.list.element": "BYTE_STREAM_SPLIT"},
     write_statistics=False,  # min/max of token ids and log-probs prune nothing
 )
-# Format 3 (bench/store_size.py, on the default run's store): zstd level 19 takes ~1.4 bytes per
-# token off level 3's files, for a few milliseconds a shard at write and nothing at read; the
-# Arrow schema that pyarrow keeps in every footer (~2 KB, 4 bytes a token in a 500-token shard)
-# is left out: the Parquet schema alone reads back the same types here (no float16, no dictionary).
+# Format 3, measured on the default run's store (bench/store_size.py): zstd level 19 takes ~1.4
+# bytes a token off level 3's files, for a few milliseconds a shard at write and nothing at read;
+# the Arrow schema pyarrow keeps in every footer (~2 KB: 4 bytes a token in a 500-token shard) is
+# left out, the Parquet schema alone reads back the same types (no float16 here); dictionaries
+# cost more than they save once the top-k ids are packed (~370 bytes a shard, a page each).
 _PACKED_WRITE_OPTIONS: dict[str, Any] = {
     "compression": "zstd", "compression_level": 19, "write_statistics": False, "store_schema": False,
-    "use_dictionary": ["response_ids.list.element", "model", "tokenizer", "config_hash", "meta", "incorrect_answer"],
+    "use_dictionary": False,
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -16,7 +17,14 @@ from ssb.batching import TRAIN_COLUMNS, collate
 from ssb.loss import topk_kl_loss
 from ssb.manifest import ManifestError
 from ssb.store import LogitStore, StoreError, example_arrays
-from ssb.store_codec import StoreEncoding, decode_packed, pack_row, padding_mask, target_kl
+from ssb.store_codec import (
+    StoreEncoding,
+    decode_packed,
+    pack_row,
+    packed_columns,
+    padding_mask,
+    target_kl,
+)
 from tests.ssb.test_store import RUN, K, location, make_example, synthetic_topk  # noqa: F401
 
 ALL_ENTRIES = StoreEncoding(mass=1.0, logprob_bits=8)
@@ -33,10 +41,6 @@ def consistent_topk(rng: np.random.Generator, T: int) -> tuple[np.ndarray, np.nd
 
 
 def round_trip(ids: np.ndarray, logprobs: np.ndarray, tail: np.ndarray, enc: StoreEncoding, width: int = 4):
-    import pyarrow as pa
-
-    from ssb.store_codec import packed_columns
-
     row = pack_row(ids, logprobs, tail, enc)
     decoded = decode_packed(pa.table(packed_columns([row], ids.shape[1], width)), ids.shape[1], width)
     k = ids.shape[1]
@@ -85,7 +89,7 @@ def test_target_kl_is_zero_for_the_same_target_and_grows_as_less_is_kept():
     assert list(at_t2) == sorted(at_t2) and at_t2[-1] > 10 * at_t2[0]  # at T=2 small entries count
 
 
-def test_packed_round_trip(location: tuple[str, dict[str, Any]]) -> None:
+def test_packed_round_trip(location: tuple[str, dict[str, Any]]) -> None:  # noqa: F811 (the fixture)
     uri, fs = location
     rng = np.random.default_rng(2)
     examples = [make_example(f"p{i}", rng, T=10 + i) for i in range(3)]
