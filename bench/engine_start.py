@@ -2,7 +2,7 @@
 `worker`: vLLM's default on CPU, the model in a worker process of its own beside the engine core;
 `spawned`: the model in vLLM's engine-core process ("uni" executor), spawned as vLLM does;
 `forked`: the same, the engine core forked from a fork server started before this process
-imports vLLM (what the pipelines do: pipelines/engine.py prestart_engine_core).
+imports vLLM (what the pipelines do with engine.fast_start: pipelines/fast_start.py).
 
 Each start runs in a fresh process (vLLM sets process-wide state), the kinds alternating,
 with OMP_NUM_THREADS=1 as Ray gives an engine actor of one CPU.
@@ -39,9 +39,8 @@ def main(mode, prompts=32, max_tokens=128):
     from ssb.config import load_config
     from ssb.default_model import ensure_default_model
     import pipelines.engine as E
-    if mode == "worker":
-        E.runs_in_engine_core = lambda engine: False
-    cfg = load_config(None, ["engine.cpu_kvcache_gb=1"])
+    # worker: the libraries' own start-up (engine.fast_start off); the other modes run in-core
+    cfg = load_config(None, ["engine.cpu_kvcache_gb=1", "engine.fast_start=" + ("false" if mode == "worker" else "true")])
     path = str(ensure_default_model())
     E.configure_engine_env(cfg.engine)  # read when vLLM is imported
     t0 = time.perf_counter()

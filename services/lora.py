@@ -15,7 +15,7 @@ from typing import Any
 
 from ray import serve
 
-from services.serve_engine import InCoreLLMServer
+from pipelines.fast_start import InCoreLLMServer
 
 LORA_ROOT_KEY = "ssb_lora_root"
 MAX_ADAPTERS_KEY = "ssb_max_adapters_per_replica"

@@ -88,7 +88,7 @@ def test_engine_replicas_run_at_the_engine_niceness_not_rays_worker_default(open
 
 
 def test_a_cpu_engine_replica_runs_the_model_in_its_engine_core(openai_app):
-    """services/serve_engine.py: no worker process of its own, as in the pipelines' CPU engines."""
+    """pipelines/fast_start.py (engine.fast_start): no worker process of its own, as in the pipelines' CPU engines."""
     import psutil
 
     from pipelines.engine import runs_in_engine_core
