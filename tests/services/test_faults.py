@@ -170,7 +170,7 @@ def test_a_redis_outage_longer_than_the_lease_loses_no_job_and_runs_each_once(se
         if job_id in queued_at_outage:
             assert final["attempts"] == 1, f"job {job_id}, queued during the outage, was claimed twice"
     # The job the outage interrupted was given up by its runner (its lease ran out) and claimed again.
-    assert finals[running["id"]]["attempts"] <= 2
+    assert finals[running.id]["attempts"] <= 2
     import redis
 
     r = redis.Redis.from_url(j.redis_url, decode_responses=True)  # no job of these is left queued or running

@@ -136,7 +136,7 @@ def test_two_runners_and_redis_paused_past_the_lease_store_each_problem_once(red
     loop_a.stop()
     loop_b.stop()
 
-    assert done["runner"] == b.name and done["epoch"] >= 2 and done["kept"] == 8
+    assert done.runner == b.name and done.epoch >= 2 and done.kept == 8
     assert (a.stats["finished"], b.stats["finished"]) == (0, 1)  # one terminal transition
     store = LogitStore.open(f"{tmp_path}/jobs/{job_id}/curated")
     store.verify()
