@@ -10,15 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 
 from services.api_context import ApiContext, Ctx, Owner
-from services.api_models import (
-    ONE_JOB,
-    SUBMIT,
-    CurateOut,
-    ExamplesOut,
-    JobOut,
-    doc,
-    job_out,
-)
+from services.api_models import ONE_JOB, SUBMIT, CurateOut, ExamplesOut, JobOut, doc, job_out
 from services.job_record import RESUMABLE, TERMINAL, JobRecord, JobStatus
 from services.job_spec import JobRequest, ProblemLimit, SpecError, spec_from_request
 from services.jobs import TooManyJobs
