@@ -69,7 +69,7 @@ def test_a_sigkilled_redis_is_reaped_and_restarted_with_its_data(tmp_path, caplo
         assert server.port == port and server.restarts == 1
         assert zombie_or_gone(old.pid) == "gone", "the killed redis-server was not reaped"
         # The data is back (append-only file), through the client made before the crash.
-        assert jobs.get(job["id"])["status"] == "queued"
+        assert jobs.get(job.id).status == "queued"
         assert recovered < 5, recovered
 
         # The supervisor notes the restart once its own ping answers, maybe just after ours.
