@@ -14,10 +14,14 @@ Problems rejected during curation are recorded with their reason, so a resumed r
 them too. A commit holding only skips writes no Parquet file: its manifest entry has
 `"name": null` (rows 0, bytes 0, sha256 null).
 
+The teacher's top-k is written packed (format 3, ssb/store_codec.py: per position the entries
+up to a probability mass, quantized log-probs, packed ids; the manifest's `encoding`), or with
+`encoding=None` every entry in float16 (format 2). Readers see one shape either way: a packed
+shard decodes to the format-2 columns. A store is resumed only in its own format.
+
 A manifest is checked as a whole when a store is opened (ssb/manifest.py; ManifestError names
-the file and the entry). Shards are read
-through `Shard`, which compares the file's size before reading it and its sha256 and row
-count before anything parses it.
+the file and the entry). Shards are read through `Shard` (ssb/shard.py), which compares the
+file's size before reading it and its sha256 and row count before anything parses it.
 """
 
 from __future__ import annotations
