@@ -47,12 +47,14 @@ SMOKES: dict[str, tuple[list[str], bool, int]] = {
     "curation_throughput": (["--smoke"], True, 600),
     "engine_contention": (["--smoke"], True, 600),
     "engine_start": (["--smoke"], True, 600),
+    "estimate_accuracy": (["--smoke"], True, 600),
     "eval_throughput": (["--smoke"], True, 600),
     "gpu_check": (["--device", "cpu"], False, 300),
     "inspector": (["--smoke"], False, 120),  # run by tests/services/test_inspector.py
     "lora_rank": (["--smoke"], True, 600),
     "loss_memory": (["--smoke"], False, 300),
     "scale_out": (["--smoke"], True, 600),
+    "soak": (["--smoke"], True, 600),
     "store_size": (["--smoke", "--store", "<the session's curated store>"], True, 300),
     "train_overhead": (["--smoke"], True, 600),
 }
