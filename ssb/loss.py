@@ -16,10 +16,9 @@ means over unmasked tokens (0, with zero gradients, when every token is masked).
 the gradient's size independent of T (Hinton et al.). With k = vocab the tail is empty and
 this is exactly the full-vocabulary KL(softmax(z_teacher / T) ‖ softmax(z / T)) · T².
 
-A packed store (ssb/store_codec.py) keeps fewer than k entries where the teacher is sure; it
-pads such a position to k with copies of its top-1 id at log-prob -inf. A copy is no bucket:
-the student's log-prob there is -inf too, so the copy adds nothing to either side, and the
-loss is the one over the buckets actually stored.
+An entry at log-prob -inf is no bucket: its id stays in the tail, on both sides. A packed
+store (ssb/store_codec.py) keeps fewer than k entries where the teacher is sure and fills the
+rest of the k slots so; the loss is then the one over the buckets actually stored.
 
 Gradient (what the chunks compute by hand)
 ------------------------------------------
@@ -74,25 +73,19 @@ def bucket_kl(u: Tensor, l: Tensor, temperature: float) -> tuple[Tensor, Tensor]
     return kl, temperature * (logq_t.exp() - p_t)
 
 
-def _padding(ids: Tensor) -> Tensor:
-    """[n, k] bool: the slots that repeat the position's top-1 id (a packed store's padding)."""
-    pad = ids == ids[:, :1]
-    pad[:, 0] = False
-    return pad
-
-
 def _chunk(
     h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, teacher: Tensor,
     target: Tensor, temperature: float, kl_scale: float, ce_scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token KL and CE of one chunk, and d(loss)/d(logits) [n, V] in one logits buffer."""
     z = F.linear(h, weight, bias).to(_compute_dtype(h))
-    pad = _padding(ids)
-    z_k = z.gather(1, ids).masked_fill(pad, float("-inf"))
+    absent = torch.isneginf(teacher[:, :-1])  # no bucket: the id stays in the tail
+    z_ids = z.gather(1, ids)
+    z_k = z_ids.masked_fill(absent, float("-inf"))
     z_y = z.gather(1, target[:, None])
     # Tail logsumexp, in place: hide the top-k ids and shift by the tail's OWN max, so a
     # tail of mass e^-200 does not underflow to 0 — its ids still get g_tail between them.
-    z.scatter_(1, ids, float("-inf"))
+    z.scatter_(1, ids, z_ids.masked_fill(~absent, float("-inf")))
     m_tail = z.amax(1, keepdim=True)
     m_tail = torch.where(torch.isfinite(m_tail), m_tail, 0.0)  # empty tail when k = vocab
     e = z.sub_(m_tail).exp_()  # exp(z_j - m_tail) on tail ids, 0 on top-k ids
@@ -106,8 +99,8 @@ def _chunk(
     # Tail ids: g_tail·exp(z_j - lse_tail) + ce·exp(z_j - lse) = e_j · (row constant).
     coef = g[:, -1:] / tail_sum.clamp_min(1.0) + ce_scale * (m_tail - lse).exp()
     grad = e.mul_(coef)  # 0 on the top-k ids (e is), so the top-k values can be added in
-    # Added, not written: a padding copy (0 here) must not overwrite its top-1's value.
-    grad.scatter_add_(1, ids, g[:, :-1] + ce_scale * s_k)
+    # Added, not written: an absent entry's id keeps its tail gradient (0 is added to it).
+    grad.scatter_add_(1, ids, (g[:, :-1] + ce_scale * s_k).masked_fill(absent, 0.0))
     if ce_scale:
         grad.scatter_add_(1, target[:, None], torch.full_like(z_y, -ce_scale))
     return grad, kl, (lse - z_y).squeeze(1)
@@ -206,8 +199,10 @@ def dense_topk_kl_loss(
     h, ids, teacher, target, keep = _flatten(hidden, topk_ids, topk_logprobs, tail_logprob,
                                              target_ids, mask)
     logs = F.linear(h, weight, bias).to(_compute_dtype(h)).log_softmax(-1)
-    log_tail = logs.scatter(1, ids, float("-inf")).logsumexp(-1, keepdim=True)
-    student = logs.gather(1, ids).masked_fill(_padding(ids), float("-inf"))
+    absent = torch.isneginf(teacher[:, :-1])
+    at_ids = logs.gather(1, ids)
+    log_tail = logs.scatter(1, ids, at_ids.masked_fill(~absent, float("-inf"))).logsumexp(-1, keepdim=True)
+    student = at_ids.masked_fill(absent, float("-inf"))
     kl, _ = bucket_kl(torch.cat([student, log_tail], 1), teacher, temperature)
     ce = -logs.gather(1, target[:, None]).squeeze(1)
     n = max(h.shape[0], 1)

@@ -16,8 +16,9 @@ else uint32: the file's `ssb.id_bytes`), `packed_codes` (uint8 per kept entry: t
 code, then the differences) and `logprob_step` (float32).
 
 Decoding gives back the format-2 columns (`topk_ids`, `topk_logprobs`, `tail_logprob`) at
-the store's k: a position with fewer entries is padded with copies of its top-1 id at
-log-prob -inf, which ssb/loss.py reads as absent buckets (`padding_mask`).
+the store's k: a position with fewer entries fills its other slots with log-prob -inf, which
+ssb/loss.py reads as no bucket (the slot's id stays in the tail), each with the smallest id
+not among the position's entries, so a row's ids stay distinct (`padding_mask`).
 """
 
 from __future__ import annotations
@@ -73,11 +74,19 @@ def encoding_of(settings: Any) -> StoreEncoding | None:
     return StoreEncoding(settings.mass, settings.logprob_bits) if settings.packed else None
 
 
-def padding_mask(ids: np.ndarray) -> np.ndarray:
-    """[T, k] bool: the slots that only pad a position to k (a copy of its top-1 id)."""
-    pad = ids == ids[..., :1]
-    pad[..., 0] = False
-    return pad
+def padding_mask(logprobs: np.ndarray) -> np.ndarray:
+    """[T, k] bool: the slots that only fill a position to k (log-prob -inf: no bucket)."""
+    return np.isneginf(logprobs)
+
+
+def _fill_ids(kept_ids: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """[n, k] ids: the kept ones, then per position the smallest ids not among them."""
+    n, k = kept_ids.shape
+    candidates = np.arange(2 * k)
+    taken = ((candidates[None, :, None] == kept_ids[:, None, :]) & kept[:, None, :]).any(-1)
+    free = np.take_along_axis(np.broadcast_to(candidates, (n, 2 * k)), np.argsort(taken, axis=1, kind="stable"), 1)
+    slot = np.arange(k)[None, :] - kept.sum(1, keepdims=True)  # 0, 1, ... on the filled slots
+    return np.where(kept, kept_ids, np.take_along_axis(free, np.clip(slot, 0, None), 1))
 
 
 @dataclass
@@ -165,7 +174,8 @@ def decode_packed(table: pa.Table, top_k: int, width: int) -> dict[str, pa.Array
     logprobs[:, :] -= norm[:, None]
     ids = np.zeros((n, top_k), np.int64)
     ids[kept] = ids_flat
-    ids = np.where(kept, ids, ids[:, :1])  # padding: copies of the top-1 id
+    short = ~kept.all(1)
+    ids[short] = _fill_ids(ids[short], kept[short])
     rows = np.diff(row_offsets)
     list_offsets = pa.array(np.concatenate([[0], np.cumsum(rows)]).astype(np.int32))
     item = _list_of
@@ -190,7 +200,7 @@ def target_kl(reference: tuple[np.ndarray, np.ndarray, np.ndarray], packed: tupl
     ids, lp, tail = (np.asarray(a, np.float64) for a in packed)
     ref_t = np.concatenate([ref_lp, ref_tail[:, None]], 1) / temperature
     ref_p = np.exp(ref_t - np.logaddexp.reduce(ref_t, axis=1, keepdims=True))
-    pad = padding_mask(ids)
+    pad = padding_mask(lp)
     match = (ids[:, :, None] == ref_ids[:, None, :]) & ~pad[:, :, None]
     p_kept = (match * ref_p[:, None, :-1]).sum(-1)  # [T, k]: 0 at padding
     p = np.concatenate([p_kept, np.maximum(1.0 - p_kept.sum(1, keepdims=True), 0.0)], 1)

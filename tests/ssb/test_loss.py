@@ -184,24 +184,28 @@ def test_gradcheck():
 
 
 def padded(batch: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The batch as a packed store gives it back: position t keeps its first keep[t] entries, the
-    rest joins the tail, and the freed slots repeat the top-1 id at log-prob -inf."""
+    """The batch with position t keeping its first keep[t] entries: the rest joins the tail and
+    their slots stay, at log-prob -inf, each with an id that is in the tail (as a packed store
+    gives it back; it picks other unused ids, any will do)."""
     k = batch["topk_ids"].shape[1]
     kept = torch.arange(k)[None, :] < keep[:, None]
     logprobs = batch["topk_logprobs"]
     tail = torch.logaddexp(batch["tail_logprob"], logprobs.masked_fill(kept, float("-inf")).logsumexp(-1))
-    return {**batch, "topk_ids": torch.where(kept, batch["topk_ids"], batch["topk_ids"][:, :1]),
-            "topk_logprobs": logprobs.masked_fill(~kept, float("-inf")), "tail_logprob": tail}
+    return {**batch, "topk_logprobs": logprobs.masked_fill(~kept, float("-inf")), "tail_logprob": tail}
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_padding_copies_of_the_top1_are_no_buckets(temperature):
+def test_entries_at_minus_infinity_are_no_buckets(temperature):
     """k' = 2 entries padded to k = 5 is the k = 2 loss exactly, loss and gradients."""
     batch = make_batch(weight_grad=True)
     pad = padded(batch, torch.full((N,), 2))
     two = {**pad, "topk_ids": pad["topk_ids"][:, :2], "topk_logprobs": pad["topk_logprobs"][:, :2]}
-    for fn in (topk_kl_loss, dense_topk_kl_loss):
-        out, grads = loss_and_grads(fn, pad, temperature=temperature, ce_weight=0.5)
+    # Any id outside the two kept does: here the smallest ones (what the store's decoder picks).
+    taken = torch.zeros(N, V, dtype=torch.bool).scatter_(1, two["topk_ids"], True)
+    smallest = torch.sort(taken.long(), dim=1, stable=True).indices[:, :K - 2]
+    other = {**pad, "topk_ids": torch.cat([two["topk_ids"], smallest], 1)}
+    for fn, inputs in [(topk_kl_loss, pad), (dense_topk_kl_loss, pad), (topk_kl_loss, other)]:
+        out, grads = loss_and_grads(fn, inputs, temperature=temperature, ce_weight=0.5)
         want, want_grads = loss_and_grads(topk_kl_loss, two, temperature=temperature, ce_weight=0.5)
         torch.testing.assert_close(out.loss, want.loss, rtol=1e-10, atol=1e-12)
         for a, b in zip(grads, want_grads):
