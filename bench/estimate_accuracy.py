@@ -75,7 +75,7 @@ def main() -> None:
           f"kept_in_interval={str(projected.kept_low <= full.kept <= projected.kept_high).lower()} "
           f"kept={full.kept} kept_low={projected.kept_low} kept_high={projected.kept_high} "
           f"tokens_error={error(projected.tokens, full.generated_tokens):.3f} pilot={pilot_n} problems={full_n} "
-          f"load={load1():.2f}")
+          f"load={load1()}")
 
 
 if __name__ == "__main__":
