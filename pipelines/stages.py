@@ -28,8 +28,6 @@ from ssb.config import RunConfig, digest_dir, key_digest, load_config
 from ssb.layout import RunLayout
 
 ON_CHANGE = ("retrain", "refuse")
-TRAIN_KEY = "key.json"  # under train/
-EVAL_KEYS = "keys.json"  # under eval/
 MOST_CHANGES = 3  # changed settings named in a line; the rest are counted
 
 
@@ -140,7 +138,7 @@ def curate_round(cfg: RunConfig, r: int, adapter: str | None, *, title: str = ""
 
 def _trained_key(layout: RunLayout, store: str | None) -> dict[str, Any] | None:
     """The key of the training in `layout` (None: nothing trained there)."""
-    path = layout.train / TRAIN_KEY
+    path = layout.train_key
     if path.exists():
         return json.loads(path.read_text())
     # Trained before keys were kept: its config stands for its key, with the store as it is now.
@@ -191,7 +189,7 @@ def train_or_reuse(cfg: RunConfig, *, title: str = "", on_change: str = "retrain
     else:
         say(f"{stage}: trains (nothing trained in {layout.train} yet)")
     layout.train.mkdir(parents=True, exist_ok=True)
-    (layout.train / TRAIN_KEY).write_text(json.dumps(key, indent=2))
+    (layout.train_key).write_text(json.dumps(key, indent=2))
     from pipelines.distill import run_distillation  # torch and Ray Train: only when there is training to do
 
     run_distillation(cfg, resume=layout.train_experiment.exists())
@@ -240,12 +238,12 @@ def benchmark_identity(spec: str, cfg: RunConfig) -> dict[str, Any]:
 
 def read_keys(layout: RunLayout) -> dict[str, dict[str, Any]]:
     """label → benchmark → the eval key its results were measured under."""
-    path = layout.eval / EVAL_KEYS
+    path = layout.eval_keys
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def write_keys(layout: RunLayout, keys: dict[str, dict[str, Any]]) -> None:
-    path = layout.eval / EVAL_KEYS
+    path = layout.eval_keys
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(keys, indent=2))
 

@@ -6,12 +6,14 @@
       curation_summary.json          the curation's counts, tokens and times
       merged/                        adapters merged into base-model copies (curation, `train.merge`)
       train/config.yaml              the resolved config of the training
+      train/key.json                 what the trained adapter depends on (pipelines/stages.py)
       train/metrics.jsonl            one line per logged step (rank 0), and resume events
       train/summary.json             the finished training's summary
       train/ray/distill/             Ray Train's checkpoints (storage_path, experiment name)
       train/tensorboard/, train/local-checkpoints/
       adapter/                       the trained LoRA adapter (peft format)
       eval/results.json              label → benchmark → score
+      eval/keys.json                 label → benchmark → what its results depend on
       eval/<label>/<benchmark>.jsonl every evaluated problem's outputs and verdicts
       eval/merged/                   adapters merged for evaluation
       diagnostics/curated_problems.jsonl   the round's mixed problems its zero-shot pass answered (`ssb run`)
@@ -52,6 +54,7 @@ MERGED = "merged"
 TRAIN = "train"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+TRAIN_KEY = "key.json"
 RAY_STORAGE = "ray"
 EXPERIMENT = "distill"  # Ray Train's experiment name under train/ray/
 TENSORBOARD = "tensorboard"
@@ -60,6 +63,7 @@ ADAPTER = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"  # peft's: its presence makes a directory an adapter
 EVAL = "eval"
 RESULTS = "results.json"
+EVAL_KEYS = "keys.json"
 TIMINGS = "timings.json"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 ACCURACY_PLOT, LOSS_PLOT = "accuracy.png", "loss.png"
@@ -85,10 +89,8 @@ DIAGNOSTIC_PROBLEMS = "curated_problems.jsonl"
 # `ssb sweep` (pipelines/sweep.py): several training settings on the run's one store.
 #   sweep/<setting>/                 one training setting: a run directory of its own (round 1 trains
 #                                    on the shared curated/; round-<r>/ as in `ssb run --rounds`)
-#   sweep/evaluated.json             label → what its results in eval/results.json measured
 #   sweep.md, sweep.json, sweep.png  the comparison: accuracy per setting and benchmark, losses
 SWEEP = "sweep"
-SWEEP_EVALUATED = "evaluated.json"
 SWEEP_MD, SWEEP_JSON, SWEEP_PLOT = "sweep.md", "sweep.json", "sweep.png"
 
 ROUND_PREFIX = "round-"
@@ -197,6 +199,10 @@ class RunLayout:
         return self._path(TRAIN, CONFIG)
 
     @property
+    def train_key(self) -> Path:
+        return self._path(TRAIN, TRAIN_KEY)
+
+    @property
     def train_metrics(self) -> Path:
         return self._path(TRAIN, METRICS)
 
@@ -235,6 +241,10 @@ class RunLayout:
     @property
     def eval_results(self) -> Path:
         return self._path(EVAL, RESULTS)
+
+    @property
+    def eval_keys(self) -> Path:
+        return self._path(EVAL, EVAL_KEYS)
 
     @property
     def eval_merged(self) -> Path:
@@ -334,10 +344,6 @@ class RunLayout:
     def sweep_setting(self, name: str) -> RunLayout:
         """`sweep/<name>/`: one training setting of a sweep, laid out as a run directory."""
         return RunLayout(self.uri(SWEEP, name))
-
-    @property
-    def sweep_evaluated(self) -> Path:
-        return self._path(SWEEP, SWEEP_EVALUATED)
 
     @property
     def sweep_md(self) -> Path:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ssb.config import load_config
+from ssb.config import dump_config, load_config
+from ssb.eval_table import read_records
 from ssb.layout import RemoteRunDirError, RunLayout, job_dir, round_name, round_number
+from ssb.records import EvalRecord
 from ssb.scoring import ProblemOutcome, score
 
 REMOTE = ["s3://bucket/runs/x", "gs://bucket/runs/x/", "memory://runs/x"]
@@ -113,6 +115,7 @@ def _train(cfg) -> None:
     for step in (1, 2):
         append_metrics(layout, {"step": step, "epoch": 0, "loss": 1.0 / step})
     layout.train_summary.write_text(json.dumps({"steps": 2, "rows": 1, "wall_seconds": 1.0}))
+    layout.train_config.write_text(dump_config(cfg))  # the settings it was trained with: what a rerun compares
     layout.adapter.mkdir(parents=True)
     layout.adapter_config.write_text("{}")
 
@@ -120,7 +123,7 @@ def _train(cfg) -> None:
 def test_what_the_stages_write_is_what_the_report_and_later_stages_read(tmp_path):
     from pipelines.distill import read_metrics
     from pipelines.evaluate import load_results, merge_results, write_outputs
-    from pipelines.run import _train as train_or_reuse
+    from pipelines.stages import train_or_reuse
     from pipelines.run import round_config
     from ssb.report import write_report
 
@@ -135,10 +138,11 @@ def test_what_the_stages_write_is_what_the_report_and_later_stages_read(tmp_path
     results = {"base": {"synthetic-heldout": _result("base", 1)}, "round-1": {"synthetic-heldout": _result("round-1", 2)},
                "ssb": {"synthetic-heldout": _result("ssb", 3)}}
     merge_results(layout.eval_results, results)
-    out = write_outputs(layout, "ssb", "synthetic-heldout", [{"id": "p1"}])
+    record = EvalRecord("synthetic-heldout", "ssb", "p1", "", "")
+    out = write_outputs(layout, "ssb", "synthetic-heldout", [record])
     layout.timings.write_text(json.dumps({"curate": 1.0, "eval": 2.0}))
 
-    assert out == tmp_path / "eval" / "ssb" / "synthetic-heldout.jsonl" and out.read_text() == '{"id": "p1"}\n'
+    assert out == tmp_path / "eval" / "ssb" / "synthetic-heldout.jsonl" and read_records(out) == [record]
     assert load_results(tmp_path) == results
     assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2]
     assert load_config(layout.config).output_dir == str(tmp_path)
