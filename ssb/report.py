@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ssb.cost_report import build_cost, render_cost
 from ssb.diagnostics import build_diagnostics
 from ssb.layout import ROUND_PREFIX, RunLayout, read_jsonl, round_number
 
@@ -165,6 +166,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
                    "eval": eval_tokens},
         "bytes": {"store": sum(c["store_bytes"] for c in curation)},
         "times": read_json(layout.timings) or {},
+        "cost": build_cost(layout, results),
         "plots": [],
     }
 
@@ -354,6 +356,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"- logit store: {report['bytes']['store']} bytes"]
     for stage, secs in report["times"].items():
         out.append(f"- {stage}: {secs:.1f} s")
+    out += render_cost(report.get("cost"))
     if report["plots"]:
         out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in report["plots"]]
     return "\n".join(out) + "\n"

@@ -152,3 +152,41 @@ def test_report_names_the_settings_each_round_was_trained_with(tmp_path):
     assert second["settings"] is None  # round 2 left no train/config.yaml
     md = (tmp_path / "report.md").read_text()
     assert "- round 1: train.lr=0.0001, train.epochs=1, " in md and "- round 2: – (no train/config.yaml)" in md
+
+
+def test_report_has_a_cost_section_by_stage_with_training_and_evaluation_beside_it(tmp_path):
+    from ssb.cost import cost_object
+
+    _fake_run(tmp_path)
+    summary = json.loads((tmp_path / "curation_summary.json").read_text())
+    summary["cost"] = cost_object({"rollout_engine_seconds": 20.0, "teacher_engine_seconds": 5.0, "rollout_tokens": 4000,
+                                   "teacher_tokens": 900, "kept": 5, "processed": 16, "wall_seconds": 30.0,
+                                   "verify_seconds": 1.5, "startup_seconds": 9.0, "stopped_by": "max_kept"})
+    (tmp_path / "curation_summary.json").write_text(json.dumps(summary))
+    report = write_report(tmp_path)
+    cost = json.loads((tmp_path / "report.json").read_text())["cost"]
+    assert cost["rounds"][0]["curation"]["stages"]["teacher"] == {"engine_seconds": 5.0, "tokens": 900}
+    assert cost["rounds"][0]["train_seconds"] == 12.0 and cost["evaluation"]["ssb"]["tokens"] == 100
+    assert cost["projection"] is None  # no config, no store: nothing to project from
+    md = (tmp_path / "report.md").read_text()
+    assert "## Cost" in md and "| 1 | 4000, 20.0 | 900, 5.0 | 1.5 | 9.0 | 980, 5.0 | max_kept | 12.0 |" in md
+    assert report["cost"] == cost
+
+
+def test_a_run_that_curated_a_sample_reports_what_the_whole_set_would_cost(tmp_path):
+    from ssb.config import dump_config, load_config
+    from ssb.store import LogitStore
+    from ssb.trace import ProblemTrace
+
+    _fake_run(tmp_path)
+    cfg = load_config(None, [f"run_dir={tmp_path}", "data.synthetic.n=40", "data.limit=4"])
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    store = LogitStore.create_or_resume(cfg.store_dir, config_hash="h", model="m", tokenizer="t", top_k=2)
+    skipped = {f"p{i}": "no_correct_rollout" for i in range(4)}
+    store.append([], skipped, [ProblemTrace(f"p{i}", "q", "a", "", "no_correct_rollout", rollout_tokens=100,
+                                            engine_seconds=2.0) for i in range(4)])
+    report = write_report(tmp_path)
+    projection = report["cost"]["projection"]
+    assert projection["problems"] == 40 and projection["pilot_problems"] == 4
+    assert projection["tokens"] == 4000 and projection["engine_seconds"] == 80.0
+    assert "The whole data set (40 problems)" in (tmp_path / "report.md").read_text()
