@@ -98,8 +98,12 @@ class PackedRow:
 
 
 def pack_row(ids: np.ndarray, logprobs: np.ndarray, tail: np.ndarray, enc: StoreEncoding) -> PackedRow:
-    """One example's [T, k] ids and log-probs (sorted best first) and [T] tail, packed."""
+    """One example's [T, k] ids and log-probs and [T] tail, packed."""
     lp = np.maximum(np.asarray(logprobs, np.float64), TAIL_FLOOR)
+    # Best first (encode_topk's order already; a writer's own arrays may not be): the code
+    # differences below must not be negative.
+    order = np.argsort(-lp, axis=1, kind="stable")
+    lp, ids = np.take_along_axis(lp, order, 1), np.take_along_axis(np.asarray(ids, np.int64), order, 1)
     k = lp.shape[1]
     cumulative = np.cumsum(np.exp(lp), axis=1)
     # The fewest entries reaching the mass; float rounding may keep the sum just under it.
@@ -115,7 +119,7 @@ def pack_row(ids: np.ndarray, logprobs: np.ndarray, tail: np.ndarray, enc: Store
     codes = np.clip(np.rint(-stored / step), 0, levels).astype(np.int64)
     # Entries are sorted, so their codes never decrease: differences are in [0, levels].
     codes[:, 2:] = np.diff(codes[:, 1:], axis=1)
-    return PackedRow(counts, np.asarray(ids, np.int64)[kept], codes[kept].astype(np.uint8), step)
+    return PackedRow(counts, ids[kept], codes[kept].astype(np.uint8), step)
 
 
 def id_bytes(rows: Sequence[PackedRow]) -> int:

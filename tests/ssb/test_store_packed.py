@@ -76,6 +76,15 @@ def test_mass_keeps_the_fewest_entries_reaching_it_and_the_rest_joins_the_tail()
     np.testing.assert_allclose(np.exp(got_lp[1, 0]), 0.995, rtol=1e-4)
 
 
+def test_entries_in_any_order_are_packed_best_first():
+    ids, logprobs, tail = consistent_topk(np.random.default_rng(6), T=50)
+    shuffled = np.random.default_rng(7).permuted(np.arange(K)[None, :].repeat(50, 0), axis=1)
+    want = round_trip(ids, logprobs, tail, ALL_ENTRIES)
+    got = round_trip(np.take_along_axis(ids, shuffled, 1), np.take_along_axis(logprobs, shuffled, 1), tail, ALL_ENTRIES)
+    for a, b in zip(want[:3], got[:3]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_target_kl_is_zero_for_the_same_target_and_grows_as_less_is_kept():
     ids, logprobs, tail = consistent_topk(np.random.default_rng(1), T=400)
     same = target_kl((ids, logprobs, tail), (ids, logprobs, tail), 2.0)
