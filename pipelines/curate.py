@@ -39,6 +39,7 @@ from ssb.default_model import resolve_model
 from ssb.prompts import tokenizer_fingerprint
 from ssb.records import CuratedExample, Problem, ProblemState
 from ssb.store import LogitStore
+from ssb.store_codec import encoding_of
 from ssb.trace import spent_per_problem, trace_of
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,8 @@ class CurationRun:
             log.warning("problem source: %s", report.summary())
         write_run_config(cfg)
         store = LogitStore.create_or_resume(cfg.store_dir, config_hash=cfg.curation_hash(), model=model,
-                                            tokenizer=tok_id, top_k=cfg.curate.top_k)
+                                            tokenizer=tok_id, top_k=cfg.curate.top_k,
+                                            encoding=encoding_of(cfg.curate.store))
         done = store.done_ids()
         todo = [p for p in problems if p.id not in done]
         summary.already_done = len(problems) - len(todo)

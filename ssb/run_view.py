@@ -160,7 +160,7 @@ def token_confidence(row: Mapping[str, Any], text: Callable[[int], str]) -> list
         out.append({"id": int(token_id), "text": text(token_id), "p_top1": round(float(p[t, :k].max()), 5),
                     "entropy": round(float(entropy[t]), 5), "p_tail": round(float(p[t, k]), 5),
                     "top": [{"id": int(i), "text": text(i), "p": round(float(q), 5)}
-                            for i, q in zip(ids[t], p[t, :k])]})
+                            for i, q, lp in zip(ids[t], p[t, :k], logprobs[t]) if not np.isneginf(lp)]})
     return out
 
 

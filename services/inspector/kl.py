@@ -66,8 +66,11 @@ def _bucket_kls(model: Any, prompt: list[int], response: list[int], row: dict[st
         for start in range(0, len(response), CHUNK_TOKENS):
             rows = slice(start, start + CHUNK_TOKENS)
             logs = F.linear(hidden[rows], head.weight, head.bias).float().log_softmax(-1)
-            log_tail = logs.scatter(1, top[rows], float("-inf")).logsumexp(-1, keepdim=True)
-            student = torch.cat([logs.gather(1, top[rows]), log_tail], 1).double()
+            # A packed store's unused slots (-inf) are no bucket: their ids stay in the tail, as in the loss.
+            absent = torch.isneginf(teacher[rows, :-1])
+            at = logs.gather(1, top[rows])
+            log_tail = logs.scatter(1, top[rows], at.masked_fill(~absent, float("-inf"))).logsumexp(-1, keepdim=True)
+            student = torch.cat([at.masked_fill(absent, float("-inf")), log_tail], 1).double()
             kl, _ = bucket_kl(student, teacher[rows], TEMPERATURE)
             kls += kl.tolist()
             ps += logs.gather(1, target[rows, None]).squeeze(1).exp().tolist()
