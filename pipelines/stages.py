@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ssb.config import RunConfig, digest_dir, key_digest, load_config
+from ssb.config import RunConfig, load_config
+from ssb.digests import digest_dir, key_digest
 from ssb.layout import RunLayout
 
 ON_CHANGE = ("retrain", "refuse")

