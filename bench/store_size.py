@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="the teacher, for a packed --store only")
     parser.add_argument("--mass", type=float, default=None, help="default: configs/default.yaml's curate.store.mass")
     parser.add_argument("--bits", type=int, default=None, help="default: its curate.store.logprob_bits")
+    parser.add_argument("--entry-nats", type=float, default=None,
+                        help="default: its curate.store.entry_nats (0: entries chosen by --mass)")
     parser.add_argument("--reads", type=int, default=None, help="store reads per timing (default 20; 2 with --smoke)")
     parser.add_argument("--rows", type=int, default=None, help="the first N kept rows only (default all; 4 with --smoke)")
     parser.add_argument("--sweep", action="store_true", help="also the size and KLs of other masses and bits")
@@ -131,8 +133,11 @@ def main() -> None:
     args.rows = args.rows or (4 if args.smoke else None)
     reps = repeats(args)
     cfg = load_config("configs/default.yaml", [])
-    encoding = StoreEncoding(args.mass if args.mass is not None else cfg.curate.store.mass,
-                             args.bits if args.bits is not None else cfg.curate.store.logprob_bits)
+    settings = cfg.curate.store
+    nats = args.entry_nats if args.entry_nats is not None else settings.entry_nats
+    encoding = StoreEncoding(args.mass if args.mass is not None else settings.mass,
+                             args.bits if args.bits is not None else settings.logprob_bits,
+                             nats or None, settings.temperature)
     train_t = cfg.train.temperature
 
     try:

@@ -109,9 +109,13 @@ def _entry_problem(entry: Any, named: set[str], traced: bool) -> str | None:
     return None
 
 
+_ENCODING_KEYS = ({"mass", "logprob_bits"}, {"mass", "logprob_bits", "entry_nats", "temperature"})
+
+
 def _encoding_problem(encoding: Any) -> str | None:
-    if not isinstance(encoding, dict) or set(encoding) != {"mass", "logprob_bits"}:
-        return "expected an object with mass and logprob_bits"
+    # entry_nats and temperature come together (a store choosing entries by tempered KL) or not at all.
+    if not isinstance(encoding, dict) or set(encoding) not in _ENCODING_KEYS:
+        return "expected an object with mass and logprob_bits (and entry_nats with temperature)"
     try:
         StoreEncoding(**encoding)
     except (TypeError, ValueError) as e:

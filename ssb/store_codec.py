@@ -55,15 +55,26 @@ class StoreEncoding:
 
     mass: float = 0.999
     logprob_bits: int = 6
+    # None: entries chosen by `mass`. Else an entry is kept only where it lowers the KL at
+    # `temperature` by this many nats or more (see `kept_counts`).
+    entry_nats: float | None = None
+    temperature: float = 2.0
 
     def __post_init__(self) -> None:
         if isinstance(self.mass, bool) or not isinstance(self.mass, (int, float)) or not 0 < self.mass <= 1:
             raise ValueError(f"store mass {self.mass!r}: a probability mass in (0, 1]")
         if not isinstance(self.logprob_bits, int) or not 1 <= self.logprob_bits <= 8:
             raise ValueError(f"store logprob_bits {self.logprob_bits!r}: an integer from 1 to 8")
+        if self.entry_nats is not None and (isinstance(self.entry_nats, bool) or not isinstance(
+                self.entry_nats, (int, float)) or not 0 <= self.entry_nats < math.inf):
+            raise ValueError(f"store entry_nats {self.entry_nats!r}: a number of nats >= 0, or None")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
+                1 <= self.temperature < math.inf):
+            raise ValueError(f"store temperature {self.temperature!r}: a temperature >= 1")
 
     def to_json(self) -> dict[str, Any]:
-        return {"mass": self.mass, "logprob_bits": self.logprob_bits}
+        tempered = {} if self.entry_nats is None else {"entry_nats": self.entry_nats, "temperature": self.temperature}
+        return {"mass": self.mass, "logprob_bits": self.logprob_bits, **tempered}
 
 
 DEFAULT_ENCODING = StoreEncoding()
@@ -71,7 +82,9 @@ DEFAULT_ENCODING = StoreEncoding()
 
 def encoding_of(settings: Any) -> StoreEncoding | None:
     """The encoding `curate.store` asks for (ssb.config.StoreConfig); None: format 2."""
-    return StoreEncoding(settings.mass, settings.logprob_bits) if settings.packed else None
+    if not settings.packed:
+        return None
+    return StoreEncoding(settings.mass, settings.logprob_bits, settings.entry_nats or None, settings.temperature)
 
 
 def padding_mask(logprobs: np.ndarray) -> np.ndarray:
@@ -97,6 +110,36 @@ class PackedRow:
     step: float
 
 
+def merge_kl(lp: np.ndarray, tail: np.ndarray, temperature: float) -> np.ndarray:
+    """[T, k]: at column c-1, the KL at `temperature` that merging the entries past the best c
+    into the tail costs, for [T, k] log-probs sorted best first and a [T] tail. Merging is exact
+    at T=1 (the tail is their logsumexp); tempering raises each p to 1/T before it is summed, so
+    above 1 a merged bucket holds (sum p)^(1/T) where the full target holds sum p^(1/T), and
+    the gap grows with T: a bound at the training temperature holds for every T from 1 to it."""
+    t = temperature
+    s = np.exp(lp / t)
+    kept = np.cumsum(s, axis=1)  # S: the kept buckets' tempered mass
+    suffix = np.concatenate([np.cumsum(s[:, ::-1], axis=1)[:, ::-1][:, 1:], np.zeros((len(lp), 1))], 1)
+    merged_lp = np.concatenate([np.logaddexp.accumulate(lp[:, ::-1], axis=1)[:, ::-1][:, 1:],
+                                np.full((len(lp), 1), -np.inf)], 1)
+    full = np.exp(tail / t)[:, None] + suffix  # A: the full target's tempered mass outside the kept ones
+    merged = np.exp(np.logaddexp(tail[:, None], merged_lp) / t)  # B: the merged tail's
+    return np.log((kept + merged) / (kept + full)) + full / (kept + full) * np.log(full / merged)
+
+
+def kept_counts(lp: np.ndarray, tail: np.ndarray, enc: StoreEncoding) -> np.ndarray:
+    """[T] entries to keep per position of [T, k] log-probs sorted best first: by `mass`, the
+    fewest reaching it; by `entry_nats` λ, the count c minimising merge_kl(c) + λ·c, so an entry
+    costs its bytes only where it buys λ nats at the training temperature (small entries, which
+    tempering raises, are kept where they are many; a confident position keeps one)."""
+    k = lp.shape[1]
+    if enc.entry_nats is None:
+        # The fewest entries reaching the mass; float rounding may keep the sum just under it.
+        return np.minimum((np.cumsum(np.exp(lp), axis=1) < enc.mass).sum(axis=1) + 1, k)
+    cost = merge_kl(lp, tail, enc.temperature) + enc.entry_nats * np.arange(1, k + 1)
+    return cost.argmin(axis=1) + 1
+
+
 def pack_row(ids: np.ndarray, logprobs: np.ndarray, tail: np.ndarray, enc: StoreEncoding) -> PackedRow:
     """One example's [T, k] ids and log-probs and [T] tail, packed."""
     lp = np.maximum(np.asarray(logprobs, np.float64), TAIL_FLOOR)
@@ -105,12 +148,11 @@ def pack_row(ids: np.ndarray, logprobs: np.ndarray, tail: np.ndarray, enc: Store
     order = np.argsort(-lp, axis=1, kind="stable")
     lp, ids = np.take_along_axis(lp, order, 1), np.take_along_axis(np.asarray(ids, np.int64), order, 1)
     k = lp.shape[1]
-    cumulative = np.cumsum(np.exp(lp), axis=1)
-    # The fewest entries reaching the mass; float rounding may keep the sum just under it.
-    counts = np.minimum((cumulative < enc.mass).sum(axis=1) + 1, k)
+    tail = np.maximum(np.asarray(tail, np.float64), TAIL_FLOOR)
+    counts = kept_counts(lp, tail, enc)
     kept = np.arange(k)[None, :] < counts[:, None]
     dropped = np.where(kept, -np.inf, lp)
-    new_tail = np.logaddexp(np.asarray(tail, np.float64), np.logaddexp.reduce(dropped, axis=1))
+    new_tail = np.logaddexp(tail, np.logaddexp.reduce(dropped, axis=1))
     # Slot 0 carries the tail: the top-1 is derived from the rest on reading.
     stored = np.where(kept, lp, 0.0)
     stored[:, 0] = np.maximum(new_tail, TAIL_FLOOR)
