@@ -139,9 +139,9 @@ class StoreConfig(_Strict):
         "Per response position, the fewest top-k entries whose teacher probabilities reach this mass are kept; "
         "the rest joins the tail bucket. 0.999 keeps the KL to the full float16 top-k under 0.01 nats at T=2 on "
         "the default run (bench/store_size.py); 1: every entry."))
-    logprob_bits: int = Field(default=6, ge=1, le=8, description=(
+    logprob_bits: int = Field(default=5, ge=1, le=8, description=(
         "Bits per stored log-prob (quantized on a per-example step; the top-1 is derived from the rest)."))
-    entry_nats: float = Field(default=0.003, ge=0, description=(
+    entry_nats: float = Field(default=0.0025, ge=0, description=(
         "> 0: chooses the kept entries instead of `mass`: per position the count c minimising (KL at "
         "`temperature` of merging the rest into the tail) + entry_nats * c, i.e. an entry is kept only where it "
         "buys this many nats. Merging is exact at T=1, so this bounds the KL at every T from 1 to `temperature`. "

@@ -10,14 +10,18 @@ from typing import Any
 
 from ssb.store_codec import StoreEncoding
 
-# Format 3 packs the top-k (ssb/store_codec.py: adaptive k, quantized log-probs; the manifest's
-# `encoding` says how); format 2 holds every top-k entry in float16; both commit a trace file
-# with every entry. Formats 2 and 1 (no traces) are still read.
-FORMAT = "ssb-logit-store/3"
+# Format 4 packs the top-k (ssb/store_codec.py: adaptive k, quantized log-probs, ids as ranks in
+# a per-shard dictionary; the manifest's `encoding` says how); format 3 packed the same way with
+# the ids as they are; format 2 holds every top-k entry in float16; all three commit a trace
+# file with every entry. Formats 3, 2 and 1 (no traces) are still read.
+FORMAT = "ssb-logit-store/4"
+FORMAT_PACKED_IDS = "ssb-logit-store/3"  # ids as they are, no per-shard dictionary: read, not resumed
 FORMAT_FLOAT16 = "ssb-logit-store/2"
 FORMAT_WITHOUT_TRACES = "ssb-logit-store/1"
-TRACED_FORMATS = (FORMAT, FORMAT_FLOAT16)
-READABLE_FORMATS = (FORMAT, FORMAT_FLOAT16, FORMAT_WITHOUT_TRACES)
+PACKED_FORMATS = (FORMAT, FORMAT_PACKED_IDS)
+TRACED_FORMATS = (FORMAT, FORMAT_PACKED_IDS, FORMAT_FLOAT16)
+RESUMABLE_FORMATS = (FORMAT, FORMAT_FLOAT16)
+READABLE_FORMATS = (FORMAT, FORMAT_PACKED_IDS, FORMAT_FLOAT16, FORMAT_WITHOUT_TRACES)
 MANIFEST = "manifest.json"
 SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")
 TRACE_NAME = re.compile(r"trace-\d{5,}\.parquet")
@@ -135,7 +139,7 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
             raise ManifestError(f"{where}: {problem}")
     if manifest["top_k"] < 1:
         raise ManifestError(f"{where}: top_k {manifest['top_k']} < 1")
-    if manifest["format"] == FORMAT and (problem := _encoding_problem(manifest.get("encoding"))):
+    if manifest["format"] in PACKED_FORMATS and (problem := _encoding_problem(manifest.get("encoding"))):
         raise ManifestError(f"{where}: encoding: {problem}")
     named: set[str] = set()
     for i, entry in enumerate(manifest["shards"]):

@@ -1,6 +1,6 @@
 """One committed file of a logit store (a shard or a trace file), read only through the checks
 of its manifest entry: its size before reading, its sha256 and row count before anything
-parses it. A packed (format-3) shard is decoded on reading (ssb/store_codec.py)."""
+parses it. A packed (format-3 or -4) shard is decoded on reading (ssb/store_codec.py)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class Shard:
         return data
 
     def read_table(self, columns: Sequence[str] | None = None, verify: bool = True) -> pa.Table:
-        """The rows parsed from exactly the bytes that were verified. A packed (format-3) shard's
+        """The rows parsed from exactly the bytes that were verified. A packed (format-3 or -4) shard's
         top-k comes back decoded, as the format-2 columns topk_ids, topk_logprobs (float32) and
         tail_logprob in their place, so every reader reads every format alike."""
         parquet = pq.ParquetFile(pa.BufferReader(self.read_bytes(verify)))
@@ -80,7 +80,8 @@ class Shard:
             at = names.index(codec.PACKED_COLUMNS[0])
             columns = [*names[:at], *codec.DECODED_COLUMNS, *(n for n in names[at:] if n not in codec.PACKED_COLUMNS)]
         decoded = [c for c in columns if c in codec.DECODED_COLUMNS]
-        table = parquet.read(columns=[c for c in columns if c not in decoded] + list(codec.PACKED_COLUMNS if decoded else ()))
+        packed = [c for c in codec.PACKED_COLUMNS if c in names]  # format 3 has no id_dictionary
+        table = parquet.read(columns=[c for c in columns if c not in decoded] + (packed if decoded else []))
         meta = parquet.schema_arrow.metadata or {}
         try:
             top_k, width = int(meta[b"ssb.top_k"]), int(meta[codec.ID_BYTES_KEY])

@@ -14,8 +14,9 @@ Problems rejected during curation are recorded with their reason, so a resumed r
 them too. A commit holding only skips writes no Parquet file: its manifest entry has
 `"name": null` (rows 0, bytes 0, sha256 null).
 
-The teacher's top-k is written packed (format 3, ssb/store_codec.py: per position the entries
-up to a probability mass, quantized log-probs, packed ids; the manifest's `encoding`), or with
+The teacher's top-k is written packed (format 4, ssb/store_codec.py: per position the entries
+worth their bytes, quantized log-probs, ids ranked in a per-shard dictionary; the manifest's
+`encoding`; format-3 stores, ids as they are, are still read), or with
 `encoding=None` every entry in float16 (format 2). Readers see one shape either way: a packed
 shard decodes to the format-2 columns. A store is resumed only in its own format.
 
@@ -44,7 +45,8 @@ import pyarrow.parquet as pq
 
 from ssb import store_codec as codec
 from ssb import trace as traces_
-from ssb.manifest import (FORMAT, FORMAT_FLOAT16, MANIFEST, SHARD_NAME, TRACE_NAME, TRACED_FORMATS,  # noqa: F401
+from ssb.manifest import (FORMAT, FORMAT_FLOAT16, MANIFEST, PACKED_FORMATS, RESUMABLE_FORMATS,  # noqa: F401
+                          SHARD_NAME, TRACE_NAME, TRACED_FORMATS,
                           ChecksumError, ManifestError, StoreError, check_manifest)
 from ssb.records import CuratedExample
 from ssb.shard import Shard
@@ -75,7 +77,7 @@ SCHEMA = pa.schema(
     ]],
     metadata={"ssb.format": FORMAT_FLOAT16},
 )
-# Format 3: the top-k packed (ssb/store_codec.py) in place of the three top-k columns.
+# Format 4: the top-k packed (ssb/store_codec.py) in place of the three top-k columns.
 _AT = SCHEMA.names.index(codec.DECODED_COLUMNS[0])
 PACKED_SCHEMA = pa.schema([*list(SCHEMA)[:_AT], *codec.PACKED_FIELDS,
                            *(f for f in list(SCHEMA)[_AT:] if f.name not in codec.DECODED_COLUMNS)],
@@ -178,8 +180,9 @@ class LogitStore:
         else:
             diffs = [f"{key}: store has {manifest.get(key)!r}, this run has {value!r}"
                      for key, value in wanted.items() if manifest.get(key) != value]
-            if manifest["format"] not in TRACED_FORMATS:
-                raise StoreError(f"store at {norm_uri} is {manifest['format']}, made before traces were kept: "
+            if manifest["format"] not in RESUMABLE_FORMATS:
+                why = "before traces were kept" if manifest["format"] not in TRACED_FORMATS else "by an earlier version"
+                raise StoreError(f"store at {norm_uri} is {manifest['format']}, made {why}: "
                                  "it can be read and trained on, but not resumed; curate into another run directory")
             if (manifest["format"] == FORMAT) != (encoding is not None):
                 packed = manifest["format"] == FORMAT
@@ -308,7 +311,7 @@ class LogitStore:
     @property
     def encoding(self) -> StoreEncoding | None:
         """How this store packs the top-k (format 3); None: every entry in float16 (formats 1, 2)."""
-        return StoreEncoding(**self.manifest["encoding"]) if self.manifest["format"] == FORMAT else None
+        return StoreEncoding(**self.manifest["encoding"]) if self.manifest["format"] in PACKED_FORMATS else None
 
     def append(
         self, examples: Sequence[CuratedExample], skipped: Mapping[str, str] | None = None,

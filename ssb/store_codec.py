@@ -33,9 +33,11 @@ import pyarrow as pa
 
 from ssb.logits import TAIL_FLOOR
 
-PACKED_COLUMNS = ("packed_counts", "packed_ids", "packed_codes", "logprob_step")
+PACKED_COLUMNS = ("packed_counts", "id_dictionary", "packed_ids", "packed_codes", "logprob_step")
+FORMAT3_COLUMNS = ("packed_counts", "packed_ids", "packed_codes", "logprob_step")
 DECODED_COLUMNS = ("topk_ids", "topk_logprobs", "tail_logprob")
-PACKED_FIELDS = [pa.field("packed_counts", pa.binary(), nullable=False), pa.field("packed_ids", pa.binary(), nullable=False),
+PACKED_FIELDS = [pa.field("packed_counts", pa.binary(), nullable=False),
+                 pa.field("id_dictionary", pa.binary(), nullable=False), pa.field("packed_ids", pa.binary(), nullable=False),
                  pa.field("packed_codes", pa.binary(), nullable=False),
                  pa.field("logprob_step", pa.float32(), nullable=False)]
 ID_BYTES_KEY = b"ssb.id_bytes"
@@ -170,15 +172,58 @@ def id_bytes(rows: Sequence[PackedRow]) -> int:
     return 2 if top <= np.iinfo(np.uint16).max else 4
 
 
+def id_dictionary(rows: Sequence[PackedRow]) -> np.ndarray:
+    """The shard's distinct kept ids, most frequent first (ties: the smaller id first)."""
+    ids = np.concatenate([r.ids for r in rows]) if rows else np.zeros(0, np.int64)
+    distinct, counts = np.unique(ids, return_counts=True)
+    return distinct[np.argsort(-counts, kind="stable")]
+
+
+def _split_bytes(values: np.ndarray, dtype: str) -> bytes:
+    """Little-endian `values`, all their low bytes first, then the next ones (byte-stream split):
+    ranks are mostly under 256, so their high bytes are runs of zeros zstd all but removes."""
+    return np.ascontiguousarray(values.astype(dtype).view(np.uint8).reshape(-1, np.dtype(dtype).itemsize).T).tobytes()
+
+
 def packed_columns(rows: Sequence[PackedRow], top_k: int, width: int) -> dict[str, pa.Array]:
+    """Format-4 columns: each id stored as its rank in the shard's `id_dictionary` (written in
+    the first row's cell, the others empty), byte-stream split."""
     count_type = "<u1" if top_k <= 255 else "<u2"
     id_type = "<u2" if width == 2 else "<u4"
+    dictionary = id_dictionary(rows)
+    rank_of = {int(i): r for r, i in enumerate(dictionary)}
+    ranks = [np.fromiter((rank_of[int(i)] for i in r.ids), np.int64, r.ids.size) for r in rows]
     return {
         "packed_counts": pa.array([r.counts.astype(count_type).tobytes() for r in rows], pa.binary()),
-        "packed_ids": pa.array([r.ids.astype(id_type).tobytes() for r in rows], pa.binary()),
+        "id_dictionary": pa.array([_split_bytes(dictionary, id_type) if i == 0 else b"" for i in range(len(rows))],
+                                  pa.binary()),
+        "packed_ids": pa.array([_split_bytes(r, id_type) for r in ranks], pa.binary()),
         "packed_codes": pa.array([r.codes.tobytes() for r in rows], pa.binary()),
         "logprob_step": pa.array([r.step for r in rows], pa.float32()),
     }
+
+
+def _unsplit(values: np.ndarray, offsets: np.ndarray, dtype: str) -> np.ndarray:
+    """The values `_split_bytes` wrote, row after row (each row's [bytes, n] block transposed back)."""
+    size = np.dtype(dtype).itemsize
+    raw = values.view(np.uint8)
+    out = np.empty(values.size, np.int64)
+    for start, end in zip(offsets[:-1], offsets[1:]):
+        out[start:end] = raw[start * size: end * size].reshape(size, -1).T.copy().view(dtype).reshape(-1)
+    return out
+
+
+def _kept_ids(table: pa.Table, id_type: str) -> np.ndarray:
+    """Every kept id of a packed table, position after position: format 3 stores them as they
+    are, format 4 as byte-split ranks in the shard's id_dictionary."""
+    values, offsets = _values(table.column("packed_ids"), id_type)
+    if "id_dictionary" not in table.column_names:
+        return values
+    dictionary = _unsplit(*_values(table.column("id_dictionary"), id_type), id_type)
+    ranks = _unsplit(values, offsets, id_type)
+    if ranks.size and ranks.max() >= dictionary.size:
+        raise ValueError(f"packed top-k: id rank {ranks.max()} past the shard's {dictionary.size}-id dictionary")
+    return dictionary[ranks]
 
 
 def _values(column: pa.ChunkedArray | pa.Array, dtype: str) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +242,7 @@ def _values(column: pa.ChunkedArray | pa.Array, dtype: str) -> tuple[np.ndarray,
 def decode_packed(table: pa.Table, top_k: int, width: int) -> dict[str, pa.Array]:
     """The format-2 columns (topk_ids, topk_logprobs, tail_logprob) of a packed table."""
     counts, row_offsets = _values(table.column("packed_counts"), "<u1" if top_k <= 255 else "<u2")
-    ids_flat, _ = _values(table.column("packed_ids"), "<u2" if width == 2 else "<u4")
+    ids_flat = _kept_ids(table, "<u2" if width == 2 else "<u4")
     codes_flat, _ = _values(table.column("packed_codes"), "<u1")
     counts = counts.astype(np.int64)
     if (counts.size and (counts.min() < 1 or counts.max() > top_k)) or not counts.sum() == ids_flat.size == codes_flat.size:

@@ -20,6 +20,8 @@ from ssb.store import LogitStore, StoreError, example_arrays
 from ssb.store_codec import (
     StoreEncoding,
     decode_packed,
+    kept_counts,
+    merge_kl,
     pack_row,
     packed_columns,
     padding_mask,
@@ -98,13 +100,64 @@ def test_target_kl_is_zero_for_the_same_target_and_grows_as_less_is_kept():
     assert list(at_t2) == sorted(at_t2) and at_t2[-1] > 10 * at_t2[0]  # at T=2 small entries count
 
 
+def test_entry_nats_keeps_an_entry_only_where_it_buys_that_much_kl_at_the_training_temperature():
+    ids, logprobs, tail = consistent_topk(np.random.default_rng(8), T=400)
+    lp = np.sort(logprobs.astype(np.float64), 1)[:, ::-1]
+    t64 = tail.astype(np.float64)
+    np.testing.assert_allclose(merge_kl(lp, t64, 1.0), 0.0, atol=1e-9)  # merging is exact at T=1
+    assert (merge_kl(lp, t64, 1.5) <= merge_kl(lp, t64, 2.0) + 1e-12).all()  # and costs more as T rises
+    enc = StoreEncoding(logprob_bits=8, entry_nats=0.002, temperature=2.0)
+    counts = kept_counts(lp, t64, enc)
+    cost = merge_kl(lp, t64, 2.0) + 0.002 * np.arange(1, K + 1)
+    np.testing.assert_allclose(cost[np.arange(len(lp)), counts - 1], cost.min(1))
+    got_ids, got_lp, got_tail, row = round_trip(ids, logprobs, tail, enc)
+    assert (row.counts == counts).all() and 1 < counts.mean() < K
+    # What the loss sees at T=2 is off by the merge KL the count chose (plus quantization) and no more.
+    kl = target_kl((ids, logprobs, tail), (got_ids, got_lp, got_tail), 2.0)
+    np.testing.assert_allclose(kl.mean(), merge_kl(lp, t64, 2.0)[np.arange(len(lp)), counts - 1].mean(), atol=2e-4)
+    # Against the mass rule keeping as many entries in all, the tempered KL is lower.
+    by_mass = next(StoreEncoding(mass=m, logprob_bits=8) for m in np.linspace(0.9, 1.0, 2001)
+                   if kept_counts(lp, t64, StoreEncoding(mass=m)).sum() >= counts.sum())
+    mass_ids, mass_lp, mass_tail, _ = round_trip(ids, logprobs, tail, by_mass)
+    assert kl.mean() < target_kl((ids, logprobs, tail), (mass_ids, mass_lp, mass_tail), 2.0).mean()
+
+
+def test_a_format_3_store_ids_as_they_are_is_still_read(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    examples = [make_example(f"p{i}", rng, T=10 + i) for i in range(3)]
+    store = LogitStore.create_or_resume(str(tmp_path), **RUN)
+    store.append(examples)
+    want = store.read_table()
+    # Rewrite the shard as format 3 wrote it: kept ids as they are, no id_dictionary column.
+    path = tmp_path / store.manifest["shards"][0]["name"]
+    table = pq.read_table(path)
+    ids = decode_packed(table, K, 4)["topk_ids"].flatten().to_numpy().reshape(-1, K)
+    counts = np.frombuffer(b"".join(table.column("packed_counts").to_pylist()), np.uint8)
+    kept = np.arange(K)[None, :] < counts[:, None]
+    per_row = np.cumsum([0, *(len(c) for c in table.column("packed_counts").to_pylist())])
+    flat, ends = ids[kept], np.cumsum(kept.sum(1))[per_row[1:] - 1]
+    old_ids = [flat[a:b].astype("<u4").tobytes() for a, b in zip([0, *ends[:-1]], ends)]
+    table = table.drop_columns(["id_dictionary"]).set_column(
+        table.schema.get_field_index("packed_ids") - 1, "packed_ids", pa.array(old_ids, pa.binary()))
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"ssb.format": b"ssb-logit-store/3"}), path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    data = path.read_bytes()
+    manifest["format"] = "ssb-logit-store/3"
+    manifest["shards"][0].update(bytes=len(data), sha256=__import__("hashlib").sha256(data).hexdigest())
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert LogitStore.open(str(tmp_path)).read_table().equals(want.replace_schema_metadata(
+        {**want.schema.metadata, b"ssb.format": b"ssb-logit-store/3"}))
+    with pytest.raises(StoreError, match="made by an earlier version"):
+        LogitStore.create_or_resume(str(tmp_path), **RUN)
+
+
 def test_packed_round_trip(location: tuple[str, dict[str, Any]]) -> None:  # noqa: F811 (the fixture)
     uri, fs = location
     rng = np.random.default_rng(2)
     examples = [make_example(f"p{i}", rng, T=10 + i) for i in range(3)]
     store = LogitStore.create_or_resume(uri, **RUN, **fs)
     store.append(examples)
-    assert store.manifest["format"] == "ssb-logit-store/3"
+    assert store.manifest["format"] == "ssb-logit-store/4"
     assert store.manifest["encoding"] == {"mass": 0.999, "logprob_bits": 6}
     reader = LogitStore.open(uri, **fs)
     table = reader.read_table()
@@ -137,7 +190,7 @@ def test_a_small_vocabulary_packs_ids_in_two_bytes_and_the_store_halves(tmp_path
         store.append(examples)
         sizes[name] = store.summary()["bytes_per_token"]
     meta = pq.ParquetFile(tmp_path / "packed" / "shard-00000.parquet").schema_arrow.metadata
-    assert meta[b"ssb.id_bytes"] == b"2" and meta[b"ssb.format"] == b"ssb-logit-store/3"
+    assert meta[b"ssb.id_bytes"] == b"2" and meta[b"ssb.format"] == b"ssb-logit-store/4"
     print(f"\nbytes per token: float16 {sizes['float16']:.1f}, packed {sizes['packed']:.1f}")
     assert sizes["packed"] < 0.6 * sizes["float16"]
 
