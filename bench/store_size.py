@@ -1,8 +1,8 @@
-"""The packed logit store (format 3) against the k=20 float16 one (format 2): size, fidelity, read time.
+"""The packed logit store (format 4) against the k=20 float16 one (format 2): size, fidelity, read time.
 
 From one curated store, the same examples are written twice, in the source's shards: as the
 reference (every top-k entry, float16 log-probs: format 2) and packed with `curate.store` of
-configs/default.yaml (or `--mass`/`--bits`). `bytes_per_token` and `reference_bytes_per_token`:
+configs/default.yaml (or `--entry-nats`/`--mass`/`--bits`). `bytes_per_token` and `reference_bytes_per_token`:
 whole shard files (every column) over the response tokens they hold. `kl_t1` and `kl_train_t`:
 mean over response tokens of KL(reference ‖ packed) over the packed store's buckets at T=1 and
 at train.temperature of configs/default.yaml (`train_t`), each side's log-probs divided by T and
@@ -12,12 +12,14 @@ the way training does (every shard verified, its train columns, each row's array
 reference's, the median of `--repeats` interleaved pairs (`read_ratio_min`/`read_ratio_max`);
 `load` the 1-minute load average at the end. Ends with:
 
-    RESULT store_size bytes_per_token=… reference_bytes_per_token=… kl_t1=… kl_train_t=… read_ratio=… read_ratio_min=… read_ratio_max=… mass=… logprob_bits=… train_t=… k=… tokens=… rows=… load=…
+    RESULT store_size bytes_per_token=… entries=… reference_bytes_per_token=… kl_t1=… kl_train_t=… read_ratio=… read_ratio_min=… read_ratio_max=… mass=… entry_nats=… logprob_bits=… train_t=… k=… tokens=… rows=… load=…
+
+`entries`: top-k entries kept per response token.
 
 The reference needs the teacher's full top-k: a format-2 store gives it as stored. A packed
 store does not hold it, so for one the teacher's top-k is recomputed by a transformers forward
 pass of `--model` on the teacher prompt + response (the KL then compares two encodings of that).
-`--sweep` prints the size and KLs of other masses and bit widths too.
+`--sweep` prints the entries, size and KLs of other selections (by mass, by entry_nats) and bit widths too.
 
 Full size (the default run's store, or one curated here from `--problems` problems with
 configs/default.yaml, written in format 2):
@@ -39,6 +41,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -112,6 +116,12 @@ def mean_kls(reference: LogitStore, packed: LogitStore, temperatures: tuple[floa
             for t in temperatures]
 
 
+def mean_entries(packed: LogitStore) -> float:
+    """Entries kept per response token (the -inf slots are padding)."""
+    rows = [example_arrays(r) for r in packed.read_table().to_pylist()]
+    return sum(int(np.isfinite(lp).sum()) for _, lp, _ in rows) / sum(len(lp) for _, lp, _ in rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store")
@@ -123,7 +133,7 @@ def main() -> None:
                         help="default: its curate.store.entry_nats (0: entries chosen by --mass)")
     parser.add_argument("--reads", type=int, default=None, help="store reads per timing (default 20; 2 with --smoke)")
     parser.add_argument("--rows", type=int, default=None, help="the first N kept rows only (default all; 4 with --smoke)")
-    parser.add_argument("--sweep", action="store_true", help="also the size and KLs of other masses and bits")
+    parser.add_argument("--sweep", action="store_true", help="also the size and KLs of other selections and bits")
     parser.add_argument("--workdir", default=None, help="default: a temporary directory")
     add_repeats_arg(parser)
     parser.add_argument("--smoke", action="store_true", help="the test suite's tiny run (see above)")
@@ -156,12 +166,16 @@ def main() -> None:
     kl_t1, kl_train = mean_kls(reference, packed, (1.0, train_t))
 
     if args.sweep:
-        print("mass    bits  bytes/token  kl_t1     kl_train_t")
-        for mass in (0.99, 0.995, 0.999, 0.9999, 1.0):
+        print("select             bits  entries  bytes/token  kl_t1     kl_train_t")
+        choices = [(m, None) for m in (0.99, 0.995, 0.999, 0.9999, 1.0)] + [(1.0, n) for n in (0.001, 0.002, 0.0025, 0.003)]
+        for mass, per_entry in choices:
             for bits in (5, 6, 8):
-                other = write_like(source, examples, work / f"sweep-{mass}-{bits}", StoreEncoding(mass, bits))
+                enc = StoreEncoding(mass, bits, per_entry, settings.temperature)
+                other = write_like(source, examples, work / f"sweep-{mass}-{per_entry}-{bits}", enc)
                 kls = mean_kls(reference, other, (1.0, train_t))
-                print(f"{mass:<7} {bits:<5} {other.summary()['bytes_per_token']:<12.1f} {kls[0]:<9.5f} {kls[1]:.5f}")
+                select = f"mass={mass}" if per_entry is None else f"entry_nats={per_entry}"
+                print(f"{select:<18} {bits:<5} {mean_entries(other):<8.1f} {other.summary()['bytes_per_token']:<12.1f} "
+                      f"{kls[0]:<9.5f} {kls[1]:.5f}")
 
     ratios = []
     for _ in range(reps):  # reference, packed, reference, packed, ...: a busier box moves both alike
@@ -169,10 +183,10 @@ def main() -> None:
         ratios.append(read_seconds(work / "packed", args.reads) / ref_s)
     print(f"{packed_sum['rows']} examples, {packed_sum['tokens']} response tokens in {packed_sum['shards']} shards: "
           f"{packed_sum['bytes']} bytes packed, {ref_sum['bytes']} bytes float16")
-    print(f"RESULT store_size bytes_per_token={packed_sum['bytes_per_token']:.1f} "
+    print(f"RESULT store_size bytes_per_token={packed_sum['bytes_per_token']:.1f} entries={mean_entries(packed):.1f} "
           f"reference_bytes_per_token={ref_sum['bytes_per_token']:.1f} kl_t1={kl_t1:.5f} kl_train_t={kl_train:.5f} "
           f"read_ratio={statistics.median(ratios):.3f} read_ratio_min={min(ratios):.3f} "
-          f"read_ratio_max={max(ratios):.3f} mass={encoding.mass} logprob_bits={encoding.logprob_bits} "
+          f"read_ratio_max={max(ratios):.3f} mass={encoding.mass} entry_nats={encoding.entry_nats or 0} logprob_bits={encoding.logprob_bits} "
           f"train_t={train_t} k={source.manifest['top_k']} tokens={packed_sum['tokens']} rows={packed_sum['rows']} "
           f"load={load1()}")
 

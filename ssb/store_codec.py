@@ -206,11 +206,12 @@ def packed_columns(rows: Sequence[PackedRow], top_k: int, width: int) -> dict[st
 def _unsplit(values: np.ndarray, offsets: np.ndarray, dtype: str) -> np.ndarray:
     """The values `_split_bytes` wrote, row after row (each row's [bytes, n] block transposed back)."""
     size = np.dtype(dtype).itemsize
-    raw = values.view(np.uint8)
-    out = np.empty(values.size, np.int64)
-    for start, end in zip(offsets[:-1], offsets[1:]):
-        out[start:end] = raw[start * size: end * size].reshape(size, -1).T.copy().view(dtype).reshape(-1)
-    return out
+    lengths = np.diff(offsets)
+    starts = np.repeat(offsets[:-1], lengths)
+    within = np.arange(values.size) - starts
+    # Byte b of a row's i-th value sits at the row's start * size + b * (row length) + i.
+    at = (starts * size + within)[:, None] + np.arange(size)[None, :] * np.repeat(lengths, lengths)[:, None]
+    return np.ascontiguousarray(values.view(np.uint8)[at]).view(dtype).reshape(-1).astype(np.int64)
 
 
 def _kept_ids(table: pa.Table, id_type: str) -> np.ndarray:
