@@ -41,7 +41,6 @@ from services.api_context import ApiContext, job_run_dir
 from services.api_middleware import BodyLimit, count_requests, redis_down
 from services.api_models import COMMON
 from services.auth import BearerAuth
-from services.examples import read_examples  # noqa: F401  (tests/ssb/test_store_manifest.py imports it from here)
 from services.health import HealthRoutes
 from services.inspector import build_inspector_router
 from services.jobs import JobStoreUnavailable

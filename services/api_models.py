@@ -23,11 +23,30 @@ class Progress(BaseModel):
     skipped_by_reason: dict[str, int]
 
 
+class StageCost(BaseModel):
+    tokens: int
+    engine_seconds: float
+
+
+class JobCost(BaseModel):
+    """What the job's committed problems cost so far, over all its attempts: engine-busy seconds
+    split between the stages (ssb/cost.py), the verifier's seconds, and per kept example."""
+
+    rollout: StageCost
+    teacher: StageCost
+    tokens: int
+    engine_seconds: float
+    verify_seconds: float
+    tokens_per_kept: float | None
+    engine_seconds_per_kept: float | None
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
     problems: int
     progress: Progress
+    cost: JobCost
     created_at: str
     updated_at: str
     started_at: str | None = None
@@ -120,10 +139,21 @@ class ClientPaths:
         return row
 
 
+def job_cost(record: JobRecord) -> JobCost:
+    rollout = StageCost(tokens=record.rollout_tokens, engine_seconds=record.rollout_engine_ms / 1000)
+    teacher = StageCost(tokens=record.teacher_tokens, engine_seconds=record.teacher_engine_ms / 1000)
+    tokens, seconds = rollout.tokens + teacher.tokens, rollout.engine_seconds + teacher.engine_seconds
+    kept = record.kept
+    return JobCost(rollout=rollout, teacher=teacher, tokens=tokens, engine_seconds=round(seconds, 3),
+                   verify_seconds=record.verify_ms / 1000, tokens_per_kept=round(tokens / kept, 1) if kept else None,
+                   engine_seconds_per_kept=round(seconds / kept, 3) if kept else None)
+
+
 def job_out(record: JobRecord, paths: ClientPaths) -> JobOut:
     progress = Progress(rolled_out=record.rolled_out, verified=record.verified, kept=record.kept,
                         skipped=record.skipped, skipped_by_reason=record.skipped_by_reason)
     return JobOut(id=record.id, status=record.status, problems=record.problems, progress=progress,
+                  cost=job_cost(record),
                   created_at=record.created_at, updated_at=record.updated_at, started_at=record.started_at,
                   finished_at=record.finished_at, attempts=record.attempts, cancel_requested=record.cancel_requested,
                   error=paths.text(record.error) if record.error else None, resumable=record.resumable,

@@ -84,6 +84,7 @@ def build_curation_app(settings: ServiceSettings, model_path: str | None = None)
             # The replica's __del__ stops its AsyncLLM (about 5 s on CPU): Serve kills the actor
             # once this grace is over, so it must outlast that stop.
             max_ongoing_requests=e.max_concurrent_batches, health_check_timeout_s=120, graceful_shutdown_timeout_s=30,
+            health_check_period_s=5,  # a dead engine is noticed (and readiness fails) within seconds
         ).bind(run.model_dump_json(), model_path or resolve_model(run.model.name))
     runner = serve.deployment(
         CurationRunner, name="CurationRunner", num_replicas=settings.jobs.runner_replicas,

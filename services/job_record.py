@@ -27,7 +27,9 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 # A failed or cancelled job can be requeued (POST .../resume); it resumes from its store.
 RESUMABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 COUNTERS = ("rolled_out", "verified", "kept", "skipped")
-_INTS = ("problems", "attempts", "epoch", *COUNTERS)
+# What the job's committed problems cost, summed over its attempts (work a resume skips is not redone).
+COST_COUNTERS = ("rollout_tokens", "teacher_tokens", "rollout_engine_ms", "teacher_engine_ms", "verify_ms")
+_INTS = ("problems", "attempts", "epoch", *COUNTERS, *COST_COUNTERS)
 _JSON = ("spec", "result")
 _FLAGS = ("cancel_requested", "resumable")
 _SKIPPED = "skipped:"  # per-reason counters: skipped:<reason>
@@ -56,6 +58,11 @@ class JobRecord(BaseModel):
     kept: int = 0
     skipped: int = 0
     skipped_by_reason: dict[str, int] = {}
+    rollout_tokens: int = 0
+    teacher_tokens: int = 0
+    rollout_engine_ms: int = 0
+    teacher_engine_ms: int = 0
+    verify_ms: int = 0
     started_at: str | None = None
     finished_at: str | None = None
     runner: str | None = None

@@ -75,6 +75,8 @@ def job_config(settings: ServiceSettings, spec: JobSpec, run_dir: str) -> RunCon
     if spec.seed is not None:
         curate["seed"] = spec.seed
     apply_overrides(tree, spec.overrides)  # after the fields above, as on the command line
+    if spec.budget is not None:
+        curate["budget"] = spec.budget.model_dump()
     if spec.adapter:
         root = settings.llm.lora_root
         path = resolve_under(spec.adapter, [root] if root else [])
@@ -106,6 +108,11 @@ def progress_of(states: list[ProblemState]) -> dict[str, int]:
             counts[f"skipped:{state.status.value}"] += 1
         else:
             counts["kept"] += 1
+        counts["rollout_tokens"] += state.rollout_tokens
+        counts["teacher_tokens"] += state.teacher_tokens
+        counts["rollout_engine_ms"] += round(state.rollout_engine_seconds * 1000)
+        counts["teacher_engine_ms"] += round(state.teacher_engine_seconds * 1000)
+        counts["verify_ms"] += round(state.verify_seconds * 1000)
     return dict(counts)
 
 
@@ -179,7 +186,8 @@ def result_of(cfg_store_dir: str, summary: CurationSummary) -> dict[str, Any]:
     return {"store": cfg_store_dir, "manifest": f"{cfg_store_dir.rstrip('/')}/{MANIFEST}",
             "rows": summary.store.get("rows", 0), "shards": summary.store.get("shards", 0),
             "kept": summary.kept, "skipped": summary.skipped, "problems": summary.problems,
-            "already_done": summary.already_done}
+            "already_done": summary.already_done, "stopped_by": summary.stopped_by,
+            "stop": summary.stop_line or None}
 
 
 SKIP_REASONS = [r.value for r in SkipReason]

@@ -13,13 +13,14 @@ overridden (`OVERRIDABLE`), within the same bounds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from services.settings import ApiConfig, resolve_under
-from ssb.config import OverrideError, parse_override
+from ssb.config import BudgetConfig, OverrideError, parse_override
+from ssb.cost import Budget
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}$"
 ROLES = ("rollout", "teacher")
@@ -70,6 +71,9 @@ class JobRequest(_In):
     rollout: SamplingOverride | None = None
     teacher: SamplingOverride | None = None
     seed: Seed | None = Field(None, description="curate.seed: selection and sampling")
+    budget: BudgetConfig | None = Field(None, description=(
+        "curate.budget: no new problem starts once one is reached, and the job succeeds with what it committed "
+        "(result.stopped_by names it); each limit is capped by the server's api.job_budget_cap"))
     overrides: list[Annotated[str, Field(max_length=1000)]] | None = Field(
         None, max_length=MAX_OVERRIDES,
         description="dotted key=value settings, applied after the fields above: "
@@ -104,6 +108,7 @@ class JobSpec(BaseModel):
     teacher: SamplingOverride | None = None
     seed: int | None = None
     overrides: list[str] = []
+    budget: BudgetConfig | None = None  # the request's, capped by the server's
     adapter: str | None = None  # a LoRA adapter under llm.lora_root
 
     def to_record(self) -> dict[str, Any]:
@@ -130,7 +135,7 @@ class SpecError(ValueError):
 def spec_from_request(body: JobRequest, api: ApiConfig, limit: ProblemLimit) -> tuple[JobSpec, int]:
     """(the job's spec, how many problems it has at most), or SpecError."""
     common = {"rollout": body.rollout, "teacher": body.teacher, "seed": body.seed,
-              "overrides": check_overrides(body.overrides or [])}
+              "overrides": check_overrides(body.overrides or []), "budget": capped_budget(body.budget, api)}
     if body.problems is not None:
         check_problems(body.problems, api, limit)
         problems = [p.model_dump(exclude_none=True) for p in body.problems]
@@ -151,6 +156,13 @@ def spec_from_request(body: JobRequest, api: ApiConfig, limit: ProblemLimit) -> 
     count = ref.limit or limit.value
     source = JobSource(kind="dataset", path=str(path), split=ref.split, limit=count)
     return JobSpec(source=source, **common), count
+
+
+def capped_budget(asked: BudgetConfig | None, api: ApiConfig) -> BudgetConfig | None:
+    """The job's budget: each limit the smaller of the request's and the server's cap (a limit
+    either leaves unset is the other's); None when neither sets one."""
+    budget = Budget(**(asked or BudgetConfig()).model_dump()).smallest(Budget(**api.job_budget_cap.model_dump()))
+    return None if budget == Budget() else BudgetConfig(**asdict(budget))
 
 
 def check_problems(problems: list[ProblemIn], api: ApiConfig, limit: ProblemLimit) -> None:

@@ -288,6 +288,10 @@ class JobStore:
     def _running(self) -> str:
         return f"{self.prefix}:running"
 
+    @property
+    def _totals(self) -> str:
+        return f"{self.prefix}:totals"
+
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         # The message names the failure, never the URL (it may carry a password).
         try:
@@ -369,6 +373,10 @@ class JobStore:
     def queue_length(self) -> int:
         return int(self._call(self._r.llen, self._queue))
 
+    def totals(self) -> dict[str, int]:
+        """The service's counters over every job's committed problems (Prometheus reads them)."""
+        return {k: int(v) for k, v in self._call(self._r.hgetall, self._totals).items()}
+
     # -- the runner's side --------------------------------------------------------------------
 
     def claim(self, runner: str, lease_s: float) -> Lease | None:
@@ -389,7 +397,14 @@ class JobStore:
                               args=[self.prefix, time.time(), now_iso(), max_attempts, self.job_ttl_s]))
 
     def add_progress(self, lease: Lease, counts: dict[str, int]) -> None:
-        self._fenced_update(lease, {k: n for k, n in counts.items() if n}, {"updated_at": now_iso()})
+        """The job's counters (fenced), then the service's totals: only for work whose lease held,
+        so a problem counts once (a lost lease's commit is redone by the job's next holder)."""
+        increments = {k: n for k, n in counts.items() if n}
+        self._fenced_update(lease, increments, {"updated_at": now_iso()})
+        pipe = self._r.pipeline(transaction=False)
+        for key, n in increments.items():
+            pipe.hincrby(self._totals, key, n)
+        self._call(pipe.execute)
 
     def set_fields(self, lease: Lease, fields: dict[str, Any]) -> None:
         self._fenced_update(lease, {}, {k: _str(v) for k, v in fields.items()})

@@ -12,7 +12,7 @@ LoRA adapters by name: with `llm.lora_root` set, `"model": "ssb:<name>"` loads t
 adapter in `<lora_root>/<name>/` (multiplexed over the replicas): ray.serve.llm's own loader
 for an object-store root (s3://, gs://), services/lora.py for a local directory.
 
-Every HTTP request needs the curation API's bearer token (services.settings.BearerAuth in
+Every HTTP request needs the curation API's bearer token (services.auth.BearerAuth in
 front of ray.serve.llm's own FastAPI app, unknown paths and its /docs included): ray.serve.llm's
 `build_openai_app` builds its ingress app itself with no way to add middleware, so
 `build_model_app` assembles the same ingress from its public parts around an app that has it.
@@ -33,7 +33,8 @@ from ssb.config import RunConfig
 
 from pipelines.engine import cpu_engine_env, engine_kwargs, niceness_env, serve_runtime_env
 from pipelines.fast_start import serve_options
-from services.settings import ApiConfig, BearerAuth, LLMServiceConfig, http_routes
+from services.auth import BearerAuth
+from services.settings import ApiConfig, LLMServiceConfig, http_routes
 
 DIRECT_STREAMING_ENV = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
 

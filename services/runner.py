@@ -37,6 +37,8 @@ import uuid
 from collections import Counter
 from typing import Any, Callable
 
+from ray.exceptions import RayActorError
+
 from ssb.config import RunConfig
 from ssb.layout import RunLayout
 
@@ -229,7 +231,10 @@ class CurationRunner:
                                                    "kept": summary.store.get("rows", 0)}
         except JobCancelled:
             status, fields = JobStatus.CANCELLED, {}
-        except (JobStoreUnavailable, LeaseLost) as exc:
+        except (JobStoreUnavailable, LeaseLost, RayActorError) as exc:
+            # An engine replica that died under a batch is the service's fault, not the job's: Serve
+            # replaces it, and the job is claimed again (an attempt, up to max_attempts) once its lease
+            # runs out, resuming from its store.
             done.set()
             self.stats["lease_lost"] += isinstance(exc, LeaseLost)
             log.warning("job %s abandoned: %s", job_id, exc)

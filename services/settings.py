@@ -18,9 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# BearerAuth: services/llm.py still imports it from here.
-from services.auth import BearerAuth, token_digest  # noqa: F401
-from ssb.config import RunConfig
+from services.auth import token_digest
+from ssb.config import BudgetConfig, RunConfig
 from ssb.layout import is_remote, needs_local
 
 # Job run directories are swept, listed and shown to clients with local file operations.
@@ -64,6 +63,9 @@ class ApiConfig(_Strict):
     max_page_size: int = 100
     # Dataset references in a request must resolve inside one of these (after symlinks).
     allowed_data_roots: list[str] = Field(default_factory=list)
+    # Every job's curate.budget is at most this, limit by limit, whatever its token asks; a job that
+    # asks for none gets this one.
+    job_budget_cap: BudgetConfig = Field(default_factory=BudgetConfig)
     api_replicas: int = 1
 
 

@@ -198,3 +198,33 @@ def test_the_api_and_runner_replicas_run_at_the_engine_niceness(service):
         pids = [pid for pid, t in titles.items() if t.startswith(f"ray::ServeReplica:{app}:{deployment}")]
         assert pids, sorted(t for t in titles.values() if t.startswith("ray::"))
         assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in pids} == {service.settings.run.engine.worker_niceness}
+
+
+def test_a_job_budget_stops_it_cleanly_and_its_status_and_metrics_carry_the_cost(service):
+    with service.client(timeout=600) as c:
+        before = _curation_metrics(c)
+        # The service's own sampling (tests/services/conftest.py): about one problem in four is kept.
+        job = c.post("/v1/curation-jobs", json={"synthetic": {"n": 24}, "budget": {"max_kept": 1}})
+        assert job.status_code == 202, job.text
+        done = service.wait(job.json()["id"])
+        assert done["status"] == "succeeded", done
+        assert done["result"]["stopped_by"] == "max_kept" and "curate.budget.max_kept=1" in done["result"]["stop"]
+        assert done["progress"]["kept"] >= 1 and done["progress"]["kept"] + done["progress"]["skipped"] < 24
+        cost = done["cost"]
+        assert cost["rollout"]["tokens"] > 0 and cost["rollout"]["engine_seconds"] > 0
+        assert cost["tokens"] == cost["rollout"]["tokens"] + cost["teacher"]["tokens"]
+        assert cost["tokens_per_kept"] == pytest.approx(cost["tokens"] / done["progress"]["kept"], abs=0.1)
+        after = _curation_metrics(c)
+        # Other tests' jobs may commit meanwhile: the service's counters grow by at least this job's.
+        assert after["tokens_rollout"] - before["tokens_rollout"] >= cost["rollout"]["tokens"]
+        assert after["kept"] - before["kept"] >= done["progress"]["kept"]
+
+
+def _curation_metrics(c) -> dict[str, float]:
+    text = c.get("/metrics").text
+    values = {}
+    for name, key in (('ssb_curation_tokens_total{stage="rollout"}', "tokens_rollout"),
+                      ('ssb_curation_problems_total{outcome="kept"}', "kept")):
+        line = next((ln for ln in text.splitlines() if ln.startswith(name + " ")), f"{name} 0")
+        values[key] = float(line.rsplit(" ", 1)[1])
+    return values

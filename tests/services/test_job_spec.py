@@ -122,3 +122,18 @@ def test_a_job_record_round_trips_through_its_redis_hash():
     ended = JobRecord.from_redis({**raw, "status": "failed", "resumable": "1", "result": '{"rows": 1}'})
     assert ended.status is JobStatus.FAILED and ended.status in TERMINAL and ended.resumable and ended.result == {"rows": 1}
     assert f"job is {ended.status}" == "job is failed"  # messages show the stored word
+
+
+def test_a_requests_budget_is_capped_limit_by_limit_by_the_servers() -> None:
+    from ssb.config import BudgetConfig
+
+    api = ApiConfig(job_budget_cap=BudgetConfig(max_kept=10, max_wall_seconds=60))
+    body = JobRequest.model_validate({"synthetic": {"n": 2}, "budget": {"max_kept": 50, "max_tokens": 1000}})
+    spec, _ = spec_from_request(body, api, LIMIT)
+    assert spec.budget == BudgetConfig(max_kept=10, max_tokens=1000, max_wall_seconds=60)
+    unasked, _ = spec_from_request(JobRequest.model_validate({"synthetic": {"n": 2}}), api, LIMIT)
+    assert unasked.budget == BudgetConfig(max_kept=10, max_wall_seconds=60)
+    free, _ = spec_from_request(JobRequest.model_validate({"synthetic": {"n": 2}}), ApiConfig(), LIMIT)
+    assert free.budget is None
+    with pytest.raises(ValueError, match="max_kept"):
+        JobRequest.model_validate({"synthetic": {"n": 2}, "budget": {"max_kept": 0}})

@@ -16,7 +16,7 @@ import pytest
 from fastapi import HTTPException
 from fsspec.implementations.local import LocalFileSystem
 
-from services.api import read_examples
+from services.examples import read_examples
 from ssb.store import MANIFEST, ChecksumError, LogitStore, ManifestError
 from tests.ssb.test_store import RUN, make_example
 
