@@ -132,13 +132,13 @@ class BudgetConfig(_Strict):
 
 class StoreConfig(_Strict):
     packed: bool = Field(default=True, description=(
-        "Write the logit store packed (format 3: per position only the entries up to `mass`, log-probs in "
-        "`logprob_bits` bits; about half the bytes). false: format 2, every top-k log-prob in float16 (what a "
+        "Write the logit store packed (format 4: per position only the entries worth their bytes, see "
+        "`entry_nats`, log-probs in `logprob_bits` bits, ids ranked in a per-shard dictionary; under half the bytes). false: format 2, every top-k log-prob in float16 (what a "
         "format-2 store needs to be resumed)."))
     mass: float = Field(default=0.999, gt=0, le=1, description=(
         "Per response position, the fewest top-k entries whose teacher probabilities reach this mass are kept; "
-        "the rest joins the tail bucket. 0.999 keeps the KL to the full float16 top-k under 0.01 nats at T=2 on "
-        "the default run (bench/store_size.py); 1: every entry."))
+        "the rest joins the tail bucket (used when entry_nats is 0). 0.999 keeps the KL to the full float16 top-k "
+        "under 0.01 nats at T=2 on the default run, at more bytes than entry_nats (bench/store_size.py); 1: every entry."))
     logprob_bits: int = Field(default=5, ge=1, le=8, description=(
         "Bits per stored log-prob (quantized on a per-example step; the top-1 is derived from the rest)."))
     entry_nats: float = Field(default=0.0025, ge=0, description=(

@@ -98,7 +98,7 @@ _WRITE_OPTIONS: dict[str, Any] = dict(
                      "tail_logprob.list.element": "BYTE_STREAM_SPLIT"},
     write_statistics=False,  # min/max of token ids and log-probs prune nothing
 )
-# Format 3, measured on the default run's store (bench/store_size.py): zstd level 19 takes ~1.4
+# Packed formats, measured on the default run's store (bench/store_size.py): zstd level 19 takes ~1.4
 # bytes a token off level 3's files, for a few milliseconds a shard at write and nothing at read;
 # the Arrow schema pyarrow keeps in every footer (~2 KB: 4 bytes a token in a 500-token shard) is
 # left out, the Parquet schema alone reads back the same types (no float16 here); dictionaries
@@ -161,7 +161,7 @@ class LogitStore:
     ) -> LogitStore:
         """Open `uri` for writing: a new store, or the same run's store to resume.
 
-        `encoding`: how a format-3 store packs the top-k; None writes format 2 (every top-k
+        `encoding`: how a packed (format-4) store packs the top-k; None writes format 2 (every top-k
         log-prob in float16). Raises StoreError when the directory holds a store of another
         run (config hash, model, tokenizer, top-k or encoding differ) or of another format.
         Deletes orphan files left by a killed writer.
@@ -310,7 +310,7 @@ class LogitStore:
 
     @property
     def encoding(self) -> StoreEncoding | None:
-        """How this store packs the top-k (format 3); None: every entry in float16 (formats 1, 2)."""
+        """How this store packs the top-k (formats 3, 4); None: every entry in float16 (formats 1, 2)."""
         return StoreEncoding(**self.manifest["encoding"]) if self.manifest["format"] in PACKED_FORMATS else None
 
     def append(

@@ -1,8 +1,11 @@
-"""The teacher's top-k as a format-3 shard packs it: fewer entries, 8 bits or fewer each.
+"""The teacher's top-k as a packed (format-4) shard holds it: fewer entries, 8 bits or fewer each.
 
-Per response position the store keeps the fewest of the k entries whose probabilities add up
-to `mass` (at least one, at most k); the rest joins the tail bucket, whose log-prob becomes
-logsumexp(tail, dropped entries), so the loss stays exact for what is stored. Log-probs are
+Per response position the store keeps some of the k entries (at least one, at most k); the
+rest joins the tail bucket, whose log-prob becomes logsumexp(tail, dropped entries), so the
+loss stays exact for what is stored. Which ones (`kept_counts`): with `entry_nats`, the count
+whose merge costs least KL at the training temperature plus entry_nats per kept entry (merging
+is exact at T=1, so this bounds the KL from T=1 up to that temperature); else the fewest whose
+probabilities add up to `mass`. Log-probs are
 quantized to `logprob_bits`-bit codes on a per-row step (code c means log-prob -c·step, the
 step set by the row's lowest stored value). Not every bucket is coded: the top-1, usually
 near probability 1, would lose the tail's digits (1 - p to a few percent), so the top-1 is
@@ -10,10 +13,13 @@ derived on reading as 1 - (the others + the tail), and the tail is coded in its 
 Codes of a position's later entries are stored as differences to the one before (sorted,
 so small and non-negative), which zstd packs tighter.
 
-Per row, four columns: `packed_counts` (entries kept per position, uint8, or uint16 past
-255), `packed_ids` (the kept ids, uint16 little-endian when the shard's largest id fits,
-else uint32: the file's `ssb.id_bytes`), `packed_codes` (uint8 per kept entry: the tail's
-code, then the differences) and `logprob_step` (float32).
+Per row, five columns: `packed_counts` (entries kept per position, uint8, or uint16 past
+255), `id_dictionary` (in the first row only: the shard's kept ids, most frequent first),
+`packed_ids` (each kept id as its rank in that dictionary), both uint16 little-endian when the
+shard's largest id fits, else uint32 (the file's `ssb.id_bytes`), byte-stream split (all low
+bytes, then the high ones: most ranks are under 256), `packed_codes` (uint8 per kept entry:
+the tail's code, then the differences) and `logprob_step` (float32). Format 3 had no
+dictionary and the ids as they are in `packed_ids`; it is still decoded.
 
 Decoding gives back the format-2 columns (`topk_ids`, `topk_logprobs`, `tail_logprob`) at
 the store's k: a position with fewer entries fills its other slots with log-prob -inf, which
@@ -34,7 +40,6 @@ import pyarrow as pa
 from ssb.logits import TAIL_FLOOR
 
 PACKED_COLUMNS = ("packed_counts", "id_dictionary", "packed_ids", "packed_codes", "logprob_step")
-FORMAT3_COLUMNS = ("packed_counts", "packed_ids", "packed_codes", "logprob_step")
 DECODED_COLUMNS = ("topk_ids", "topk_logprobs", "tail_logprob")
 PACKED_FIELDS = [pa.field("packed_counts", pa.binary(), nullable=False),
                  pa.field("id_dictionary", pa.binary(), nullable=False), pa.field("packed_ids", pa.binary(), nullable=False),
@@ -53,7 +58,7 @@ DECODED_FIELDS = {name: pa.field(name, _list_of(dtype), nullable=False) for name
 
 @dataclass(frozen=True)
 class StoreEncoding:
-    """How a format-3 store packs each position (the manifest's `encoding`)."""
+    """How a packed store packs each position (the manifest's `encoding`)."""
 
     mass: float = 0.999
     logprob_bits: int = 6
