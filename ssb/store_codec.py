@@ -102,9 +102,10 @@ def padding_mask(logprobs: np.ndarray) -> np.ndarray:
 def _fill_ids(kept_ids: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """[n, k] ids: the kept ones, then per position the smallest ids not among them."""
     n, k = kept_ids.shape
-    candidates = np.arange(2 * k)
-    taken = ((candidates[None, :, None] == kept_ids[:, None, :]) & kept[:, None, :]).any(-1)
-    free = np.take_along_axis(np.broadcast_to(candidates, (n, 2 * k)), np.argsort(taken, axis=1, kind="stable"), 1)
+    taken = np.zeros((n, 2 * k), bool)
+    rows, slots = np.nonzero(kept & (kept_ids < 2 * k))
+    taken[rows, kept_ids[rows, slots]] = True
+    free = np.argsort(taken, axis=1, kind="stable")  # the untaken candidates first, smallest first
     slot = np.arange(k)[None, :] - kept.sum(1, keepdims=True)  # 0, 1, ... on the filled slots
     return np.where(kept, kept_ids, np.take_along_axis(free, np.clip(slot, 0, None), 1))
 
@@ -190,6 +191,24 @@ def _split_bytes(values: np.ndarray, dtype: str) -> bytes:
     return np.ascontiguousarray(values.astype(dtype).view(np.uint8).reshape(-1, np.dtype(dtype).itemsize).T).tobytes()
 
 
+def _by_rank(row: PackedRow, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A row's entries as format 4 stores them: per position the top-1 first, then the others by
+    rank; ranks as steps from the one before (the top-1's and the second's as they are), codes
+    whole (not differences). A position's entries are a set once the top-1 is known: in rank
+    order their ids cost far less than in log-prob order, more than the whole codes add back."""
+    first = np.repeat(np.concatenate([[0], np.cumsum(row.counts)[:-1]]), row.counts)
+    slot = np.arange(ranks.size) - first
+    later = np.where(slot > 0, row.codes.astype(np.int64), 0)
+    summed = np.cumsum(later)
+    codes = np.where(slot > 0, summed - summed[first], row.codes)
+    order = np.lexsort((np.where(slot > 0, ranks, -1), first))
+    ranks, codes = ranks[order], codes[order]
+    steps = ranks.copy()
+    on = np.flatnonzero(slot >= 2)
+    steps[on] = ranks[on] - ranks[on - 1]
+    return steps, codes
+
+
 def packed_columns(rows: Sequence[PackedRow], top_k: int, width: int) -> dict[str, pa.Array]:
     """Format-4 columns: each id stored as its rank in the shard's `id_dictionary` (written in
     the first row's cell, the others empty), byte-stream split."""
@@ -197,13 +216,13 @@ def packed_columns(rows: Sequence[PackedRow], top_k: int, width: int) -> dict[st
     id_type = "<u2" if width == 2 else "<u4"
     dictionary = id_dictionary(rows)
     rank_of = {int(i): r for r, i in enumerate(dictionary)}
-    ranks = [np.fromiter((rank_of[int(i)] for i in r.ids), np.int64, r.ids.size) for r in rows]
+    by_rank = [_by_rank(r, np.fromiter((rank_of[int(i)] for i in r.ids), np.int64, r.ids.size)) for r in rows]
     return {
         "packed_counts": pa.array([r.counts.astype(count_type).tobytes() for r in rows], pa.binary()),
         "id_dictionary": pa.array([_split_bytes(dictionary, id_type) if i == 0 else b"" for i in range(len(rows))],
                                   pa.binary()),
-        "packed_ids": pa.array([_split_bytes(r, id_type) for r in ranks], pa.binary()),
-        "packed_codes": pa.array([r.codes.tobytes() for r in rows], pa.binary()),
+        "packed_ids": pa.array([_split_bytes(steps, id_type) for steps, _ in by_rank], pa.binary()),
+        "packed_codes": pa.array([codes.astype(np.uint8).tobytes() for _, codes in by_rank], pa.binary()),
         "logprob_step": pa.array([r.step for r in rows], pa.float32()),
     }
 
@@ -219,19 +238,6 @@ def _unsplit(values: np.ndarray, offsets: np.ndarray, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(values.view(np.uint8)[at]).view(dtype).reshape(-1).astype(np.int64)
 
 
-def _kept_ids(table: pa.Table, id_type: str) -> np.ndarray:
-    """Every kept id of a packed table, position after position: format 3 stores them as they
-    are, format 4 as byte-split ranks in the shard's id_dictionary."""
-    values, offsets = _values(table.column("packed_ids"), id_type)
-    if "id_dictionary" not in table.column_names:
-        return values
-    dictionary = _unsplit(*_values(table.column("id_dictionary"), id_type), id_type)
-    ranks = _unsplit(values, offsets, id_type)
-    if ranks.size and ranks.max() >= dictionary.size:
-        raise ValueError(f"packed top-k: id rank {ranks.max()} past the shard's {dictionary.size}-id dictionary")
-    return dictionary[ranks]
-
-
 def _values(column: pa.ChunkedArray | pa.Array, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """A binary column's bytes as one flat array of `dtype`, and each row's element offsets."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -245,10 +251,23 @@ def _values(column: pa.ChunkedArray | pa.Array, dtype: str) -> tuple[np.ndarray,
     return flat.view(dtype), (offsets - offsets[0]) // size
 
 
+def _format4_ranks(table: pa.Table, id_type: str, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[n, k] ranks (0 past a position's entries) of a format-4 table, and its id_dictionary."""
+    dictionary = _unsplit(*_values(table.column("id_dictionary"), id_type), id_type)
+    steps = _unsplit(*_values(table.column("packed_ids"), id_type), id_type)
+    ranks = np.zeros(kept.shape, np.int64)
+    ranks[kept] = steps
+    ranks[:, 1:] = np.cumsum(np.where(kept[:, 1:], ranks[:, 1:], 0), axis=1)
+    if ranks.size and ranks[kept].max(initial=0) >= dictionary.size:
+        raise ValueError(f"packed top-k: id rank {ranks.max()} past the shard's {dictionary.size}-id dictionary")
+    return ranks, dictionary
+
+
 def decode_packed(table: pa.Table, top_k: int, width: int) -> dict[str, pa.Array]:
     """The format-2 columns (topk_ids, topk_logprobs, tail_logprob) of a packed table."""
     counts, row_offsets = _values(table.column("packed_counts"), "<u1" if top_k <= 255 else "<u2")
-    ids_flat = _kept_ids(table, "<u2" if width == 2 else "<u4")
+    id_type = "<u2" if width == 2 else "<u4"
+    ids_flat, _ = _values(table.column("packed_ids"), id_type)
     codes_flat, _ = _values(table.column("packed_codes"), "<u1")
     counts = counts.astype(np.int64)
     if (counts.size and (counts.min() < 1 or counts.max() > top_k)) or not counts.sum() == ids_flat.size == codes_flat.size:
@@ -258,7 +277,14 @@ def decode_packed(table: pa.Table, top_k: int, width: int) -> dict[str, pa.Array
     steps = np.repeat(np.asarray(table.column("logprob_step").to_numpy(), np.float64), np.diff(row_offsets))
     codes = np.zeros((n, top_k), np.int64)
     codes[kept] = codes_flat
-    codes[:, 1:] = np.cumsum(np.where(kept[:, 1:], codes[:, 1:], 0), axis=1)
+    ids = np.zeros((n, top_k), np.int64)
+    by_rank = "id_dictionary" in table.column_names  # format 4; format 3: ids as they are, code differences
+    if by_rank:
+        ranks, dictionary = _format4_ranks(table, id_type, kept)
+        ids[kept] = dictionary[ranks[kept]]
+    else:
+        ids[kept] = ids_flat
+        codes[:, 1:] = np.cumsum(np.where(kept[:, 1:], codes[:, 1:], 0), axis=1)
     values = -codes * steps[:, None]
     tail = values[:, 0]
     others = np.where(kept[:, 1:], np.exp(values[:, 1:]), 0.0)
@@ -269,8 +295,9 @@ def decode_packed(table: pa.Table, top_k: int, width: int) -> dict[str, pa.Array
     logprobs = np.where(kept, values, -np.inf)
     logprobs[:, 0] = np.log(top1)
     logprobs[:, :] -= norm[:, None]
-    ids = np.zeros((n, top_k), np.int64)
-    ids[kept] = ids_flat
+    if by_rank:  # best first again, as every reader gets it (the top-1 is the largest already)
+        order = np.argsort(-logprobs, axis=1, kind="stable")
+        logprobs, ids = np.take_along_axis(logprobs, order, 1), np.take_along_axis(ids, order, 1)
     short = ~kept.all(1)
     ids[short] = _fill_ids(ids[short], kept[short])
     rows = np.diff(row_offsets)
