@@ -14,12 +14,14 @@ import pytest
 import torch
 
 from ssb.batching import TRAIN_COLUMNS, collate
+from ssb.config import StoreConfig
 from ssb.loss import topk_kl_loss
 from ssb.manifest import ManifestError
 from ssb.store import LogitStore, StoreError, example_arrays
 from ssb.store_codec import (
     StoreEncoding,
     decode_packed,
+    encoding_of,
     kept_counts,
     merge_kl,
     pack_row,
@@ -251,7 +253,10 @@ def test_a_packed_store_is_not_resumed_with_other_settings(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("encoding, problem", [
     (None, "encoding: expected an object"), ({"mass": 0, "logprob_bits": 6}, "mass 0"),
-    ({"mass": 0.99, "logprob_bits": 9}, "logprob_bits 9"), ({"mass": "x", "logprob_bits": 6}, "mass 'x'")])
+    ({"mass": 0.99, "logprob_bits": 9}, "logprob_bits 9"), ({"mass": "x", "logprob_bits": 6}, "mass 'x'"),
+    ({"mass": 0.99, "logprob_bits": 5, "entry_nats": 0.002}, "entry_nats with temperature"),
+    ({"mass": 0.99, "logprob_bits": 5, "entry_nats": -1, "temperature": 2.0}, "entry_nats -1"),
+    ({"mass": 0.99, "logprob_bits": 5, "entry_nats": 0.002, "temperature": 0.5}, "temperature 0.5")])
 def test_a_packed_manifest_without_a_valid_encoding_is_refused(tmp_path: Path, encoding, problem) -> None:
     LogitStore.create_or_resume(str(tmp_path), **RUN)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -266,3 +271,24 @@ def test_bad_settings_are_one_line_errors() -> None:
         StoreEncoding(mass=1.5)
     with pytest.raises(ValueError, match="logprob_bits 0"):
         StoreEncoding(logprob_bits=0)
+    with pytest.raises(ValueError, match="entry_nats 'x'"):
+        StoreEncoding(entry_nats="x")
+    with pytest.raises(ValueError, match="temperature 0"):
+        StoreEncoding(entry_nats=0.002, temperature=0)
+
+
+def test_curate_store_settings_choose_entries_by_entry_nats_unless_it_is_zero() -> None:
+    assert encoding_of(StoreConfig()) == StoreEncoding(mass=0.999, logprob_bits=5, entry_nats=0.0025, temperature=2.0)
+    assert encoding_of(StoreConfig(entry_nats=0)) == StoreEncoding(mass=0.999, logprob_bits=5)
+    assert encoding_of(StoreConfig(packed=False)) is None
+
+
+def test_a_store_choosing_entries_by_entry_nats_records_it_and_resumes_only_with_it(tmp_path: Path) -> None:
+    enc = StoreEncoding(mass=0.999, logprob_bits=5, entry_nats=0.0025, temperature=2.0)
+    store = LogitStore.create_or_resume(str(tmp_path), **RUN, encoding=enc)
+    store.append([make_example("p0", np.random.default_rng(10))])
+    assert store.manifest["encoding"] == {"mass": 0.999, "logprob_bits": 5, "entry_nats": 0.0025, "temperature": 2.0}
+    assert LogitStore.open(str(tmp_path)).encoding == enc
+    LogitStore.create_or_resume(str(tmp_path), **RUN, encoding=enc)
+    with pytest.raises(StoreError, match="belongs to another run"):
+        LogitStore.create_or_resume(str(tmp_path), **RUN, encoding=StoreEncoding(0.999, 5, entry_nats=0.003))
