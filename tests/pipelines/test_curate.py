@@ -88,8 +88,13 @@ def test_a_fresh_process_reads_the_shards_through_ray_data(curated_run, ray_sess
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["count"] == summary.kept and sorted(got["ids"]) == sorted(store.kept_ids())
     for column in ("problem_id", "student_prompt_ids", "teacher_prompt_ids", "response_ids",
-                   "topk_ids", "topk_logprobs", "tail_logprob", "correct_rollout", "incorrect_rollout"):
+                   "correct_rollout", "incorrect_rollout"):
         assert column in got["columns"]
+    # The teacher's distribution: packed (the default) or the float16 top-k arrays; ssb.store decodes both.
+    from ssb.store_codec import DECODED_COLUMNS
+
+    packed = {"packed_counts", "packed_ids", "packed_codes", "logprob_step"}
+    assert packed <= set(got["columns"]) if cfg.curate.store.packed else set(DECODED_COLUMNS) <= set(got["columns"])
 
 
 def test_stored_teacher_distributions_are_well_formed(curated_run, model_path):
