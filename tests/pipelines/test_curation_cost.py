@@ -92,6 +92,6 @@ def test_ssb_estimate_projects_a_full_run_from_a_finished_curation(curated_run, 
     assert main(["estimate", "--run-dir", cfg.output_dir, "--problems", "240", "--json",
                  "--engine-tokens-per-second", "5000"]) == 0
     fast = json.loads(capsys.readouterr().out)
-    assert fast["engine_seconds"] == pytest.approx(fast["tokens"] / 5000, rel=1e-3)
+    assert fast["engine_seconds"] == pytest.approx(fast["tokens"] / 5000, abs=0.06)  # rounded to 0.1 s
     assert main(["estimate", "--run-dir", cfg.output_dir, "--problems", "240"]) == 0
     assert "kept examples" in capsys.readouterr().out
