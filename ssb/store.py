@@ -45,9 +45,20 @@ import pyarrow.parquet as pq
 
 from ssb import store_codec as codec
 from ssb import trace as traces_
-from ssb.manifest import (FORMAT, FORMAT_FLOAT16, MANIFEST, PACKED_FORMATS, RESUMABLE_FORMATS,  # noqa: F401
-                          SHARD_NAME, TRACE_NAME, TRACED_FORMATS,
-                          ChecksumError, ManifestError, StoreError, check_manifest)
+from ssb.manifest import (  # noqa: F401
+    FORMAT,
+    FORMAT_FLOAT16,
+    MANIFEST,
+    PACKED_FORMATS,
+    RESUMABLE_FORMATS,
+    SHARD_NAME,
+    TRACE_NAME,
+    TRACED_FORMATS,
+    ChecksumError,
+    ManifestError,
+    StoreError,
+    check_manifest,
+)
 from ssb.records import CuratedExample
 from ssb.shard import Shard
 from ssb.store_codec import DEFAULT_ENCODING, StoreEncoding
