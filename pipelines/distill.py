@@ -318,6 +318,11 @@ def _set_up(cfg: RunConfig, resume: bool) -> _Setup:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     store = open_checked_store(cfg, tokenizer)
+    chosen_at = (store.manifest.get("encoding") or {}).get("temperature")
+    if chosen_at is not None and t.temperature > chosen_at:
+        # The store kept each position's entries for their worth at chosen_at; the merged ones cost more above it.
+        log.warning("train.temperature=%g is above the %g the store chose its entries for (curate.store.temperature): "
+                    "the stored distribution's error bound does not hold there", t.temperature, chosen_at)
     rows = store.summary()["rows"]
     layout, storage = _run_directory(cfg, resume)
     workers = max(t.num_workers, 1)
