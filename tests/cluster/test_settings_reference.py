@@ -1,4 +1,4 @@
-"""docs/settings.md is what `python -m ssb.settings_reference` writes from the config schema now,
+"""docs/settings.md is what `python -m cluster.settings_reference` writes from the config schema now,
 and every setting has a meaning to write."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 from pydantic import BaseModel
 
-from ssb import settings_reference
+from cluster import settings_reference
 from ssb.config import RunConfig
 
 
@@ -55,15 +55,15 @@ def test_the_reference_lists_every_leaf_setting_with_its_default_and_bounds() ->
 
 def test_the_command_checks_and_writes(tmp_path) -> None:
     out = tmp_path / "settings.md"
-    check_cmd = [sys.executable, "-m", "ssb.settings_reference", "--check", "--output", str(out)]
+    check_cmd = [sys.executable, "-m", "cluster.settings_reference", "--check", "--output", str(out)]
     stale = subprocess.run(check_cmd, check=False, capture_output=True, text=True)
     assert stale.returncode == 1 and settings_reference.COMMAND in stale.stderr
-    subprocess.run([sys.executable, "-m", "ssb.settings_reference", "--output", str(out)], check=True,
+    subprocess.run([sys.executable, "-m", "cluster.settings_reference", "--output", str(out)], check=True,
                    capture_output=True)
     assert out.read_text() == settings_reference.render()
     assert subprocess.run(check_cmd, check=False, capture_output=True).returncode == 0
     # the generator needs neither Ray nor an engine
-    probe = ("import sys, ssb.settings_reference as s; s.render(); "
+    probe = ("import sys, cluster.settings_reference as s; s.render(); "
              "print(sorted({'ray', 'vllm', 'torch'} & set(sys.modules)))")
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert ran.stdout.strip() == "[]"

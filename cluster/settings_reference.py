@@ -1,7 +1,7 @@
 """The settings reference, docs/settings.md, generated from the config schema.
 
-    python -m ssb.settings_reference            # rewrites docs/settings.md
-    python -m ssb.settings_reference --check    # exit 1 when docs/settings.md is out of date
+    python -m cluster.settings_reference            # rewrites docs/settings.md
+    python -m cluster.settings_reference --check    # exit 1 when docs/settings.md is out of date
 
 Every field of the run config (ssb/config.py `RunConfig` and its sections) is listed by its
 dotted name (`curate.rollout.n`) with its type, its default as a run starts from it, its bounds
@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "settings.md"
-COMMAND = "python -m ssb.settings_reference"
+COMMAND = "python -m cluster.settings_reference"
 
 # The meaning of service settings that have neither a description nor a comment in
 # services/settings.py (or only a terse one), by dotted name under `serve.`. A test fails when
@@ -253,7 +253,7 @@ def render() -> str:
         "# Settings reference",
         "",
         f"Generated from the config schema (ssb/config.py, services/settings.py) by `{COMMAND}`:",
-        "do not edit by hand. A test (tests/ssb/test_settings_reference.py) fails when this page and the",
+        "do not edit by hand. A test (tests/cluster/test_settings_reference.py) fails when this page and the",
         "schema differ.",
         "",
         "Every `ssb` command takes `--config FILE` (YAML with these sections) and dotted overrides such as",
