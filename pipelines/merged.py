@@ -37,7 +37,9 @@ def merge_adapter(model_path: str, adapter_dir: str | Path, target: str | Path) 
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
         target = Path(target)
-        merged.to(torch.bfloat16).save_pretrained(target, safe_serialization=True)
+        # float32: a short training's LoRA changes a bf16 weight by less than its rounding step, so a
+        # bf16 copy would lose most of the adapter. The engine casts to its own dtype when it loads.
+        merged.save_pretrained(target, safe_serialization=True)
         AutoTokenizer.from_pretrained(model_path).save_pretrained(target)
     finally:
         if bars:

@@ -199,9 +199,10 @@ def test_merged_model_computes_what_base_plus_adapter_computes(distilled, model_
         plain = base(ids).logits
         tuned = PeftModel.from_pretrained(base, summary.adapter_dir)(ids).logits
         merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)(ids).logits
-    # Saved in bf16, like the base: equal up to its rounding, far closer to base + adapter
-    # than the base is (measured on a 4-step adapter: 0.02 vs 0.13 mean |Δlogit|).
-    assert (merged - tuned).abs().mean() < 0.5 * (tuned - plain).abs().mean()
+    # Saved in float32: base + adapter up to float rounding, however small the adapter's change
+    # (a bf16 copy of a short training's merge kept about a tenth of it: 0.29 off a 0.32 change).
+    change, error = (tuned - plain).abs().mean(), (merged - tuned).abs().mean()
+    assert error < 1e-3 and error < 0.01 * change, (error, change)
 
 
 VLLM_GENERATE = r"""
