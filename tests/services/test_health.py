@@ -107,16 +107,22 @@ def test_probes_answer_without_a_token_and_show_nothing_else(api_only):
         assert c.get("/livez/x").status_code == 401
 
 
+def _readyz_until(probe, status: int, since: float, within_s: float, every_s: float = 0.2):
+    """The first /readyz answer with `status`, polled every `every_s`; fails `within_s` after `since`."""
+    while (r := probe.get("/readyz")).status_code != status:
+        assert time.monotonic() - since < within_s, r.text
+        time.sleep(every_s)
+    return r
+
+
 @pytest.mark.slow
 def test_readiness_follows_a_redis_crash_and_jobs_run_through_it(service):
     """SIGKILL of the service's Redis (the session's, supervised): /readyz says 503 naming
     Redis, then 200 again by itself; a job submitted before the kill and one after finish."""
     server = service.redis
     with service.client(token=None) as probe, service.client() as c:
-        deadline = time.monotonic() + 60  # the runner's first heartbeat follows its first health check
-        while (r := probe.get("/readyz")).status_code != 200:
-            assert time.monotonic() < deadline, r.text
-            time.sleep(0.2)
+        # the runner's first heartbeat follows its first health check
+        r = _readyz_until(probe, 200, time.monotonic(), within_s=60)
         assert r.json() == {"status": "ok", "checks": {"redis": "ok", "runner": "ok", "engine": "ok"}}
         before = c.post("/v1/curation-jobs", json=tiny_job())
         assert before.status_code == 202
@@ -127,16 +133,12 @@ def test_readiness_follows_a_redis_crash_and_jobs_run_through_it(service):
         try:
             os.kill(old.pid, signal.SIGKILL)
             killed = time.monotonic()
-            while (r := probe.get("/readyz")).status_code != 503:
-                assert time.monotonic() - killed < 10, r.text
-                time.sleep(0.1)
+            r = _readyz_until(probe, 503, killed, within_s=10, every_s=0.1)
             unready = time.monotonic() - killed
             body = r.json()
             assert body["status"] == "unavailable" and body["checks"]["redis"].startswith("unavailable"), body
             assert not _leaks(r.text)
-            while (r := probe.get("/readyz")).status_code != 200:
-                assert time.monotonic() - killed < 30, r.text
-                time.sleep(0.1)
+            r = _readyz_until(probe, 200, killed, within_s=30, every_s=0.1)
             recovered = time.monotonic() - killed
         finally:
             server.first_delay_s = 0.5
@@ -178,17 +180,12 @@ def test_readiness_fails_while_the_engine_replica_is_dead_and_passes_once_serve_
     of anyone's; a job submitted then succeeds."""
     app = service.settings.api.app_name
     with service.client(token=None) as probe:
-        deadline = time.monotonic() + 120
-        while (r := probe.get("/readyz")).status_code != 200:
-            assert time.monotonic() < deadline, r.text
-            time.sleep(0.2)
+        _readyz_until(probe, 200, time.monotonic(), within_s=120)
         old = _engine_replicas(app)
         assert len(old) == 1, [p.cmdline()[:1] for p in old]
         old[0].kill()
         killed = time.monotonic()
-        while (r := probe.get("/readyz")).status_code != 503:
-            assert time.monotonic() - killed < 30, r.text
-            time.sleep(0.2)
+        r = _readyz_until(probe, 503, killed, within_s=30)
         unready = time.monotonic() - killed
         body = r.json()
         assert body["status"] == "unavailable" and body["checks"]["redis"] == "ok" \
@@ -196,9 +193,7 @@ def test_readiness_fails_while_the_engine_replica_is_dead_and_passes_once_serve_
         assert body["checks"]["engine"].startswith("no running replica"), body
         assert not _leaks(r.text)
         # An engine starts in 25 s on a quiet 2-core box; several times that under load.
-        while (r := probe.get("/readyz")).status_code != 200:
-            assert time.monotonic() - killed < 400, r.text
-            time.sleep(0.5)
+        r = _readyz_until(probe, 200, killed, within_s=400, every_s=0.5)
         recovered = time.monotonic() - killed
     assert r.json() == {"status": "ok", "checks": {"redis": "ok", "runner": "ok", "engine": "ok"}}
     new = _engine_replicas(app)
