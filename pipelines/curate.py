@@ -217,6 +217,8 @@ class CurationRun:
         """The budget reached by the store's spend (earlier runs' and this one's), or None;
         records it and the line that says how to go on."""
         s = self.summary
+        if self.budget == Budget():
+            return None  # no limit: the store's earlier spend need not be read
         if self._prior is None:
             spent = spent_per_problem(self.store)
             self._prior = (sum(t for _, t, _ in spent), sum(e for _, _, e in spent), self.store.summary()["rows"])
