@@ -231,34 +231,6 @@ async def generate_one(engine: Any, prompt: Any, params: Any, request_id: str, l
     return final
 
 
-class BusyClock:
-    """Seconds an engine had at least one batch in flight, handed out batch by batch: with
-    overlapping batches each batch's own elapsed time would count the same seconds twice.
-    Used from one event loop only (no lock)."""
-
-    def __init__(self) -> None:
-        self._inflight = 0
-        self._since = 0.0
-        self._total = 0.0
-        self._reported = 0.0
-
-    def start(self) -> None:
-        if self._inflight == 0:
-            self._since = time.perf_counter()
-        self._inflight += 1
-
-    def stop(self) -> None:
-        self._inflight -= 1
-        if self._inflight == 0:
-            self._total += time.perf_counter() - self._since
-
-    def take(self) -> float:
-        """Busy seconds since the last call."""
-        total = self._total + (time.perf_counter() - self._since if self._inflight else 0.0)
-        seconds, self._reported = total - self._reported, total
-        return seconds
-
-
 def completion_tokens(outputs: list[Any]) -> int:
     return sum(len(c.token_ids) for out in outputs for c in out.outputs)
 

@@ -35,7 +35,8 @@ class EvalWorker:
         import os
         import socket
 
-        from pipelines.engine import BusyClock, shut_down_at_exit
+        from pipelines.engine import shut_down_at_exit
+        from ssb.cost import StageClock
         from pipelines.fast_start import prestart_engine_core
 
         self.cfg = cfg = RunConfig.model_validate_json(cfg_json)
@@ -67,7 +68,7 @@ class EvalWorker:
         self.zero_shot_params = vllm.SamplingParams(n=1, temperature=0.0, max_tokens=ev.max_tokens, output_kind=final)
         self.greedy_params = self.zero_shot_params if ev.greedy else None
         self._tokens_prompt = vllm.inputs.TokensPrompt
-        self._clock = BusyClock()
+        self._clock = StageClock()  # one stage: the evaluation's generation
         self._requests = itertools.count()
         self._imports_seconds = time.perf_counter() - start
         self.load_seconds: float | None = None
@@ -133,7 +134,7 @@ class EvalWorker:
         # The verifier blocks on its child process: off the event loop, so the other batches'
         # requests keep streaming in and out of the engine meanwhile.
         await asyncio.to_thread(self._verify, records)
-        seconds = self._clock.take()
+        seconds = sum(self._clock.take().values())
         for r in records:
             r.generate_seconds = seconds / max(len(records), 1)
         if self.load_seconds is not None and records:
@@ -161,11 +162,11 @@ class EvalWorker:
                     requests.append(generate_one(self.llm, self._tokens_prompt(prompt_token_ids=ids), params,
                                                  f"eval-{next(self._requests)}", self.lora.get(r.label)))
                     slots.append((r, kind))
-        self._clock.start()
+        self._clock.start("eval")
         try:
             results = await asyncio.gather(*requests)
         finally:
-            self._clock.stop()
+            self._clock.stop("eval")
         for (r, kind), res in zip(slots, results):
             if kind == "samples":
                 r.sample_texts = [c.text for c in res.outputs]

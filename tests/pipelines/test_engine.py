@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
-from pipelines.engine import (BusyClock, adapter_rank, cpu_has_native_bf16, engine_kwargs, fitting_lora_rank,
+from pipelines.engine import (adapter_rank, cpu_has_native_bf16, engine_kwargs, fitting_lora_rank,
                               resolve_dtype)
 from pipelines import fast_start
 from ssb.config import EngineConfig, load_config
@@ -45,24 +44,6 @@ def test_auto_is_bf16_on_gpus_and_follows_the_cpu_otherwise():
 def test_an_explicit_dtype_is_kept():
     cfg = load_config(None, ["model.dtype=float16"])
     assert resolve_dtype(cfg.model, cfg.engine) == "float16"
-
-
-def test_busy_clock_counts_overlapping_batches_once():
-    clock = BusyClock()
-    start = time.perf_counter()
-    clock.start()
-    clock.start()  # a second batch joins the first
-    time.sleep(0.05)
-    clock.stop()
-    first = clock.take()
-    time.sleep(0.05)
-    clock.stop()
-    idle_from = time.perf_counter()
-    time.sleep(0.05)  # nothing in flight: not busy
-    second = clock.take()
-    assert first >= 0.05 and second >= 0.05
-    assert first + second <= idle_from - start + 1e-3
-    assert clock.take() == 0.0
 
 
 def _adapter(root, name: str, **config) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ssb.cost import Budget, StageClock, cost_object, stop_message
@@ -69,3 +71,21 @@ def test_cost_object_adds_stages_up_and_divides_by_kept() -> None:
     assert cost["engine_seconds"] == 40.0 and cost["tokens"] == 4000
     assert cost["per_kept"] == {"tokens": 1000.0, "engine_seconds": 10.0, "wall_seconds": 20.0}
     assert cost_object({})["per_kept"]["tokens"] is None  # nothing kept: no per-kept figure, not a division by 0
+
+
+def test_overlapping_requests_of_one_stage_count_each_busy_second_once_on_the_real_clock():
+    clock = StageClock()
+    start = time.perf_counter()
+    clock.start("eval")
+    clock.start("eval")  # a second batch joins the first
+    time.sleep(0.05)
+    clock.stop("eval")
+    first = clock.take()["eval"]
+    time.sleep(0.05)
+    clock.stop("eval")
+    idle_from = time.perf_counter()
+    time.sleep(0.05)  # nothing in flight: not busy
+    second = clock.take()["eval"]
+    assert first >= 0.05 and second >= 0.05
+    assert first + second <= idle_from - start + 1e-3
+    assert clock.take() == {}
