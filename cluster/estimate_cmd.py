@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ssb.config import load_config
-    from ssb.estimate import estimate, load_pilot, render
+    from ssb.estimate import estimate, examples_per_step, load_pilot, render
     from ssb.layout import RunLayout
     from ssb.manifest import StoreError
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         result = estimate(load_pilot(args.run_dir), args.problems, engines=args.engines,
                           engine_tokens_per_second=args.engine_tokens_per_second,
                           price_per_engine_hour=args.price_per_engine_hour, epochs=train.epochs,
-                          examples_per_step=train.batch_size * train.grad_accum * max(1, train.num_workers))
+                          examples_per_step=examples_per_step(train))
     except (ValueError, OSError, StoreError) as exc:
         print(f"ssb estimate: {exc}", file=sys.stderr)
         return 2

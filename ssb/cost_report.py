@@ -40,7 +40,7 @@ def projection(layout: RunLayout) -> dict[str, Any] | None:
     (a hub dataset offline, say) leaves the projection out."""
     from ssb.config import load_config
     from ssb.data import load_problems
-    from ssb.estimate import estimate, load_pilot
+    from ssb.estimate import estimate, examples_per_step, load_pilot
 
     if not layout.config.is_file() or not Path(layout.manifest).is_file():
         return None
@@ -52,9 +52,8 @@ def projection(layout: RunLayout) -> dict[str, Any] | None:
         pilot = load_pilot(str(layout.root))
         if whole <= len(pilot.problems):
             return None
-        t = cfg.train
-        e = estimate(pilot, whole, engines=cfg.engine.replicas, epochs=t.epochs,
-                     examples_per_step=t.batch_size * t.grad_accum * max(1, t.num_workers))
+        e = estimate(pilot, whole, engines=cfg.engine.replicas, epochs=cfg.train.epochs,
+                     examples_per_step=examples_per_step(cfg.train))
     except Exception as exc:  # noqa: BLE001 - the rest of the report matters more than this estimate
         log.warning("report: no projection for the whole data set (%s)", exc)
         return None

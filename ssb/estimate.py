@@ -85,6 +85,11 @@ def kept_interval(kept: int, pilot: int, n: int, level: float = 0.95) -> tuple[i
     return low, min(high, n)
 
 
+def examples_per_step(train: Any) -> int:
+    """Examples one optimizer step of `train` (ssb.config.TrainConfig) consumes, over all workers."""
+    return train.batch_size * train.grad_accum * max(1, train.num_workers)
+
+
 def estimate(pilot: Pilot, problems: int, *, engines: int = 1, engine_tokens_per_second: float | None = None,
              price_per_engine_hour: float | None = None, epochs: int = 3, examples_per_step: int = 4) -> Estimate:
     """A full run over `problems` problems on `engines` engines, projected from `pilot`."""
