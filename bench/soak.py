@@ -20,8 +20,8 @@ Full size (10 minutes of faults):
 
     python bench/soak.py --duration 600 --seed 1
 
-Smoke (tests/test_bench_smoke.py): `--smoke` is 20 s of faults of the two kinds that recover
-in seconds (the redis-server and the runner replica), one job every 2 s.
+Smoke (tests/test_bench_smoke.py): `--smoke` is 10 s of faults of the two kinds that recover
+in seconds (the redis-server and the runner replica), 2-5 s apart, one job every 2 s.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> int:
     from tests.services.soak import FAULTS, ServeProcess, Soak, new_tokens
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--duration", type=float, default=None, help="seconds of faults (default 600; 20 with --smoke)")
+    p.add_argument("--duration", type=float, default=None, help="seconds of faults (default 600; 10 with --smoke)")
     p.add_argument("--seed", type=int, default=None, help="the chaos loop's seed (default: random, printed)")
     p.add_argument("--tokens", type=int, default=3, help="API tokens the jobs come from")
     p.add_argument("--faults", default=None,
@@ -50,7 +50,7 @@ def main() -> int:
     p.add_argument("--run-dir", type=Path, default=None, help="where `ssb serve` keeps its run (default: a temp dir)")
     p.add_argument("--smoke", action="store_true", help="the test suite's tiny run")
     args = p.parse_args()
-    duration = args.duration if args.duration is not None else 20.0 if args.smoke else 600.0
+    duration = args.duration if args.duration is not None else 10.0 if args.smoke else 600.0
     kinds = tuple((args.faults or ("redis,runner" if args.smoke else ",".join(FAULTS))).split(","))
     if unknown := [k for k in kinds if k not in FAULTS]:
         p.error(f"--faults: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
@@ -61,7 +61,8 @@ def main() -> int:
     try:
         target = serve.target()
         print(f"ssb serve ready at {target.url} (console: {serve.log}); seed {seed}", flush=True)
-        soak = Soak(target, duration_s=duration, seed=seed, kinds=kinds, submit_every_s=args.every,
+        gaps = {"gap_s": (2.0, 5.0)} if args.smoke else {}  # the full size keeps the soak's own gaps
+        soak = Soak(target, duration_s=duration, seed=seed, kinds=kinds, submit_every_s=args.every, **gaps,
                     log=lambda line: print(line, flush=True))
         out = soak.run()
     finally:
