@@ -92,7 +92,9 @@ def start_local(token: str) -> tuple[str, object]:
 
     work = RunLayout(tempfile.mkdtemp(prefix="ssb-api-load-"))
     redis = RedisServer(work.redis).start()
-    ray.init(num_cpus=8, object_store_memory=300_000_000, include_dashboard=False, log_to_driver=False)
+    # "local": its own Ray even while another benchmark's `ray start`-style cluster is recorded here
+    ray.init(address="local", num_cpus=8, object_store_memory=300_000_000, include_dashboard=False,
+             log_to_driver=False)
     port = free_port()
     settings = ServiceSettings.model_validate({
         "api": {"port": port, "max_concurrent_jobs_per_token": 1_000_000},

@@ -17,8 +17,11 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=cfg.log_to_driver)
         return
     # A local Ray on a small box: more logical CPUs than cores, or an engine actor and the
-    # stages beside it wait on each other for CPU slots and deadlock.
+    # stages beside it wait on each other for CPU slots and deadlock. "local": a Ray of its own
+    # even where `ray start` recorded a cluster on this machine; ray.init() with no address
+    # would join that one and then refuse num_cpus (ray.address=auto joins it on purpose).
     ray.init(
+        address="local",
         num_cpus=cfg.num_cpus or max(8, os.cpu_count() or 1),
         object_store_memory=cfg.object_store_memory,
         include_dashboard=cfg.include_dashboard,

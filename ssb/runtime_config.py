@@ -57,7 +57,8 @@ class EngineConfig(_Strict):
 
 class RayConfig(_Strict):
     address: str | None = Field(default=None, description=(
-        "Ray cluster to join; None: $RAY_ADDRESS, else start a local Ray."))
+        "Ray cluster to join (\"auto\": the one `ray start` started on this machine); None: $RAY_ADDRESS, "
+        "else start a local Ray of its own, even beside a `ray start` cluster."))
     num_cpus: int | None = Field(default=None, ge=1, description=(
         "Logical CPUs of a local Ray; None: max(8, the machine's cores), so an engine actor and the stages "
         "beside it do not wait on each other for CPU slots."))

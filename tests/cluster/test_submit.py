@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from pathlib import Path
+import sys
 
 import pytest
 
@@ -228,3 +228,29 @@ def test_jobs_stop_stops_a_running_job(loopback_cluster):
     assert started.returncode == 0, started.stderr
     stopped = ssb(loopback_cluster, "jobs", "stop", "ssb-test-stop", *address, timeout=120)
     assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+
+
+LOCAL_RAY_PROBE = """
+import ray
+from pipelines.ray_setup import init_ray
+from ssb.config import load_config
+init_ray(load_config(None, ["ray.num_cpus=2"]).ray)
+print("GCS", ray.get_runtime_context().gcs_address, int(ray.cluster_resources()["CPU"]))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_command_without_an_address_starts_its_own_ray_beside_a_ray_start_cluster(loopback_cluster):
+    """`ray start` records its cluster in Ray's temp dir, where ray.init() with no address finds
+    and joins it, and then refuses a local Ray's num_cpus. With no ray.address and no
+    RAY_ADDRESS, a command starts a Ray of its own, as documented."""
+    temp = loopback_cluster.root  # the cluster's --temp-dir is <root>/ray: RAY_TMPDIR makes it the default
+    recorded = (temp / "ray" / "ray_current_cluster").read_text().strip()  # the node's IP, the cluster's port
+    assert recorded.rsplit(":", 1)[1] == str(loopback_cluster.gcs_port)
+    env = {**loopback_cluster.env, "RAY_TMPDIR": str(temp)}
+    done = subprocess.run([sys.executable, "-c", LOCAL_RAY_PROBE], check=False, env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, gcs, cpus = next(line for line in done.stdout.splitlines() if line.startswith("GCS ")).split()
+    assert gcs.rsplit(":", 1)[1] != str(loopback_cluster.gcs_port) and int(cpus) == 2
