@@ -36,8 +36,8 @@ class EvalWorker:
         import socket
 
         from pipelines.engine import shut_down_at_exit
-        from ssb.cost import StageClock
         from pipelines.fast_start import prestart_engine_core
+        from ssb.cost import StageClock
 
         self.cfg = cfg = RunConfig.model_validate_json(cfg_json)
         prestart_engine_core(cfg.engine)
