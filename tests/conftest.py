@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.background import BACKGROUND
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -18,6 +20,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # only then: ~3 s of each of the suite's trainings, which take one or two steps. Inherited by
 # the Ray clusters and `ssb` subprocesses the tests start.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Starts the background jobs (tests/background.py) the selected tests ask for, in their order."""
+    if session.config.option.collectonly:
+        return
+    BACKGROUND.start(name for item in session.items
+                     for name in [*(m.args[0] for m in item.iter_markers("background")),
+                                  *getattr(item, "fixturenames", ())] if name in BACKGROUND)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    BACKGROUND.stop(keep_files=exitstatus != 0)
 
 
 def shared_data(*parts: str) -> Path:

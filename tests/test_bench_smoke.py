@@ -17,11 +17,11 @@ bench/scale_out.py the 2-replica round (both nodes). The side-by-side benchmarks
 bench/store_size.py measures the session's curated store (the `curated_run` fixture, shared
 with the tests that read it) instead of curating one of its own.
 
-The smokes of this module run two at a time (`SIDE_BY_SIDE`), started in the order the tests
-ask for them: a smoke is mostly one process importing, starting Ray and loading an engine, about
-one core's work, so on a 2-core box two side by side end in ~70% of the time one after the
-other takes (curation_throughput and eval_throughput: 82 s together, 115 s in turn). Each test
-still waits for and checks its own benchmark.
+Each smoke is a background job (tests/background.py): started when collection ends, in the
+order of these tests, it runs on a thread beside the rest of the suite. A smoke is mostly one
+process importing, starting Ray and loading an engine, about one core's work, and on a 2-core
+box the other tests leave a core idle much of the time. Each test waits for and checks its own
+benchmark.
 
 bench/inspector.py is left to its own test (tests/services/test_inspector.py runs `--smoke`
 and matches its whole RESULT line); only its docstring is checked here. bench/gpu_check.py has
@@ -38,11 +38,11 @@ import re
 import subprocess
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.background import BACKGROUND
 from tests.conftest import REPO
 
 BENCH = REPO / "bench"
@@ -95,34 +95,19 @@ def result_keys(stdout: str, name: str) -> list[str]:
     return [f.split("=", 1)[0] for f in fields]
 
 
-SIDE_BY_SIDE = 2  # smokes running at once (see the module doc)
-
-
 class Smoke:
     """One benchmark's smoke run in a subprocess of its own (RAY_ADDRESS empty: a benchmark
     starts its own Ray, never joins the session's)."""
 
     def __init__(self, name: str, args: list[str], timeout: int):
         self.name, self.args, self.timeout = name, args, timeout
-        self.proc: subprocess.Popen[str] | None = None
 
     def run(self) -> tuple[subprocess.CompletedProcess[str], float, float]:
         env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
         began = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, f"bench/{self.name}.py", *self.args], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            out, err = self.proc.communicate(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-            err += f"\n[killed after its {self.timeout} s time-out]"
-        done = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
+        done = BACKGROUND.run([sys.executable, f"bench/{self.name}.py", *self.args], timeout=self.timeout,
+                              cwd=REPO, env=env)
         return done, time.perf_counter() - began, os.getloadavg()[0]
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
 
 
 def check_smoke(smoke: Smoke, outcome: tuple[subprocess.CompletedProcess[str], float, float]) -> None:
@@ -140,19 +125,15 @@ def run_smoke(name: str, args: list[str], timeout: int) -> None:
     check_smoke(smoke, smoke.run())
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(request):
-    """The selected smokes of `test_benchmark_runs_at_its_smoke_size`, started `SIDE_BY_SIDE` at a
-    time in the tests' order; name → (Smoke, its Future). Whatever still runs at the end is killed."""
-    names = [item.callspec.params["name"] for item in request.session.items
-             if getattr(item, "originalname", None) == "test_benchmark_runs_at_its_smoke_size"]
-    smokes = {name: Smoke(name, SMOKES[name][0], SMOKES[name][2]) for name in names}
-    pool = ThreadPoolExecutor(SIDE_BY_SIDE, thread_name_prefix="bench-smoke")
-    futures: dict[str, Future] = {name: pool.submit(smoke.run) for name, smoke in smokes.items()}
-    yield {name: (smokes[name], futures[name]) for name in names}
-    pool.shutdown(wait=False, cancel_futures=True)
-    for smoke in smokes.values():
-        smoke.kill()
+def _smoke_job(name: str) -> str:
+    """Registers the smoke run of bench/NAME.py as the background job `smoke:NAME`."""
+    args, _, timeout = SMOKES[name]
+    smoke = Smoke(name, args, timeout)
+    BACKGROUND.job(f"smoke:{name}")(lambda: (smoke, smoke.run()))
+    return f"smoke:{name}"
+
+
+BACKGROUND_SMOKES = {name: _smoke_job(name) for name in SMOKES if name not in RUN_ELSEWHERE}
 
 
 def test_every_benchmark_has_a_smoke_run_and_documents_it():
@@ -165,11 +146,10 @@ def test_every_benchmark_has_a_smoke_run_and_documents_it():
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.slow] if slow else [])
-    for name, (_, slow, _) in SMOKES.items() if name not in RUN_ELSEWHERE])
-def test_benchmark_runs_at_its_smoke_size(name, smoke_runs):
-    smoke, future = smoke_runs[name]
-    check_smoke(smoke, future.result())
+    pytest.param(name, marks=[pytest.mark.background(job), *([pytest.mark.slow] if SMOKES[name][1] else [])])
+    for name, job in BACKGROUND_SMOKES.items()])
+def test_benchmark_runs_at_its_smoke_size(name):
+    check_smoke(*BACKGROUND.result(BACKGROUND_SMOKES[name]))
 
 
 @pytest.mark.slow

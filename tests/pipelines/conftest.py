@@ -4,21 +4,27 @@ test reads the same run directory (two rounds, a trained student, evaluations)."
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
+from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
+from tests.background import BACKGROUND
 from tests.conftest import REPO
 
 
-@pytest.fixture(scope="session")
-def two_round_run(tmp_path_factory, model_path):
-    """(run directory, the finished `ssb run --rounds 2` process) at toy size, as a user runs it."""
+@BACKGROUND.job("two_round_run")
+def _two_round_run() -> tuple[Path, CompletedProcess[str]]:
+    """A process of its own (its own Ray, the default model), so it runs beside other tests."""
     from tests.pipelines.test_run import tiny_run_overrides
 
-    run_dir = tmp_path_factory.mktemp("two-rounds") / "run"
+    run_dir = BACKGROUND.tmp_path("two-rounds") / "run"
     cmd = [sys.executable, "-m", "cluster.cli", "run", "--rounds", "2", *tiny_run_overrides(run_dir)]
-    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
-                          timeout=2400)
-    return run_dir, done
+    return run_dir, BACKGROUND.run(cmd, timeout=2400, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""})
+
+
+@pytest.fixture(scope="session")
+def two_round_run() -> tuple[Path, CompletedProcess[str]]:
+    """(run directory, the finished `ssb run --rounds 2` process) at toy size, as a user runs it."""
+    return BACKGROUND.result("two_round_run")

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from tests.background import BACKGROUND
 from tests.conftest import tiny_curation_overrides
 
 
@@ -86,26 +87,32 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(two_round_run)
 
 def _ssb_run(run_dir, *extra: str, flags: tuple[str, ...] = ()):
     import os
-    import subprocess
     import sys
 
     from tests.conftest import REPO
 
     cmd = [sys.executable, "-m", "cluster.cli", "run", "--rounds", "1", *flags, *tiny_run_overrides(run_dir), *extra]
-    return subprocess.run(cmd, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
-                          timeout=1800)
+    return BACKGROUND.run(cmd, timeout=1800, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""})
 
 
 @pytest.mark.slow
-def test_a_rerun_redoes_exactly_the_stages_whose_settings_changed_and_says_so(two_round_run, tmp_path):
+@pytest.mark.background("rerun")
+def test_a_rerun_redoes_exactly_the_stages_whose_settings_changed_and_says_so():
     """Round 1 of the session's run again with another train.lr and eval.limit: the training and
     both evaluations are redone (--skip-base too), the report names the new settings; the same
     command again reuses everything; a further change under --on-change refuse stops in a line."""
+    BACKGROUND.result("rerun")
+
+
+@BACKGROUND.job("rerun")
+def _rerun_round_one() -> None:
+    """The body of the test above: only `ssb run` processes, so it runs beside other tests."""
     import shutil
 
     from ssb.config import load_config
 
-    source, first = two_round_run
+    source, first = BACKGROUND.result("two_round_run")
+    tmp_path = BACKGROUND.tmp_path("rerun")
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
     run_dir = tmp_path / "run"
     shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("round-2"))

@@ -19,6 +19,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.background import BACKGROUND
 from tests.conftest import REPO, tiny_curation_overrides
 from tests.services.conftest import tiny_job
 
@@ -121,9 +122,18 @@ def ignores_sigterm(p: psutil.Process) -> bool:
 
 
 @pytest.mark.slow
-def test_ssb_serve_starts_everything_locally(tmp_path, model_path):
+@pytest.mark.background("ssb-serve")
+def test_ssb_serve_starts_everything_locally():
+    print(BACKGROUND.result("ssb-serve"))
+
+
+@BACKGROUND.job("ssb-serve")
+def _serve_end_to_end() -> str:
+    """The body of the test above: the command's own processes (told apart by MARKER), so it
+    runs beside other tests."""
     from services.redis_server import free_port
 
+    tmp_path = BACKGROUND.tmp_path("ssb-serve")
     port = free_port()
     marker = uuid.uuid4().hex
     env = {**os.environ, "SSB_API_TOKEN": SERVE_TOKEN, "RAY_ADDRESS": "", MARKER: marker}
@@ -132,8 +142,7 @@ def test_ssb_serve_starts_everything_locally(tmp_path, model_path):
            "ray.object_store_memory=300000000"]
     log = tmp_path / "serve.log"
     with log.open("w") as out:  # a file, not a pipe nobody reads until the end: a full pipe blocks the command
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, text=True)
+        proc = BACKGROUND.popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
     def tail() -> str:
         return log.read_text()[-3000:]
@@ -182,8 +191,8 @@ def test_ssb_serve_starts_everything_locally(tmp_path, model_path):
             time.sleep(0.1)
         back = time.monotonic() - killed
         wait_ready(url, timeout=30)
-        print(f"\nembedded Redis SIGKILLed: listening again after {back:.1f} s, "
-              f"/readyz 200 after {time.monotonic() - killed:.1f} s")
+        timing = (f"\nembedded Redis SIGKILLed: listening again after {back:.1f} s, "
+                  f"/readyz 200 after {time.monotonic() - killed:.1f} s")
         assert not os.path.exists(f"/proc/{old.pid}"), "the killed redis-server was not reaped"
         assert "was killed by SIGKILL" in (tmp_path / "run" / "redis" / "supervisor.log").read_text()
         again = httpx.post(f"{url}/v1/curation-jobs", json=tiny_job(), headers=headers, timeout=30)
@@ -245,3 +254,4 @@ def test_ssb_serve_starts_everything_locally(tmp_path, model_path):
             if alive(p):
                 with contextlib.suppress(psutil.Error):
                     p.kill()
+    return timing
