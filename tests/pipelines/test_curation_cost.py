@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 
 from ssb.config import load_config
 from ssb.store import LogitStore, example_arrays
-from tests.conftest import tiny_curation_overrides
+from tests.background import BACKGROUND
+from tests.conftest import REPO, tiny_curation_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -39,31 +42,41 @@ def _examples(store_dir) -> dict[str, tuple]:
     return {row["problem_id"]: (row["response_ids"], example_arrays(row)[0].tolist()) for row in table.to_pylist()}
 
 
-def test_a_budget_stops_cleanly_says_how_to_go_on_and_a_resume_ends_with_the_same_store(
-        tmp_path, model_path, ray_session, capsys):
-    from cluster.cli import main
+@pytest.mark.background("budget")
+def test_a_budget_stops_cleanly_says_how_to_go_on_and_a_resume_ends_with_the_same_store():
+    BACKGROUND.result("budget")
 
+
+def _curate(*args: str) -> str:
+    """`ssb curate -q` as a user runs it (its own process and Ray); its console."""
+    done = BACKGROUND.run([sys.executable, "-m", "cluster.cli", "curate", "-q", *args], timeout=900, cwd=REPO,
+                          env={**os.environ, "RAY_ADDRESS": ""})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, (done.stdout + done.stderr)[-3000:]
+    return done.stdout
+
+
+@BACKGROUND.job("budget")
+def _budget_stop_and_resume() -> None:
+    """The body of the test above: four `ssb curate` processes, so it runs beside other tests."""
+    tmp_path = BACKGROUND.tmp_path("budget")
     # One token: spent by the first batch, whatever it kept (how many a batch keeps depends on
     # the CPU's float32 numerics; the service's job test stops on max_kept).
     budget = "curate.budget.max_tokens=1"
     budgeted = tmp_path / "budgeted"
-    assert main(["curate", "-q", *_small(budgeted, budget)]) == 0
-    out = capsys.readouterr().out
+    out = _curate(*_small(budgeted, budget))
     line = next(ln for ln in out.splitlines() if "stopped by" in ln)
     assert budget in line and f"--run-dir {budgeted}" in line
     first = LogitStore.open(budgeted / "curated", allow_empty=True)
     assert 1 <= len(first.done_ids()) < 8, "the budget did not stop the run early"
 
-    # The same budget again: spent already, nothing starts, the same line.
-    assert main(["curate", "-q", *_small(budgeted, budget)]) == 0
-    assert f"stopped by {budget}" in capsys.readouterr().out
+    # The same budget again: spent already, nothing is curated, the same line.
+    assert f"stopped by {budget}" in _curate(*_small(budgeted, budget))
     assert LogitStore.open(budgeted / "curated", allow_empty=True).done_ids() == first.done_ids()
 
     # A larger budget (none) resumes; the store ends as one run without a budget makes it.
-    assert main(["curate", "-q", *_small(budgeted)]) == 0
-    assert "stopped by" not in capsys.readouterr().out
+    assert "stopped by" not in _curate(*_small(budgeted))
     straight = tmp_path / "straight"
-    assert main(["curate", "-q", *_small(straight)]) == 0
+    _curate(*_small(straight))
     resumed, reference = LogitStore.open(budgeted / "curated"), LogitStore.open(straight / "curated")
     assert resumed.done_ids() == reference.done_ids()
     got, want = _examples(budgeted / "curated"), _examples(straight / "curated")

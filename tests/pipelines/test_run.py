@@ -11,7 +11,6 @@ import pytest
 from tests.background import BACKGROUND
 from tests.conftest import tiny_curation_overrides
 
-
 CURATED, EVALUATED = 12, 6  # problems per round (fewer keep too few to train on) and per evaluated model
 
 
