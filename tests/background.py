@@ -112,8 +112,9 @@ class Background:
             err += f"\n[killed after its {timeout} s time-out]"
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
-    def stop(self, keep_files: bool) -> None:
-        """End of the session: queued jobs never start, running processes are killed."""
+    def stop(self, keep_files: bool) -> Path | None:
+        """End of the session: queued jobs never start, running processes are killed; the jobs'
+        directory, if kept, is returned."""
         with self._lock:
             for future in self._futures.values():
                 future.cancel()
@@ -122,6 +123,8 @@ class Background:
             _kill_group(proc)
         if self._root is not None and not keep_files:
             shutil.rmtree(self._root, ignore_errors=True)
+            return None
+        return self._root
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -31,8 +31,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                                   *getattr(item, "fixturenames", ())] if name in BACKGROUND)
 
 
+_KEPT = pytest.StashKey["Path | None"]()  # the background jobs' directory, kept after a failure
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    BACKGROUND.stop(keep_files=exitstatus != 0)
+    session.config.stash[_KEPT] = BACKGROUND.stop(keep_files=exitstatus != 0)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if (kept := config.stash.get(_KEPT, None)) is not None:
+        terminalreporter.write_line(f"the background jobs' files are kept: {kept}")
 
 
 def shared_data(*parts: str) -> Path:

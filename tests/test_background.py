@@ -46,6 +46,10 @@ def test_a_job_never_asked_for_at_start_runs_when_asked():
     bg.job("late")(lambda: "value")
     assert "late" in bg and "other" not in bg
     assert bg.result("late") == "value"
+    kept = bg.tmp_path("late")
+    assert bg.stop(keep_files=True) == kept.parent and kept.is_dir()  # a failed session keeps them
+    bg.stop(keep_files=False)
+    assert not kept.parent.exists()
 
 
 def test_stop_kills_a_jobs_processes_with_their_children_and_removes_its_files():
@@ -67,7 +71,7 @@ def test_stop_kills_a_jobs_processes_with_their_children_and_removes_its_files()
         time.sleep(0.05)
     child = parent.children()[0]
     began = time.monotonic()
-    bg.stop(keep_files=False)
+    assert bg.stop(keep_files=False) is None
     done = bg.result("sleeper")
     assert done.returncode == -9 and time.monotonic() - began < 30
     child.wait(10)
