@@ -4,6 +4,8 @@ are paid for once per test session."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,13 @@ def ray_session():
     init_ray(RayConfig(num_cpus=8, object_store_memory=500_000_000))
     yield ray
     ray.shutdown()
+
+
+def run_ssb(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """An `ssb` command as a user runs it: a process of its own that starts its own Ray
+    (RAY_ADDRESS empty), started through BACKGROUND so that an interrupted suite kills it."""
+    return BACKGROUND.run([sys.executable, "-m", "cluster.cli", *args], timeout=timeout, cwd=REPO,
+                          env={**os.environ, "RAY_ADDRESS": ""})
 
 
 def tiny_curation_overrides(run_dir: Path, n: int = 24) -> list[str]:

@@ -3,15 +3,13 @@ test reads the same run directory (two rounds, a trained student, evaluations)."
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from subprocess import CompletedProcess
 
 import pytest
 
 from tests.background import BACKGROUND
-from tests.conftest import REPO
+from tests.conftest import run_ssb
 
 
 @BACKGROUND.job("two_round_run")
@@ -20,8 +18,7 @@ def _two_round_run() -> tuple[Path, CompletedProcess[str]]:
     from tests.pipelines.test_run import tiny_run_overrides
 
     run_dir = BACKGROUND.tmp_path("two-rounds") / "run"
-    cmd = [sys.executable, "-m", "cluster.cli", "run", "--rounds", "2", *tiny_run_overrides(run_dir)]
-    return run_dir, BACKGROUND.run(cmd, timeout=2400, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""})
+    return run_dir, run_ssb("run", "--rounds", "2", *tiny_run_overrides(run_dir), timeout=2400)
 
 
 @pytest.fixture(scope="session")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 
 from ssb.config import load_config
 from ssb.store import LogitStore, example_arrays
 from tests.background import BACKGROUND
-from tests.conftest import REPO, tiny_curation_overrides
+from tests.conftest import run_ssb, tiny_curation_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +47,7 @@ def test_a_budget_stops_cleanly_says_how_to_go_on_and_a_resume_ends_with_the_sam
 
 def _curate(*args: str) -> str:
     """`ssb curate -q` as a user runs it (its own process and Ray); its console."""
-    done = BACKGROUND.run([sys.executable, "-m", "cluster.cli", "curate", "-q", *args], timeout=900, cwd=REPO,
-                          env={**os.environ, "RAY_ADDRESS": ""})
+    done = run_ssb("curate", "-q", *args, timeout=900)
     assert done.returncode == 0 and "Traceback" not in done.stderr, (done.stdout + done.stderr)[-3000:]
     return done.stdout
 

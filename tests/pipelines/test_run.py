@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.background import BACKGROUND
-from tests.conftest import tiny_curation_overrides
+from tests.conftest import run_ssb, tiny_curation_overrides
 
 CURATED, EVALUATED = 12, 6  # problems per round (fewer keep too few to train on) and per evaluated model
 
@@ -85,13 +85,7 @@ def test_run_writes_a_report_comparing_base_and_student_per_round(two_round_run)
 
 
 def _ssb_run(run_dir, *extra: str, flags: tuple[str, ...] = ()):
-    import os
-    import sys
-
-    from tests.conftest import REPO
-
-    cmd = [sys.executable, "-m", "cluster.cli", "run", "--rounds", "1", *flags, *tiny_run_overrides(run_dir), *extra]
-    return BACKGROUND.run(cmd, timeout=1800, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""})
+    return run_ssb("run", "--rounds", "1", *flags, *tiny_run_overrides(run_dir), *extra, timeout=1800)
 
 
 @pytest.mark.slow

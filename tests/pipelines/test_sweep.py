@@ -4,7 +4,6 @@ orchestration over stand-in stages (rounds, reuse), and the real thing end to en
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +16,7 @@ import pytest
 from pipelines.sweep import (Axis, build_sweep, parse_rounds, plan_sweep, render_text, run_sweep, setting_name,
                              split_axes, split_values)
 from ssb.config import dump_config, load_config
-from tests.conftest import REPO, tiny_curation_overrides
-
+from tests.conftest import REPO, run_ssb, tiny_curation_overrides
 
 # -- axes, rounds, names --------------------------------------------------------------------------
 
@@ -335,8 +333,7 @@ def test_sweep_trains_each_setting_on_one_store_and_compares_them(curated_run, t
     # Again, as a user runs it: everything is reused, nothing trains or evaluates.
     stamps = {p: p.stat().st_mtime_ns for p in [run_dir / "eval" / "results.json",
                                                 *(run_dir / "sweep").glob("*/train/summary.json")]}
-    done = subprocess.run([sys.executable, "-m", "cluster.cli", "sweep", *tiny_sweep_overrides(run_dir)], cwd=REPO,
-                          env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
+    done = run_ssb("sweep", *tiny_sweep_overrides(run_dir), timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
     # the shared stages said, each in a line, what they reused
