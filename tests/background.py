@@ -16,7 +16,8 @@ a job fails in its own test.
 
 Jobs start their processes through `BACKGROUND.popen` or `BACKGROUND.run`, each in a session of
 its own, so that processes still running when the suite stops (a failure under `-x`, Ctrl-C)
-are killed with their children instead of outliving it.
+are killed with their children instead of outliving it; what a finished `run` command left in
+its session is killed as it ends.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Background:
         self._jobs: dict[str, Callable[[], Any]] = {}
         self._futures: dict[str, Future] = {}
         self._lock = threading.Lock()
-        self._procs: list[subprocess.Popen] = []
+        self._procs: set[subprocess.Popen] = set()
         self._root: Path | None = None
 
     def job(self, name: str) -> Callable[[F], F]:
@@ -57,8 +58,8 @@ class Background:
     def start(self, names: Iterable[str]) -> None:
         """Runs the jobs in this order on one thread (a daemon: it never holds up the exit)."""
         with self._lock:
-            queued = [(n, self._futures.setdefault(n, Future())) for n in dict.fromkeys(names)
-                      if n not in self._futures]
+            queued = [(n, Future()) for n in dict.fromkeys(names) if n not in self._futures]
+            self._futures.update(queued)
         if queued:
             threading.Thread(target=self._work, args=(queued,), name="background-jobs", daemon=True).start()
 
@@ -98,7 +99,7 @@ class Background:
     def popen(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen:
         proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
         with self._lock:
-            self._procs.append(proc)
+            self._procs.add(proc)
         return proc
 
     def run(self, cmd: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -110,6 +111,11 @@ class Background:
             _kill_group(proc)
             out, err = proc.communicate()
             err += f"\n[killed after its {timeout} s time-out]"
+        # What it left in its group goes now: once the group is empty its id may be reused
+        # (pid_max can be 32768), and stop() must not kill a stranger's group.
+        _kill_group(proc)
+        with self._lock:
+            self._procs.discard(proc)
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
     def stop(self, keep_files: bool) -> Path | None:
@@ -118,9 +124,10 @@ class Background:
         with self._lock:
             for future in self._futures.values():
                 future.cancel()
-            procs, self._procs = self._procs, []
+            procs, self._procs = self._procs, set()
         for proc in procs:
-            _kill_group(proc)
+            if proc.poll() is None:  # not reaped yet, so its group id is still its own
+                _kill_group(proc)
         if self._root is not None and not keep_files:
             shutil.rmtree(self._root, ignore_errors=True)
             return None
@@ -128,7 +135,7 @@ class Background:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group may outlive its leader
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # an empty group: nothing left
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(Exception):
         proc.wait(timeout=30)

@@ -65,7 +65,7 @@ def test_stop_kills_a_jobs_processes_with_their_children_and_removes_its_files()
         time.sleep(0.05)
     import psutil
 
-    parent = psutil.Process(bg._procs[0].pid)
+    parent = psutil.Process(next(iter(bg._procs)).pid)
     while not parent.children():
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -76,3 +76,16 @@ def test_stop_kills_a_jobs_processes_with_their_children_and_removes_its_files()
     assert done.returncode == -9 and time.monotonic() - began < 30
     child.wait(10)
     assert not child.is_running() and not tmp.exists()
+
+
+def test_what_a_finished_command_left_in_its_session_is_killed_and_the_command_forgotten():
+    import psutil
+
+    bg = Background()
+    script = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+              "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
+    done = bg.run([sys.executable, "-c", script], timeout=60)
+    assert done.returncode == 0
+    left = psutil.Process(int(done.stdout))
+    left.wait(10)  # SIGKILLed with its session, not after 60 s
+    assert not bg._procs
